@@ -1,0 +1,70 @@
+// swift-tools-version:6.0
+import PackageDescription
+import Foundation
+
+// The kernels need FMA and wide vectors: the x86-64 baseline has neither, and
+// `SIMD.addProduct` then becomes a call to `fmaf` per lane (10-16x slower).
+// haswell (AVX2 + FMA) runs on any cluster node of the last decade; set
+// INSTNORM_TARGET_CPU (for example `native` or `znver4`) to tune for one host.
+let targetCPU = ProcessInfo.processInfo.environment["INSTNORM_TARGET_CPU"] ?? "haswell"
+#if arch(x86_64)
+let kernelSettings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
+#else
+let kernelSettings: [SwiftSetting] = []
+#endif
+
+let package = Package(
+    name: "InstanceNormMPI",
+    products: [
+        // MARK: - Public API
+        /// Single-process InstanceNorm kernels; no MPI dependency.
+        .library(name: "InstanceNorm", targets: ["InstanceNorm"]),
+        /// `.npy` reading and writing, including one rank's slice of the batch.
+        .library(name: "NPY", targets: ["NPY"]),
+        /// A thin Swift face over Open MPI.
+        .library(name: "MPI", targets: ["MPI"]),
+        /// InstanceNorm data-parallel over MPI ranks.
+        .library(name: "DataParallel", targets: ["DataParallel"]),
+        .executable(name: "instnorm", targets: ["instnorm"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // MARK: - Public API
+        .target(name: "InstanceNorm", swiftSettings: kernelSettings),
+        .target(name: "NPY"),
+        .target(name: "MPI", dependencies: ["CMPI"]),
+        .target(
+            name: "DataParallel",
+            dependencies: ["InstanceNorm", "MPI", "NPY"],
+            swiftSettings: kernelSettings),
+        .executableTarget(
+            name: "instnorm",
+            dependencies: [
+                "DataParallel", "InstanceNorm", "MPI", "NPY",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: kernelSettings),
+
+        // MARK: - Implementation details
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+
+        // MARK: - Unit test bundles
+        /// A plain Double-precision reference, written for clarity, that every
+        /// fast path is compared with.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(
+            name: "InstanceNormTests",
+            dependencies: ["InstanceNorm", "TestSupport"],
+            swiftSettings: kernelSettings),
+        .testTarget(name: "NPYTests", dependencies: ["NPY"]),
+        .testTarget(name: "MPITests", dependencies: ["MPI"]),
+        .testTarget(
+            name: "InstnormTests",
+            dependencies: ["instnorm", "NPY", "TestSupport"]),
+    ]
+)

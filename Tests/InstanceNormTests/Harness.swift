@@ -1,0 +1,88 @@
+import InstanceNorm
+import TestSupport
+
+/// A heap buffer the tests hand to the kernels, freed when dropped.
+final class TestBuffer<Element> {
+    let pointer: UnsafeMutableBufferPointer<Element>
+
+    init(_ values: [Element]) {
+        pointer = .allocate(capacity: values.count)
+        _ = pointer.initialize(from: values)
+    }
+
+    init(repeating value: Element, count: Int) {
+        pointer = .allocate(capacity: count)
+        pointer.initialize(repeating: value)
+    }
+
+    deinit { pointer.deallocate() }
+
+    var readOnly: UnsafeBufferPointer<Element> { UnsafeBufferPointer(pointer) }
+    var array: [Element] { Array(pointer) }
+}
+
+/// One training forward and backward of the package's kernels, in precision T.
+struct KernelRun<T: InstanceNormScalar> {
+    var y: [T]
+    var statistics: [InstanceStatistics]
+    var dx: [T]
+    var dgamma: [Double]
+    var dbeta: [Double]
+
+    init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double) {
+        let x = TestBuffer(x), dy = TestBuffer(dy)
+        let gamma = gamma.map { TestBuffer($0) }, beta = beta.map { TestBuffer($0) }
+        let y = TestBuffer<T>(repeating: .nan, count: x.pointer.count)
+        let dx = TestBuffer<T>(repeating: .nan, count: x.pointer.count)
+        let statistics = TestBuffer(
+            repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.instanceCount)
+        let dgamma = TestBuffer<Double>(repeating: .nan, count: shape.channels)
+        let dbeta = TestBuffer<Double>(repeating: .nan, count: shape.channels)
+        BatchKernel.forward(
+            y: y.pointer, statistics: statistics.pointer, x: x.readOnly,
+            gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps)
+        BatchKernel.backward(
+            dx: dx.pointer, dgamma: dgamma.pointer, dbeta: dbeta.pointer,
+            dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly,
+            gamma: gamma?.readOnly, shape: shape)
+        self.y = y.array
+        self.statistics = statistics.array
+        self.dx = dx.array
+        self.dgamma = dgamma.array
+        self.dbeta = dbeta.array
+    }
+}
+
+/// Random inputs for one shape, rounded to T, and the same values in Double
+/// for the reference (so both sides see identical data).
+struct Inputs<T: InstanceNormScalar> {
+    let shape: InstanceNormShape
+    let x: [T], dy: [T], gamma: [T]?, beta: [T]?
+
+    init(_ dimensions: [Int], affine: Bool, seed: UInt64, mean: Double = 0, deviation: Double = 1) {
+        shape = try! InstanceNormShape(dimensions: dimensions)
+        var generator = SeededGenerator(seed: seed)
+        x = generator.normals(shape.elementCount, mean: mean, deviation: deviation).map { T($0) }
+        dy = generator.normals(shape.elementCount).map { T($0) }
+        gamma = affine ? generator.normals(shape.channels, mean: 1, deviation: 0.5).map { T($0) } : nil
+        beta = affine ? generator.normals(shape.channels, deviation: 0.5).map { T($0) } : nil
+    }
+
+    var wideX: [Double] { x.map(\.widened) }
+    var wideDy: [Double] { dy.map(\.widened) }
+    var wideGamma: [Double]? { gamma?.map(\.widened) }
+    var wideBeta: [Double]? { beta?.map(\.widened) }
+
+    func run(eps: Double) -> KernelRun<T> {
+        KernelRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps)
+    }
+
+    func reference(eps: Double) -> (forward: Reference.Forward, backward: Reference.Backward) {
+        let (n, c, m) = (shape.batch, shape.channels, shape.spatialCount)
+        return (
+            Reference.forward(x: wideX, batch: n, channels: c, spatialCount: m,
+                              gamma: wideGamma, beta: wideBeta, eps: eps),
+            Reference.backward(dy: wideDy, x: wideX, batch: n, channels: c, spatialCount: m,
+                               gamma: wideGamma, eps: eps))
+    }
+}
