@@ -25,6 +25,9 @@ let package = Package(
         .library(name: "MPI", targets: ["MPI"]),
         /// InstanceNorm data-parallel over MPI ranks.
         .library(name: "DataParallel", targets: ["DataParallel"]),
+        /// A plain double-precision InstanceNorm, written for clarity: the
+        /// yardstick for tests and for `instnorm bench --verify`.
+        .library(name: "InstanceNormReference", targets: ["InstanceNormReference"]),
         .executable(name: "instnorm", targets: ["instnorm"]),
     ],
     dependencies: [
@@ -33,6 +36,7 @@ let package = Package(
     targets: [
         // MARK: - Public API
         .target(name: "InstanceNorm", swiftSettings: kernelSettings),
+        .target(name: "InstanceNormReference"),
         .target(name: "NPY"),
         .target(name: "MPI", dependencies: ["CMPI"]),
         .target(
@@ -42,7 +46,7 @@ let package = Package(
         .executableTarget(
             name: "instnorm",
             dependencies: [
-                "DataParallel", "InstanceNorm", "MPI", "NPY",
+                "DataParallel", "InstanceNorm", "InstanceNormReference", "MPI", "NPY",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings),
@@ -54,9 +58,8 @@ let package = Package(
             providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
 
         // MARK: - Unit test bundles
-        /// A plain Double-precision reference, written for clarity, that every
-        /// fast path is compared with.
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        /// Seeded inputs and error measures shared by the test bundles.
+        .target(name: "TestSupport", dependencies: ["InstanceNormReference"], path: "Tests/TestSupport"),
         .testTarget(
             name: "InstanceNormTests",
             dependencies: ["InstanceNorm", "TestSupport"],

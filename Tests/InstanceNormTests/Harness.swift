@@ -1,26 +1,6 @@
 import InstanceNorm
 import TestSupport
 
-/// A heap buffer the tests hand to the kernels, freed when dropped.
-final class TestBuffer<Element> {
-    let pointer: UnsafeMutableBufferPointer<Element>
-
-    init(_ values: [Element]) {
-        pointer = .allocate(capacity: values.count)
-        _ = pointer.initialize(from: values)
-    }
-
-    init(repeating value: Element, count: Int) {
-        pointer = .allocate(capacity: count)
-        pointer.initialize(repeating: value)
-    }
-
-    deinit { pointer.deallocate() }
-
-    var readOnly: UnsafeBufferPointer<Element> { UnsafeBufferPointer(pointer) }
-    var array: [Element] { Array(pointer) }
-}
-
 /// One training forward and backward of the package's kernels, in precision T.
 struct KernelRun<T: InstanceNormScalar> {
     var y: [T]
@@ -30,19 +10,19 @@ struct KernelRun<T: InstanceNormScalar> {
     var dbeta: [Double]
 
     init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double) {
-        let x = TestBuffer(x), dy = TestBuffer(dy)
-        let gamma = gamma.map { TestBuffer($0) }, beta = beta.map { TestBuffer($0) }
-        let y = TestBuffer<T>(repeating: .nan, count: x.pointer.count)
-        let dx = TestBuffer<T>(repeating: .nan, count: x.pointer.count)
-        let statistics = TestBuffer(
+        let x = TensorBuffer(x), dy = TensorBuffer(dy)
+        let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
+        let y = TensorBuffer<T>(repeating: .nan, count: x.elements.count)
+        let dx = TensorBuffer<T>(repeating: .nan, count: x.elements.count)
+        let statistics = TensorBuffer(
             repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.instanceCount)
-        let dgamma = TestBuffer<Double>(repeating: .nan, count: shape.channels)
-        let dbeta = TestBuffer<Double>(repeating: .nan, count: shape.channels)
+        let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
+        let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
         BatchKernel.forward(
-            y: y.pointer, statistics: statistics.pointer, x: x.readOnly,
+            y: y.elements, statistics: statistics.elements, x: x.readOnly,
             gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps)
         BatchKernel.backward(
-            dx: dx.pointer, dgamma: dgamma.pointer, dbeta: dbeta.pointer,
+            dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly,
             gamma: gamma?.readOnly, shape: shape)
         self.y = y.array

@@ -13,7 +13,7 @@ import Testing
         func check<T: InstanceNormScalar>(_: T.Type) {
             let x: [T] = [0, 2, 4, 8]
             let shape = try! InstanceNormShape(batch: 2, channels: 1, spatial: [2])
-            let runningMean = TestBuffer<T>([0]), runningVar = TestBuffer<T>([1])
+            let runningMean = TensorBuffer<T>([0]), runningVar = TensorBuffer<T>([1])
             let expected: [(Double, Double)] = [(0.35, 1.4), (0.665, 1.76), (0.9485, 2.084)]
             for (mean, variance) in expected {
                 let run = KernelRun(x: x, dy: x, gamma: nil, beta: nil, shape: shape, eps: 1e-5)
@@ -21,7 +21,7 @@ import Testing
                     RunningStatistics.channelSums($0, channels: 1, spatialCount: 2)
                 }
                 RunningStatistics.update(
-                    runningMean: runningMean.pointer, runningVar: runningVar.pointer,
+                    runningMean: runningMean.elements, runningVar: runningVar.elements,
                     meanSum: sums.meanSum, unbiasedVarianceSum: sums.unbiasedVarianceSum,
                     batch: 2, momentum: RunningStatistics.defaultMomentum)
                 let tolerance = 4 * T.ulpOfOne.widened
@@ -39,11 +39,11 @@ import Testing
         func check<T: InstanceNormScalar>(_: T.Type) {
             let inputs = Inputs<T>([3, 4, 5, 6], affine: true, seed: 31)
             let runningMean: [T] = [0.5, -1, 2, 0], runningVar: [T] = [0.25, 4, 1, 9]
-            let x = TestBuffer(inputs.x), y = TestBuffer<T>(repeating: .nan, count: inputs.x.count)
-            let mean = TestBuffer(runningMean), variance = TestBuffer(runningVar)
-            let gamma = TestBuffer(inputs.gamma!), beta = TestBuffer(inputs.beta!)
+            let x = TensorBuffer(inputs.x), y = TensorBuffer<T>(repeating: .nan, count: inputs.x.count)
+            let mean = TensorBuffer(runningMean), variance = TensorBuffer(runningVar)
+            let gamma = TensorBuffer(inputs.gamma!), beta = TensorBuffer(inputs.beta!)
             BatchKernel.forwardInference(
-                y: y.pointer, x: x.readOnly, runningMean: mean.readOnly, runningVar: variance.readOnly,
+                y: y.elements, x: x.readOnly, runningMean: mean.readOnly, runningVar: variance.readOnly,
                 gamma: gamma.readOnly, beta: beta.readOnly, shape: inputs.shape, eps: 1e-5)
             let expected = Reference.forwardInference(
                 x: inputs.wideX, batch: 3, channels: 4, spatialCount: 30,

@@ -1,0 +1,148 @@
+import InstanceNorm
+import MPI
+
+/// A storage precision that the kernels run in and MPI can send.
+public typealias DataParallelScalar = InstanceNormScalar & MPIDatatypeConvertible
+
+/// InstanceNorm over a batch split across the ranks of a communicator.
+///
+/// Each rank holds samples `samples` of the global batch (a `BatchPartition`)
+/// and runs the kernels on them. Only two things cross ranks:
+///
+/// - dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c): the sum over n is exactly the
+///   sum over ranks, so each rank sums its own samples and one allreduce of
+///   2·C numbers (in `Double`) finishes it;
+/// - the running statistics, a mean over the global batch: the per-instance
+///   statistics are gathered and summed in sample order on every rank, so
+///   every rank ends with the bits one process holding the whole batch gets.
+///
+/// Every method here is collective where it says so: every rank must call it,
+/// also a rank with no samples.
+public final class DataParallelInstanceNorm<T: DataParallelScalar> {
+    public let communicator: Communicator
+    public let globalShape: InstanceNormShape
+    /// This rank's slice: (samples.count, C, S…).
+    public let localShape: InstanceNormShape
+    public let partition: BatchPartition
+    /// The global sample indices this rank holds.
+    public let samples: Range<Int>
+    /// ε > 0, added to the variance.
+    public let eps: Double
+
+    /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}]: reduced in place, allocated once.
+    private let parameterGradientSums: UnsafeMutableBufferPointer<Double>
+
+    public init(communicator: Communicator, globalShape: InstanceNormShape, eps: Double) {
+        precondition(eps > 0, "eps must be positive")
+        self.communicator = communicator
+        self.globalShape = globalShape
+        self.eps = eps
+        partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
+        samples = partition.samples(of: communicator.rank)
+        localShape = globalShape.withBatch(samples.count)
+        parameterGradientSums = .allocate(capacity: 2 * globalShape.channels)
+        parameterGradientSums.initialize(repeating: 0)
+    }
+
+    deinit { parameterGradientSums.deallocate() }
+
+    /// The element range of this rank's slice within a global (N, C, S…) tensor.
+    public var localElements: Range<Int> {
+        let perSample = globalShape.channels * globalShape.spatialCount
+        return samples.lowerBound * perSample ..< samples.upperBound * perSample
+    }
+
+    /// Training-mode forward of the local slice; not collective.
+    public func forward(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
+    ) {
+        BatchKernel.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps)
+    }
+
+    /// Evaluation-mode forward of the local slice with the running statistics; not collective.
+    public func forwardInference(
+        y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
+        gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
+    ) {
+        BatchKernel.forwardInference(
+            y: y, x: x, runningMean: runningMean, runningVar: runningVar,
+            gamma: gamma, beta: beta, shape: localShape, eps: eps)
+    }
+
+    /// Backward: dx of the local slice, then dγ, dβ of the global batch.
+    /// Collective (one allreduce).
+    public func backward(
+        dx: UnsafeMutableBufferPointer<T>,
+        dgamma: UnsafeMutableBufferPointer<T>, dbeta: UnsafeMutableBufferPointer<T>,
+        dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
+    ) throws {
+        localBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma)
+        try reduceParameterGradients(dgamma: dgamma, dbeta: dbeta)
+    }
+
+    /// The local half of `backward`: dx and this rank's partial dγ, dβ; not collective.
+    public func localBackward(
+        dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
+    ) {
+        let channels = globalShape.channels
+        BatchKernel.backward(
+            dx: dx,
+            dgamma: UnsafeMutableBufferPointer(rebasing: parameterGradientSums[0..<channels]),
+            dbeta: UnsafeMutableBufferPointer(rebasing: parameterGradientSums[channels..<2 * channels]),
+            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape)
+    }
+
+    /// The collective half of `backward`: sums the partial dγ, dβ over ranks
+    /// and rounds them to T.
+    public func reduceParameterGradients(
+        dgamma: UnsafeMutableBufferPointer<T>, dbeta: UnsafeMutableBufferPointer<T>
+    ) throws {
+        let channels = globalShape.channels
+        precondition(dgamma.count == channels && dbeta.count == channels)
+        try communicator.allreduce(parameterGradientSums, .sum)
+        for channel in 0..<channels {
+            dgamma[channel] = T(parameterGradientSums[channel])
+            dbeta[channel] = T(parameterGradientSums[channels + channel])
+        }
+    }
+
+    /// One training step's update of the running statistics (PyTorch's
+    /// semantics, see `RunningStatistics`), identical on every rank and equal
+    /// to the single-process result bit for bit. Collective (one allgatherv
+    /// of 2·N·C doubles). Needs M ≥ 2 and N ≥ 1.
+    public func updateRunningStatistics(
+        runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
+    ) throws {
+        let global = try gatherStatistics(statistics)
+        let sums = global.withUnsafeBufferPointer {
+            RunningStatistics.channelSums($0, channels: globalShape.channels, spatialCount: globalShape.spatialCount)
+        }
+        RunningStatistics.update(
+            runningMean: runningMean, runningVar: runningVar,
+            meanSum: sums.meanSum, unbiasedVarianceSum: sums.unbiasedVarianceSum,
+            batch: globalShape.batch, momentum: momentum)
+    }
+
+    /// Every rank's (mean, variance) per instance, in global instance order.
+    private func gatherStatistics(
+        _ statistics: UnsafeBufferPointer<InstanceStatistics>
+    ) throws -> [InstanceStatistics] {
+        precondition(statistics.count == localShape.instanceCount)
+        let local = statistics.flatMap { [$0.mean, $0.variance] }
+        let counts = partition.counts.map { 2 * $0 * globalShape.channels }
+        var gathered = [Double](repeating: 0, count: 2 * globalShape.instanceCount)
+        try local.withUnsafeBufferPointer { send in
+            try gathered.withUnsafeMutableBufferPointer { receive in
+                try communicator.allgatherv(send, into: receive, counts: counts)
+            }
+        }
+        return (0..<globalShape.instanceCount).map { instance in
+            InstanceStatistics(mean: gathered[2 * instance], variance: gathered[2 * instance + 1], eps: eps)
+        }
+    }
+}

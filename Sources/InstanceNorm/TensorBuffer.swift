@@ -1,0 +1,35 @@
+/// An owned, 64-byte aligned buffer of `count` elements, allocated once and
+/// reused: a freshly mapped tensor-sized buffer page-faults on every 4 KiB
+/// page, which costs as much as the kernel itself, so hot loops must never
+/// allocate.
+public final class TensorBuffer<Element>: @unchecked Sendable {
+    /// The elements; valid while the buffer lives.
+    public let elements: UnsafeMutableBufferPointer<Element>
+    private let allocation: UnsafeMutableRawPointer
+
+    private init(uninitializedCount count: Int) {
+        precondition(count >= 0)
+        allocation = .allocate(byteCount: max(count, 1) * MemoryLayout<Element>.stride, alignment: 64)
+        elements = UnsafeMutableBufferPointer(
+            start: allocation.bindMemory(to: Element.self, capacity: count), count: count)
+    }
+
+    public convenience init(repeating value: Element, count: Int) {
+        self.init(uninitializedCount: count)
+        elements.initialize(repeating: value)
+    }
+
+    public convenience init(_ values: [Element]) {
+        self.init(uninitializedCount: values.count)
+        _ = elements.initialize(from: values)
+    }
+
+    deinit {
+        elements.deinitialize()
+        allocation.deallocate()
+    }
+
+    public var count: Int { elements.count }
+    public var readOnly: UnsafeBufferPointer<Element> { UnsafeBufferPointer(elements) }
+    public var array: [Element] { Array(elements) }
+}

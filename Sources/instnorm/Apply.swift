@@ -1,0 +1,88 @@
+import ArgumentParser
+import DataParallel
+import MPI
+import NPY
+
+/// `instnorm apply`: InstanceNorm on tensors stored as .npy files.
+struct Apply: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Apply InstanceNorm to tensors in .npy files and write the results.",
+        discussion: """
+            Writes into DIR: y.npy; in training mode mean.npy and invstd.npy, shape (N, C); \
+            with --grad: dx.npy, and with --weight/--bias also dgamma.npy and dbeta.npy, shape (C,); \
+            with running statistics in training mode the updated running_mean.npy and running_var.npy. \
+            Outputs have the input's dtype. Each rank reads and writes only its own samples. \
+            Outputs are written under temporary names and renamed into place only when every \
+            rank has succeeded.
+            """)
+
+    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), float32 or float64, C order.", valueName: "X.npy"))
+    var input: String
+
+    @Option(help: ArgumentHelp("The gradient dy of the same shape and dtype as x: also compute the backward.", valueName: "DY.npy"))
+    var grad: String?
+
+    @Option(help: ArgumentHelp("γ, shape (C,); needs --bias.", valueName: "G.npy"))
+    var weight: String?
+
+    @Option(help: ArgumentHelp("β, shape (C,); needs --weight.", valueName: "B.npy"))
+    var bias: String?
+
+    @Option(help: "ε added to the variance; must be > 0.")
+    var eps: Double = 1e-5
+
+    @Option(help: ArgumentHelp("Running mean, shape (C,): updated in training mode, used with --eval.", valueName: "RM.npy"))
+    var runningMean: String?
+
+    @Option(help: ArgumentHelp("Running variance, shape (C,); comes with --running-mean.", valueName: "RV.npy"))
+    var runningVar: String?
+
+    @Option(help: "Momentum of the running statistics' update, in [0, 1] (PyTorch's default).")
+    var momentum: Double = 0.1
+
+    @Flag(help: "Evaluation mode: normalize with the running statistics; writes y.npy only.")
+    var eval = false
+
+    @Option(help: ArgumentHelp("The output directory, created if missing.", valueName: "DIR"))
+    var output: String
+
+    /// Every check that needs no data: the same verdict on every rank, before any collective.
+    func validate() throws {
+        guard eps > 0, eps.isFinite else {
+            throw ValidationError("--eps must be a positive finite number, got \(eps)")
+        }
+        guard momentum >= 0, momentum <= 1 else {
+            throw ValidationError("--momentum must be in [0, 1], got \(momentum)")
+        }
+        guard (weight == nil) == (bias == nil) else {
+            throw ValidationError("--weight and --bias come together (affine) or not at all")
+        }
+        guard (runningMean == nil) == (runningVar == nil) else {
+            throw ValidationError("--running-mean and --running-var come together or not at all")
+        }
+        if eval {
+            guard runningMean != nil else {
+                throw ValidationError("--eval normalizes with the running statistics: give --running-mean and --running-var")
+            }
+            guard grad == nil else {
+                throw ValidationError("--eval writes y.npy only; --grad needs training mode (drop --eval)")
+            }
+        }
+    }
+
+    func run() throws {
+        let communicator = Communicator.world
+        let files = try communicator.agree(defaultExitCode: ToolExitCode.badInput) { try ApplyFiles(self) }
+        switch files.dtype {
+        case .float32: try ApplyJob<Float>(options: self, files: files, communicator: communicator).run()
+        case .float64: try ApplyJob<Double>(options: self, files: files, communicator: communicator).run()
+        }
+    }
+
+    var affine: Bool { weight != nil }
+    var tracksRunningStatistics: Bool { runningMean != nil }
+}
+
+extension NPYError: ExitCodeProviding {
+    public var exitCode: Int32 { ToolExitCode.badInput }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import InstanceNorm
+import NPY
+
+/// The opened input files of `apply`, with every check that needs their
+/// headers: shapes agree with x, every dtype is x's, outputs do not land on
+/// inputs. Each rank opens them read-only and reaches the same verdict.
+struct ApplyFiles {
+    let input: NPYReader
+    let grad: NPYReader?
+    let weight: NPYReader?
+    let bias: NPYReader?
+    let runningMean: NPYReader?
+    let runningVar: NPYReader?
+    let shape: InstanceNormShape
+    let outputs: OutputDirectory
+
+    var dtype: NPYDType { input.header.dtype }
+
+    init(_ options: Apply) throws {
+        let input = try NPYReader(path: options.input)
+        let shape: InstanceNormShape
+        do {
+            shape = try InstanceNormShape(dimensions: input.header.shape)
+        } catch {
+            throw ToolError.badInput("\(options.input): \(error)")
+        }
+        guard shape.batch >= 1 else { throw ToolError.badInput("\(options.input): the batch is empty (N = 0)") }
+        func open(_ path: String?, shape expected: [Int]) throws -> NPYReader? {
+            try path.map { try Self.open($0, shape: expected, like: input) }
+        }
+        self.input = input
+        self.shape = shape
+        grad = try open(options.grad, shape: shape.dimensions)
+        weight = try open(options.weight, shape: [shape.channels])
+        bias = try open(options.bias, shape: [shape.channels])
+        runningMean = try open(options.runningMean, shape: [shape.channels])
+        runningVar = try open(options.runningVar, shape: [shape.channels])
+        if options.tracksRunningStatistics && !options.eval && shape.spatialCount < 2 {
+            throw ToolError.badInput(
+                "\(options.input): a training step with running statistics needs more than one value per instance "
+                    + "(spatial size is 1, so the unbiased variance is undefined); drop the running statistics or use --eval")
+        }
+        outputs = try OutputDirectory(path: options.output, names: Self.outputNames(options))
+        let inputPaths = [options.input, options.grad, options.weight, options.bias, options.runningMean, options.runningVar]
+        try outputs.refuseOverlap(with: inputPaths.compactMap { $0 })
+    }
+
+    /// The files `apply` writes, as README.md lists them.
+    static func outputNames(_ options: Apply) -> [String] {
+        if options.eval { return ["y.npy"] }
+        var names = ["y.npy", "mean.npy", "invstd.npy"]
+        if options.grad != nil { names.append("dx.npy") }
+        if options.grad != nil && options.affine { names += ["dgamma.npy", "dbeta.npy"] }
+        if options.tracksRunningStatistics { names += ["running_mean.npy", "running_var.npy"] }
+        return names
+    }
+
+    private static func open(_ path: String, shape: [Int], like input: NPYReader) throws -> NPYReader {
+        let reader = try NPYReader(path: path)
+        guard reader.header.shape == shape else {
+            throw ToolError.badInput(
+                "\(path): shape \(describe(reader.header.shape)) does not match the expected \(describe(shape)) "
+                    + "(from \(input.path), shape \(describe(input.header.shape)))")
+        }
+        guard reader.header.dtype == input.header.dtype else {
+            throw ToolError.badInput(
+                "\(path): dtype \(reader.header.dtype.name) differs from the input's \(input.header.dtype.name) "
+                    + "(\(input.path)); convert it with numpy's astype")
+        }
+        return reader
+    }
+}
+
+/// A shape as Python prints it: (3,) or (2, 3, 4).
+func describe(_ shape: [Int]) -> String {
+    shape.count == 1 ? "(\(shape[0]),)" : "(" + shape.map(String.init).joined(separator: ", ") + ")"
+}

@@ -1,0 +1,79 @@
+import ArgumentParser
+import DataParallel
+import InstanceNorm
+import MPI
+
+/// `instnorm bench`, the default: a synthetic batch, forward + backward per iteration.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time forward and backward on a synthetic batch split over the ranks (the default command).",
+        discussion: """
+            Each iteration's phase time is the maximum over ranks (the step is as slow as \
+            its slowest rank); the table gives median, min and max over the timed iterations. \
+            The data depend only on --seed and the global shape, not on the rank count.
+            """)
+
+    @Option(help: ArgumentHelp("Global shape N,C,S1[,S2,...] (at least one spatial dimension).", valueName: "N,C,H,W"))
+    var shape: ShapeArgument = ShapeArgument(dimensions: [32, 64, 56, 56])
+
+    @Option(help: "Storage precision.")
+    var dtype: DType = .float32
+
+    @Option(help: "Timed iterations.")
+    var iterations: Int = 20
+
+    @Option(help: "Untimed iterations first (page faults, caches).")
+    var warmup: Int = 3
+
+    @Option(help: "ε added to the variance; must be > 0.")
+    var eps: Double = 1e-5
+
+    @Option(help: "Seed of the synthetic data.")
+    var seed: UInt64 = 1
+
+    @Flag(help: "Print one JSON object instead of the table.")
+    var json = false
+
+    @Flag(help: "Recompute a sample of instances and the full dgamma, dbeta with the plain double-precision reference; fail on a mismatch.")
+    var verify = false
+
+    func validate() throws {
+        do {
+            _ = try InstanceNormShape(dimensions: shape.dimensions)
+        } catch {
+            throw ValidationError("--shape \(shape): \(error)")
+        }
+        guard iterations >= 1 else { throw ValidationError("--iterations must be >= 1, got \(iterations)") }
+        guard warmup >= 0 else { throw ValidationError("--warmup must be >= 0, got \(warmup)") }
+        guard eps > 0, eps.isFinite else { throw ValidationError("--eps must be a positive finite number, got \(eps)") }
+    }
+
+    func run() throws {
+        let globalShape = try InstanceNormShape(dimensions: shape.dimensions)
+        switch dtype {
+        case .float32: try BenchRun<Float>(options: self, globalShape: globalShape).run()
+        case .float64: try BenchRun<Double>(options: self, globalShape: globalShape).run()
+        }
+    }
+}
+
+enum DType: String, ExpressibleByArgument, CaseIterable {
+    case float32, float64
+}
+
+/// A shape written N,C,H,W.
+struct ShapeArgument: ExpressibleByArgument, CustomStringConvertible {
+    let dimensions: [Int]
+
+    init(dimensions: [Int]) { self.dimensions = dimensions }
+
+    init?(argument: String) {
+        let parts = argument.split(separator: ",", omittingEmptySubsequences: false)
+        let values = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parts.isEmpty, values.count == parts.count else { return nil }
+        dimensions = values
+    }
+
+    var description: String { dimensions.map(String.init).joined(separator: ",") }
+    var defaultValueDescription: String { description }
+}

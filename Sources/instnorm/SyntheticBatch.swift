@@ -1,0 +1,63 @@
+import DataParallel
+import InstanceNorm
+
+/// This rank's slice of a synthetic training batch, and every buffer one step
+/// needs, allocated once.
+///
+/// Element g of the global x is a function of (seed, g) alone, so the data
+/// do not depend on how the batch is split: x has a per-channel offset and
+/// scale (so the statistics differ between instances), dy is uniform in
+/// [−1, 1), γ and β vary by channel.
+final class SyntheticBatch<T: DataParallelScalar> {
+    let layer: DataParallelInstanceNorm<T>
+    let x, dy, y, dx: TensorBuffer<T>
+    let gamma, beta, dgamma, dbeta: TensorBuffer<T>
+    let statistics: TensorBuffer<InstanceStatistics>
+
+    init(layer: DataParallelInstanceNorm<T>, seed: UInt64) {
+        self.layer = layer
+        let shape = layer.globalShape
+        let count = layer.localShape.elementCount
+        let first = layer.localElements.lowerBound
+        let spatialCount = shape.spatialCount
+        x = TensorBuffer(repeating: 0, count: count)
+        dy = TensorBuffer(repeating: 0, count: count)
+        for local in 0..<count {
+            let global = first + local
+            let channel = Double((global / spatialCount) % shape.channels)
+            x.elements[local] = T(channel - 3 + (1 + channel / 8) * uniform(seed, 0, global))
+            dy.elements[local] = T(uniform(seed, 1, global))
+        }
+        gamma = TensorBuffer((0..<shape.channels).map { T(1 + 0.5 * uniform(seed, 2, $0)) })
+        beta = TensorBuffer((0..<shape.channels).map { T(0.5 * uniform(seed, 3, $0)) })
+        // Written by every iteration; touched now so no page faults are timed.
+        y = TensorBuffer(repeating: 0, count: count)
+        dx = TensorBuffer(repeating: 0, count: count)
+        dgamma = TensorBuffer(repeating: 0, count: shape.channels)
+        dbeta = TensorBuffer(repeating: 0, count: shape.channels)
+        statistics = TensorBuffer(
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.instanceCount)
+    }
+
+    func forward() {
+        layer.forward(y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma.readOnly, beta: beta.readOnly)
+    }
+
+    func localBackward() {
+        layer.localBackward(dx: dx.elements, dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly, gamma: gamma.readOnly)
+    }
+
+    func reduceParameterGradients() throws {
+        try layer.reduceParameterGradients(dgamma: dgamma.elements, dbeta: dbeta.elements)
+    }
+}
+
+/// A uniform value in [−1, 1) determined by (seed, stream, index): SplitMix64's
+/// finalizer over the three, so any element can be made without the others.
+func uniform(_ seed: UInt64, _ stream: UInt64, _ index: Int) -> Double {
+    var z = seed &* 0x9E37_79B9_7F4A_7C15 &+ stream &* 0xD1B5_4A32_D192_ED03 &+ UInt64(index)
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    z ^= z >> 31
+    return Double(z >> 11) * 0x1p-52 - 1
+}
