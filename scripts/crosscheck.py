@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Cross-check `instnorm apply` against an independent InstanceNorm.
+
+The reference is PyTorch's torch.nn.functional.instance_norm (forward,
+autograd backward, running statistics) when torch is importable, and
+otherwise a float64 numpy implementation written here from the textbook
+formulas. Inputs are random .npy files of 1, 2 and 3 spatial dimensions in
+float32 and float64; the tool runs under mpirun at every rank count given.
+
+Checks, for every case and rank count:
+  * every output matches the reference: normwise relative error
+    max|out - ref| / max|ref| within 1e-5 (float32) or 1e-12 (float64);
+  * y, dx, mean, invstd, running_mean, running_var are byte-identical to the
+    single-rank output, and dgamma, dbeta within a few ulps of it.
+Exit status 0 when every check passed, 1 otherwise.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+CASES = [  # (shape, dtype, affine, grad, running, eval)
+    ((7, 3, 5, 4), np.float32, True, True, True, False),
+    ((7, 3, 5, 4), np.float64, True, True, True, False),
+    ((2, 4, 33), np.float64, False, True, False, False),
+    ((5, 2, 3, 4, 5), np.float32, True, True, False, False),
+    ((3, 5, 9, 7), np.float64, True, False, True, True),
+    ((6, 3, 1), np.float32, True, True, False, False),
+]
+
+
+def child_environment():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "OPAL_"))}
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", SWIFT_BACKTRACE="enable=no")
+    return env
+
+
+def numpy_reference(x, dy, gamma, beta, eps, running, momentum, evaluate):
+    """Textbook InstanceNorm in float64 over (N, C, M)."""
+    n, c = x.shape[:2]
+    x3 = x.astype(np.float64).reshape(n, c, -1)
+    m = x3.shape[2]
+    g = np.ones(c) if gamma is None else gamma.astype(np.float64)
+    b = np.zeros(c) if beta is None else beta.astype(np.float64)
+    out = {}
+    if evaluate:
+        rm, rv = (r.astype(np.float64) for r in running)
+        xhat = (x3 - rm[None, :, None]) / np.sqrt(rv[None, :, None] + eps)
+        out["y"] = (g[None, :, None] * xhat + b[None, :, None]).reshape(x.shape)
+        return out
+    mean = x3.mean(axis=2)
+    var = ((x3 - mean[..., None]) ** 2).mean(axis=2)
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x3 - mean[..., None]) * invstd[..., None]
+    out["y"] = (g[None, :, None] * xhat + b[None, :, None]).reshape(x.shape)
+    out["mean"], out["invstd"] = mean, invstd
+    if dy is not None:
+        d3 = dy.astype(np.float64).reshape(n, c, m)
+        s1 = d3.sum(axis=2)
+        s2 = (d3 * xhat).sum(axis=2)
+        dx = g[None, :, None] * invstd[..., None] * (d3 - s1[..., None] / m - xhat * s2[..., None] / m)
+        out["dx"] = dx.reshape(x.shape)
+        if gamma is not None:
+            out["dgamma"], out["dbeta"] = s2.sum(axis=0), s1.sum(axis=0)
+    if running is not None:
+        rm, rv = (r.astype(np.float64) for r in running)
+        out["running_mean"] = (1 - momentum) * rm + momentum * mean.mean(axis=0)
+        out["running_var"] = (1 - momentum) * rv + momentum * (var * m / (m - 1)).mean(axis=0)
+    return out
+
+
+def torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, evaluate):
+    """PyTorch's CPU instance_norm in float64 (autograd for the backward)."""
+    t = lambda a: None if a is None else torch.tensor(a.astype(np.float64))
+    xt = t(x).requires_grad_(dy is not None)
+    g, b = t(gamma), t(beta)
+    if g is not None and dy is not None:
+        g.requires_grad_(True)
+        b.requires_grad_(True)
+    rm, rv = (t(running[0]), t(running[1])) if running is not None else (None, None)
+    y = torch.nn.functional.instance_norm(
+        xt, running_mean=rm, running_var=rv, weight=g, bias=b,
+        use_input_stats=not evaluate, momentum=momentum, eps=eps)
+    out = {"y": y.detach().numpy()}
+    if evaluate:
+        return out
+    x3 = xt.detach().reshape(x.shape[0], x.shape[1], -1)
+    var = x3.var(dim=2, unbiased=False)
+    out["mean"] = x3.mean(dim=2).numpy()
+    out["invstd"] = (1 / torch.sqrt(var + eps)).numpy()
+    if dy is not None:
+        y.backward(t(dy))
+        out["dx"] = xt.grad.numpy()
+        if g is not None:
+            out["dgamma"], out["dbeta"] = g.grad.numpy(), b.grad.numpy()
+    if rm is not None:
+        out["running_mean"], out["running_var"] = rm.numpy(), rv.numpy()
+    return out
+
+
+def run_tool(tool, ranks, files, outdir, case_flags):
+    command = ["mpirun", "--oversubscribe", "-np", str(ranks), tool, "apply",
+               "--input", files["x"], "--output", outdir] + case_flags
+    result = subprocess.run(command, env=child_environment(), capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {result.returncode}:\n{result.stderr}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tool", required=True, help="path of the built instnorm")
+    parser.add_argument("--ranks", default="1,2,3,4", help="comma-separated rank counts")
+    parser.add_argument("--reference", choices=["auto", "torch", "numpy"], default="auto")
+    args = parser.parse_args()
+    ranks = [int(r) for r in args.ranks.split(",")]
+
+    torch = None
+    if args.reference in ("auto", "torch"):
+        try:
+            import torch as torch_module
+            torch = torch_module
+        except ImportError:
+            if args.reference == "torch":
+                sys.exit("error: --reference torch but torch is not importable")
+    print(f"reference: {'PyTorch ' + torch.__version__ if torch else 'numpy float64 (textbook formulas)'}")
+
+    rng = np.random.default_rng(2024)
+    failures = 0
+    work = tempfile.mkdtemp(prefix="instnorm-crosscheck-")
+    try:
+        for index, (shape, dtype, affine, grad, running, evaluate) in enumerate(CASES):
+            eps, momentum = 1e-5, 0.1
+            c = shape[1]
+            x = (rng.standard_normal(shape) * rng.uniform(0.5, 3, size=(1, c) + (1,) * (len(shape) - 2))
+                 + rng.uniform(-2, 2, size=(1, c) + (1,) * (len(shape) - 2))).astype(dtype)
+            dy = rng.standard_normal(shape).astype(dtype) if grad else None
+            gamma = rng.uniform(0.5, 1.5, c).astype(dtype) if affine else None
+            beta = rng.uniform(-0.5, 0.5, c).astype(dtype) if affine else None
+            run_stats = (rng.uniform(-1, 1, c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)) if running else None
+            files = {"x": f"{work}/x{index}.npy"}
+            np.save(files["x"], x)
+            flags = ["--eps", repr(eps)]
+            for name, value in (("grad", dy), ("weight", gamma), ("bias", beta)):
+                if value is not None:
+                    files[name] = f"{work}/{name}{index}.npy"
+                    np.save(files[name], value)
+                    flags += [f"--{name}", files[name]]
+            if run_stats is not None:
+                for name, value in zip(("running-mean", "running-var"), run_stats):
+                    files[name] = f"{work}/{name}{index}.npy"
+                    np.save(files[name], value)
+                    flags += [f"--{name}", files[name]]
+                flags += ["--momentum", repr(momentum)]
+            if evaluate:
+                flags.append("--eval")
+            if torch is not None:
+                reference = torch_reference(torch, x, dy, gamma, beta, eps, run_stats, momentum, evaluate)
+            else:
+                reference = numpy_reference(x, dy, gamma, beta, eps, run_stats, momentum, evaluate)
+            tolerance = TOLERANCE[dtype]
+            single = None
+            for p in ranks:
+                outdir = f"{work}/out{index}-p{p}"
+                run_tool(args.tool, p, files, outdir, flags)
+                outputs = {name: np.load(f"{outdir}/{name}.npy") for name in reference}
+                produced = sorted(f[:-4] for f in os.listdir(outdir))
+                label = f"case {index} {shape} {np.dtype(dtype).name} P={p}"
+                if produced != sorted(reference):
+                    print(f"FAIL {label}: files {produced}, expected {sorted(reference)}")
+                    failures += 1
+                for name, expected in reference.items():
+                    got = outputs[name]
+                    scale = max(np.abs(expected).max(), 1e-30)
+                    error = np.abs(got.astype(np.float64) - expected.reshape(got.shape)).max() / scale
+                    ok = got.dtype == dtype and error <= tolerance
+                    if single is not None:
+                        if name in ("dgamma", "dbeta"):
+                            ulps = np.abs(got - single[name]) / np.spacing(np.abs(single[name]).max().astype(dtype))
+                            ok = ok and ulps.max() <= 4
+                        else:
+                            ok = ok and got.tobytes() == single[name].tobytes()
+                    if not ok:
+                        failures += 1
+                    print(f"{'ok  ' if ok else 'FAIL'} {label} {name:13s} rel.error {error:.2e} (tolerance {tolerance:.0e})")
+                if single is None:
+                    single = outputs
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"crosscheck: {failures} failure(s)")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()

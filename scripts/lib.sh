@@ -1,0 +1,50 @@
+# Shared by the scripts: sourced, not run. Sets the root, installs what is
+# missing, and makes mpirun usable as root (CI and these machines run as root).
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# Swift's crash backtracer prints ~70 lines per rank; a failing rank's own
+# message is what matters.
+export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
+
+MPIRUN=${MPIRUN:-mpirun}
+
+# Prints a command, then runs it.
+run() {
+  echo "+ $*" >&2
+  "$@"
+}
+
+# apt-get install the Debian packages given, if any is missing.
+install_packages() {
+  local missing=()
+  local package
+  for package in "$@"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: missing Debian packages ${missing[*]}; install them (as root: apt-get install -y ${missing[*]})" >&2
+    return 1
+  fi
+  run apt-get update -q
+  DEBIAN_FRONTEND=noninteractive run apt-get install -y -q "${missing[@]}"
+}
+
+# Open MPI and pkg-config, through which Package.swift finds it.
+install_mpi() {
+  install_packages libopenmpi-dev openmpi-bin pkg-config
+}
+
+# The release build of the tool; prints its path.
+build_release() {
+  run swift build -c release --product instnorm >&2
+  echo "$(swift build -c release --show-bin-path)/instnorm"
+}
+
+# Ranks for a default run: one per core.
+cores() {
+  nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
+}
