@@ -24,9 +24,15 @@ struct OutputDirectory {
     func partialPath(_ name: String, tag: Int64) -> String { path + "/.\(name).partial-\(tag)" }
 
     /// Refuses to run when an output would replace one of the inputs (the
-    /// same file, also through a symbolic or hard link).
+    /// same file, also through a symbolic or hard link), or when an output's
+    /// name is taken by something that a file cannot replace (a directory),
+    /// which would otherwise fail only at the final rename.
     func refuseOverlap(with inputs: [String]) throws {
         for name in names {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: finalPath(name), isDirectory: &isDirectory), isDirectory.boolValue {
+                throw ToolError.usage("output \(finalPath(name)) exists and is a directory; remove it or choose another --output")
+            }
             guard let output = FileIdentity(path: finalPath(name)) else { continue }
             if let input = inputs.first(where: { FileIdentity(path: $0) == output }) {
                 throw ToolError.usage(
