@@ -7,10 +7,14 @@ import Foundation
 // haswell (AVX2 + FMA) runs on any cluster node of the last decade; set
 // INSTNORM_TARGET_CPU (for example `native` or `znver4`) to tune for one host.
 let targetCPU = ProcessInfo.processInfo.environment["INSTNORM_TARGET_CPU"] ?? "haswell"
+// `-Xcc -march` builds the C shims' header for the same CPU when Swift imports
+// it; without it the streaming-store shim is not inlined into the kernels.
 #if arch(x86_64)
-let kernelSettings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
+let kernelSettings: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU, "-Xcc", "-march=\(targetCPU)"])]
+let shimSettings: [CSetting] = [.unsafeFlags(["-march=\(targetCPU)"])]
 #else
 let kernelSettings: [SwiftSetting] = []
+let shimSettings: [CSetting] = []
 #endif
 
 let package = Package(
@@ -35,7 +39,7 @@ let package = Package(
     ],
     targets: [
         // MARK: - Public API
-        .target(name: "InstanceNorm", swiftSettings: kernelSettings),
+        .target(name: "InstanceNorm", dependencies: ["_InstanceNormShims"], swiftSettings: kernelSettings),
         .target(name: "InstanceNormReference"),
         .target(name: "NPY"),
         .target(name: "MPI", dependencies: ["CMPI"]),
@@ -52,6 +56,8 @@ let package = Package(
             swiftSettings: kernelSettings),
 
         // MARK: - Implementation details
+        /// Streaming stores and a store fence, as static inline C.
+        .target(name: "_InstanceNormShims", cSettings: shimSettings),
         .systemLibrary(
             name: "CMPI",
             pkgConfig: "ompi-c",

@@ -1,9 +1,40 @@
-/// Forward and backward over a batch (N, C, S1…Sk) held by one process.
+import _InstanceNormShims
+
+/// Hooks that let a caller hide a reduction of dγ, dβ behind the dx pass.
 ///
-/// Instances are visited in order i = n·C + c. The backward runs both of its
-/// passes on one instance before the next, so the second pass reads x and dy
-/// from cache. Buffers are laid out as the shape says:
-/// x, y, dy, dx are (N, C, S…); statistics is (N, C); γ, β, dγ, dβ are (C,).
+/// The backward first computes every instance's sums except for the dx of
+/// a tail of `tailElements` values per worker; then, on the calling thread,
+/// `sumsReady` is called with this batch's dγ, dβ complete (a caller starts
+/// its non-blocking allreduce there); then the tails' dx are written while
+/// one worker calls `progress` every `progressInterval` values (a caller
+/// polls its request there, since MPI without a progress thread advances a
+/// non-blocking collective only inside MPI calls). `progress` runs on a
+/// worker thread while the calling thread waits, never concurrently with
+/// anything else that calls it: hence `@unchecked Sendable`.
+public struct BackwardOverlap: @unchecked Sendable {
+    public var tailElements: Int
+    public var progressInterval: Int
+    public var sumsReady: () -> Void
+    public var progress: () -> Void
+
+    public init(
+        tailElements: Int = 1 << 18, progressInterval: Int = 1 << 14,
+        sumsReady: @escaping () -> Void, progress: @escaping () -> Void
+    ) {
+        self.tailElements = tailElements
+        self.progressInterval = progressInterval
+        self.sumsReady = sumsReady
+        self.progress = progress
+    }
+}
+
+/// Forward and backward over a batch (N, C, S1…Sk) held by one process,
+/// spread over `threads` worker threads (see `WorkSplit`).
+///
+/// Buffers are laid out as the shape says: x, y, dy, dx are (N, C, S…);
+/// statistics is (N, C); γ, β, dγ, dβ are (C,). Outputs larger than the
+/// last-level cache are written with streaming stores (`StorePolicy`).
+/// Results are the same bits for every thread count.
 public enum BatchKernel {
     /// Training-mode forward: each instance normalized with its own statistics.
     ///
@@ -13,26 +44,29 @@ public enum BatchKernel {
     ///   - x: (N, C, S…) input.
     ///   - gamma, beta: (C,) affine parameters, or nil for γ = 1, β = 0.
     ///   - eps: ε > 0, added to the variance.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how y is written.
     @inlinable
     public static func forward<T: InstanceNormScalar>(
         y: UnsafeMutableBufferPointer<T>,
         statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>,
         gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        shape: InstanceNormShape, eps: Double
+        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic
     ) {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
-        let spatialCount = shape.spatialCount
-        for instance in 0..<shape.instanceCount {
-            let values = slice(x, instance, spatialCount)
-            let moments = InstanceKernel.moments(of: values)
-            let instanceStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
-            statistics[instance] = instanceStatistics
-            let (scale, shift) = affine(gamma, beta, channel: instance % shape.channels)
-            InstanceKernel.normalize(
-                slice(y, instance, spatialCount), values,
-                statistics: instanceStatistics, gamma: scale, beta: shift)
+        guard shape.instanceCount > 0 else { return }
+        let batch = ForwardBatch(
+            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
+        let split = WorkSplit(shape: shape, threads: threads)
+        if split.splitsInstances {
+            batch.forwardSplit(split)
+        } else {
+            split.run { worker in
+                for instance in split.instances(of: worker) { batch.forwardInstance(instance) }
+            }
         }
+        if batch.streaming { instnorm_store_fence() }
     }
 
     /// Evaluation-mode forward: every instance of channel c normalized with the
@@ -43,33 +77,40 @@ public enum BatchKernel {
         x: UnsafeBufferPointer<T>,
         runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
         gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        shape: InstanceNormShape, eps: Double
+        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic
     ) {
         checkCounts(shape, x.count, y.count, shape.instanceCount, gamma, beta)
         precondition(runningMean.count == shape.channels && runningVar.count == shape.channels)
-        let spatialCount = shape.spatialCount
-        for instance in 0..<shape.instanceCount {
-            let channel = instance % shape.channels
-            let statistics = InstanceStatistics(
-                mean: runningMean[channel].widened, variance: runningVar[channel].widened, eps: eps)
-            let (scale, shift) = affine(gamma, beta, channel: channel)
-            InstanceKernel.normalize(
-                slice(y, instance, spatialCount), slice(x, instance, spatialCount),
-                statistics: statistics, gamma: scale, beta: shift)
+        guard shape.instanceCount > 0 else { return }
+        let batch = ForwardBatch(
+            y: y, statistics: nil, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
+        let running = (SharedBuffer(runningMean), SharedBuffer(runningVar))
+        let split = WorkSplit(shape: shape, threads: threads)
+        split.run { worker in
+            split.forEachPiece(of: worker) { instance, range in
+                let channel = instance % shape.channels
+                let statistics = InstanceStatistics(
+                    mean: running.0.base[channel].widened, variance: running.1.base[channel].widened, eps: eps)
+                batch.normalize(instance, range, statistics)
+            }
         }
+        if batch.streaming { instnorm_store_fence() }
     }
 
     /// Backward of the training-mode forward.
     ///
     /// dγ_c and dβ_c receive this batch's Σ_n s2(n,c) and Σ_n s1(n,c), summed
     /// in `Double` in sample order; across ranks they are partial sums that
-    /// one allreduce finishes.
+    /// one allreduce finishes (see `BackwardOverlap` to hide it).
     ///
     /// - Parameters:
     ///   - dx: (N, C, S…) output.
     ///   - dgamma, dbeta: (C,) outputs, overwritten.
     ///   - dy, x: (N, C, S…) inputs; statistics: (N, C) from `forward`.
     ///   - gamma: (C,) or nil for γ = 1.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how dx is written.
+    ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     @inlinable
     public static func backward<T: InstanceNormScalar>(
         dx: UnsafeMutableBufferPointer<T>,
@@ -77,45 +118,49 @@ public enum BatchKernel {
         dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>,
         gamma: UnsafeBufferPointer<T>?,
-        shape: InstanceNormShape
+        shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic,
+        overlap: BackwardOverlap? = nil
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
-        let spatialCount = shape.spatialCount
-        dgamma.update(repeating: 0)
-        dbeta.update(repeating: 0)
-        for instance in 0..<shape.instanceCount {
-            let channel = instance % shape.channels
-            let values = slice(x, instance, spatialCount)
-            let gradients = slice(dy, instance, spatialCount)
-            let sums = InstanceKernel.gradientSums(dy: gradients, x: values, statistics: statistics[instance])
-            dbeta[channel] += sums.sumDy
-            dgamma[channel] += sums.sumDyXHat
-            InstanceKernel.inputGradient(
-                slice(dx, instance, spatialCount), dy: gradients, x: values,
-                statistics: statistics[instance], gamma: affine(gamma, nil, channel: channel).gamma,
-                sumDy: sums.sumDy, sumDyXHat: sums.sumDyXHat)
+        let batch = BackwardBatch(
+            dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
+        let split = WorkSplit(shape: shape, threads: threads)
+        let tails = (0..<split.workers).map { worker in
+            split.splitsInstances ? 0..<0 : batch.tail(of: split.instances(of: worker), elements: overlap?.tailElements ?? 0)
         }
-    }
-
-    @inlinable
-    static func affine<T: InstanceNormScalar>(
-        _ gamma: UnsafeBufferPointer<T>?, _ beta: UnsafeBufferPointer<T>?, channel: Int
-    ) -> (gamma: Double, beta: Double) {
-        (gamma.map { $0[channel].widened } ?? 1, beta.map { $0[channel].widened } ?? 0)
-    }
-
-    @inlinable
-    static func slice<T>(_ buffer: UnsafeBufferPointer<T>, _ instance: Int, _ spatialCount: Int) -> UnsafeBufferPointer<T> {
-        UnsafeBufferPointer(rebasing: buffer[instance * spatialCount ..< (instance + 1) * spatialCount])
-    }
-
-    @inlinable
-    static func slice<T>(
-        _ buffer: UnsafeMutableBufferPointer<T>, _ instance: Int, _ spatialCount: Int
-    ) -> UnsafeMutableBufferPointer<T> {
-        UnsafeMutableBufferPointer(rebasing: buffer[instance * spatialCount ..< (instance + 1) * spatialCount])
+        // Pass 1, and pass 2 of every instance outside the tails.
+        if split.splitsInstances {
+            batch.chunkSumsSplit(split)
+        } else {
+            split.run { worker in
+                for instance in split.instances(of: worker) { batch.sums(instance, writeDx: !tails[worker].contains(instance)) }
+            }
+        }
+        batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta)
+        overlap?.sumsReady()
+        // Pass 2 of the tails (or of everything, when instances are split).
+        split.run { worker in
+            var sinceProgress = 0
+            let pieces: (((Int, Range<Int>) -> Void) -> Void) = split.splitsInstances
+                ? { split.forEachPiece(of: worker, $0) }
+                : { body in for instance in tails[worker] { body(instance, 0..<shape.spatialCount) } }
+            pieces { instance, range in
+                var start = range.lowerBound
+                while start < range.upperBound {
+                    let end = min(start + (overlap?.progressInterval ?? range.count), range.upperBound)
+                    batch.inputGradient(instance, start..<end)
+                    sinceProgress += end - start
+                    if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
+                        overlap.progress()
+                        sinceProgress = 0
+                    }
+                    start = end
+                }
+            }
+        }
+        if batch.streaming { instnorm_store_fence() }
     }
 
     /// Sizes are the caller's contract, not user input: a mismatch is a bug.
@@ -129,5 +174,21 @@ public enum BatchKernel {
         precondition(perInstance == shape.instanceCount, "per-instance buffer does not hold N·C entries")
         precondition(gamma.map { $0.count == shape.channels } ?? true, "gamma does not hold C entries")
         precondition(beta.map { $0.count == shape.channels } ?? true, "beta does not hold C entries")
+    }
+}
+
+extension WorkSplit {
+    /// Calls body(instance, element range) for each piece of work of one
+    /// worker: its whole instances, or its chunks.
+    @inlinable
+    func forEachPiece(of worker: Int, _ body: (Int, Range<Int>) -> Void) {
+        if splitsInstances {
+            for chunk in chunks(of: worker) {
+                let (instance, range) = elements(ofChunk: chunk)
+                body(instance, range)
+            }
+        } else {
+            for instance in instances(of: worker) { body(instance, 0..<spatialCount) }
+        }
     }
 }

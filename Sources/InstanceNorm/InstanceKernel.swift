@@ -46,30 +46,62 @@ public struct InstanceStatistics: Equatable, Sendable {
 /// the order of additions is fixed (the result does not depend on who calls).
 /// No kernel forms E[x²] − E[x]²: the variance is a two-pass sum about a shift.
 public enum InstanceKernel {
-    /// The mean and biased variance of one instance (M ≥ 1), exactly as a
-    /// careful two-pass computation in `Double` gives them.
+    /// The mean and biased variance of one instance (M ≥ 1), as accurate as
+    /// a careful two-pass computation in `Double`, usually in one pass:
     ///
-    ///     K = x_1                 μ = K + (1/M) Σ (x_m − K)
-    ///     d_m = x_m − μ           σ² = ((Σ d²) − (Σ d)²/M) / M
+    ///     K = x_1        S = Σ (x_m − K)        Q = Σ (x_m − K)²
+    ///     μ = K + S/M    σ² = Q/M − (S/M)²
     ///
-    /// The shift K makes a constant instance give μ = K and σ² = 0 exactly;
-    /// the (Σ d)² term is the classic correction that removes the rounding
-    /// error of μ from σ² (Chan, Golub, LeVeque 1983).
+    /// The shift K makes a constant instance give μ = K and σ² = 0 exactly
+    /// and keeps the terms small, so the lanes can sum in the storage type
+    /// within a chunk (see `reductionChunk`) before widening to `Double`.
+    /// The subtraction in σ² loses about log2(1 + (μ − K)²/σ²) bits; when
+    /// (μ − K)² > 4σ² (the first value is an outlier) a second pass about μ
+    /// from cache recomputes σ² with the classic correction term
+    /// (Chan, Golub, LeVeque 1983), so no input loses more than two bits.
     @inlinable
     public static func moments<T: InstanceNormScalar>(
         of x: UnsafeBufferPointer<T>
     ) -> (mean: Double, variance: Double) {
         let count = x.count
         precondition(count >= 1, "an instance has at least one value")
-        let shift = x[0].widened
-        let shiftedSum = wideSum(count) { x[$0].widened - shift }
-        let mean = shift + shiftedSum / Double(count)
-        let (sumDeviation, sumSquaredDeviation) = wideSumPair(count) { index in
-            let deviation = x[index].widened - mean
-            return (deviation, deviation * deviation)
-        }
-        let variance = (sumSquaredDeviation - sumDeviation * sumDeviation / Double(count)) / Double(count)
-        return (mean, max(variance, 0))
+        let base = x.baseAddress!
+        let shift = x[0]
+        let (sum, sumSquares) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: shift) }
+        if let moments = momentsFromShiftedSums(sum, sumSquares, count: count, shift: shift) { return moments }
+        let center = secondPassCenter(sum, count: count, shift: shift)
+        let (deviation, squaredDeviation) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: center) }
+        return momentsFromCenteredSums(deviation, squaredDeviation, count: count, center: center)
+    }
+
+    /// μ and σ² from the one-pass sums about the shift K, or nil when the
+    /// cancellation in σ² = Q/M − (S/M)² would cost more than two bits,
+    /// that is when (μ − K)² > 4σ²: then a second pass about μ is needed.
+    @inlinable
+    public static func momentsFromShiftedSums<T: InstanceNormScalar>(
+        _ sum: Double, _ sumSquares: Double, count: Int, shift: T
+    ) -> (mean: Double, variance: Double)? {
+        let shiftedMean = sum / Double(count)
+        let variance = sumSquares / Double(count) - shiftedMean * shiftedMean
+        guard shiftedMean * shiftedMean <= 4 * variance else { return nil }
+        return (shift.widened + shiftedMean, variance)
+    }
+
+    /// The center of the second pass: the one-pass mean rounded to T.
+    @inlinable
+    public static func secondPassCenter<T: InstanceNormScalar>(_ sum: Double, count: Int, shift: T) -> T {
+        T(shift.widened + sum / Double(count))
+    }
+
+    /// μ and σ² from a second pass about c: D = Σ (x − c), E = Σ (x − c)²,
+    /// μ = c + D/M, σ² = (E − D²/M)/M (the correction term removes the error
+    /// of c from σ² to first order).
+    @inlinable
+    public static func momentsFromCenteredSums<T: InstanceNormScalar>(
+        _ deviation: Double, _ squaredDeviation: Double, count: Int, center: T
+    ) -> (mean: Double, variance: Double) {
+        let variance = (squaredDeviation - deviation * deviation / Double(count)) / Double(count)
+        return (center.widened + deviation / Double(count), max(variance, 0))
     }
 
     /// Writes y = γ·(x − μ)·r + β for one instance.
@@ -81,21 +113,25 @@ public enum InstanceKernel {
     /// where μ = μ_hi + μ_lo (see `InstanceStatistics.splitMean`). The usual
     /// folding y = a·x + (β − μ·a) would cancel catastrophically when |μ| ≫ σ
     /// (with μ = 1e4, σ = 1e-3 in Float, a·x ≈ 1e7 has an ulp of 1).
+    ///
+    /// - Parameter streaming: write y with non-temporal stores (for outputs
+    ///   larger than the last-level cache: see `StorePolicy`).
     @inlinable
     public static func normalize<T: InstanceNormScalar>(
         _ y: UnsafeMutableBufferPointer<T>,
         _ x: UnsafeBufferPointer<T>,
         statistics: InstanceStatistics,
-        gamma: Double, beta: Double
+        gamma: Double, beta: Double,
+        streaming: Bool = false
     ) {
         precondition(y.count == x.count)
         let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
         let scaleWide = gamma * statistics.invstd
         let scale = T(scaleWide)
         let offset = T(beta - meanLow * scaleWide)
-        for index in 0..<x.count {
-            y[index] = offset.addingProduct(x[index] - meanHigh, scale)
-        }
+        writeElementwise(
+            y.baseAddress!, 0..<x.count, streaming: streaming,
+            NormalizeOperation(x: x.baseAddress!, meanHigh: meanHigh, scale: scale, offset: offset))
     }
 
     /// The two reductions of the backward for one instance:
@@ -103,7 +139,8 @@ public enum InstanceKernel {
     ///     sumDy     = s1 = Σ dy_m
     ///     sumDyXHat = s2 = Σ dy_m·x̂_m = r·(Σ dy_m·(x_m − μ_hi) − μ_lo·s1)
     ///
-    /// Only x and dy are read; x̂ is never formed.
+    /// Only x and dy are read; x̂ is never formed. Summed by chunks in the
+    /// storage type, widened to `Double` per chunk (see `reductionChunk`).
     @inlinable
     public static func gradientSums<T: InstanceNormScalar>(
         dy: UnsafeBufferPointer<T>,
@@ -111,11 +148,20 @@ public enum InstanceKernel {
         statistics: InstanceStatistics
     ) -> (sumDy: Double, sumDyXHat: Double) {
         precondition(dy.count == x.count)
-        let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
-        let (sumDy, sumDyCentered) = wideSumPair(x.count) { index in
-            let gradient = dy[index].widened
-            return (gradient, gradient * (x[index] - meanHigh).widened)
+        let meanHigh = statistics.splitMean(as: T.self).high
+        let gradients = dy.baseAddress!, values = x.baseAddress!
+        let (sumDy, sumDyCentered) = chunkedSums(x.count) {
+            gradientChunkSums(gradients, values, $0, center: meanHigh)
         }
+        return gradientSums(sumDy: sumDy, sumDyCentered: sumDyCentered, statistics: statistics, as: T.self)
+    }
+
+    /// s1 and s2 from Σ dy and Σ dy·(x − μ_hi).
+    @inlinable
+    public static func gradientSums<T: InstanceNormScalar>(
+        sumDy: Double, sumDyCentered: Double, statistics: InstanceStatistics, as _: T.Type
+    ) -> (sumDy: Double, sumDyXHat: Double) {
+        let meanLow = statistics.splitMean(as: T.self).low
         return (sumDy, statistics.invstd * (sumDyCentered - meanLow * sumDy))
     }
 
@@ -129,6 +175,9 @@ public enum InstanceKernel {
     ///
     /// Centering dy on m̄ and x on μ_hi keeps the terms small, so an instance
     /// of one value (M = 1) or a constant dy gives dx = 0 exactly.
+    ///
+    /// - Parameter spatialCount: M, when the buffers hold only part of the
+    ///   instance (a thread's share); the buffers' length otherwise.
     @inlinable
     public static func inputGradient<T: InstanceNormScalar>(
         _ dx: UnsafeMutableBufferPointer<T>,
@@ -136,10 +185,12 @@ public enum InstanceKernel {
         x: UnsafeBufferPointer<T>,
         statistics: InstanceStatistics,
         gamma: Double,
-        sumDy: Double, sumDyXHat: Double
+        sumDy: Double, sumDyXHat: Double,
+        spatialCount: Int? = nil,
+        streaming: Bool = false
     ) {
         precondition(dx.count == x.count && dy.count == x.count)
-        let count = Double(x.count)
+        let count = Double(spatialCount ?? x.count)
         let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
         let gradientScaleWide = gamma * statistics.invstd
         let centeredScaleWide = -gradientScaleWide * statistics.invstd * sumDyXHat / count
@@ -148,52 +199,26 @@ public enum InstanceKernel {
         let gradientScale = T(gradientScaleWide)
         let centeredScale = T(centeredScaleWide)
         let offset = T(gradientScaleWide * (meanDy.widened - meanDyWide) - centeredScaleWide * meanLow)
-        for index in 0..<x.count {
-            let centeredTerm = offset.addingProduct(centeredScale, x[index] - meanHigh)
-            dx[index] = centeredTerm.addingProduct(gradientScale, dy[index] - meanDy)
-        }
+        writeElementwise(
+            dx.baseAddress!, 0..<x.count, streaming: streaming,
+            InputGradientOperation(
+                dy: dy.baseAddress!, x: x.baseAddress!, meanHigh: meanHigh, meanDy: meanDy,
+                gradientScale: gradientScale, centeredScale: centeredScale, offset: offset))
     }
 }
 
-/// Σ term(i) for i in 0..<count, in four interleaved `Double` accumulators
-/// combined in a fixed order.
+/// The chunks of an instance of `count` values, reduced by `chunkSums` and
+/// added in chunk order: the fixed order that makes the sums reproducible.
 @inlinable @inline(__always)
-func wideSum(_ count: Int, _ term: (Int) -> Double) -> Double {
-    var partial = (0.0, 0.0, 0.0, 0.0)
-    var index = 0
-    while index + 4 <= count {
-        partial.0 += term(index)
-        partial.1 += term(index + 1)
-        partial.2 += term(index + 2)
-        partial.3 += term(index + 3)
-        index += 4
+func chunkedSums(_ count: Int, _ chunkSums: (Range<Int>) -> (Double, Double)) -> (Double, Double) {
+    var total = (0.0, 0.0)
+    var start = 0
+    while start < count {
+        let partial = chunkSums(start..<min(start + reductionChunk, count))
+        total.0 += partial.0
+        total.1 += partial.1
+        start += reductionChunk
     }
-    while index < count {
-        partial.0 += term(index)
-        index += 1
-    }
-    return (partial.0 + partial.1) + (partial.2 + partial.3)
+    return total
 }
 
-/// Two sums at once, as `wideSum`.
-@inlinable @inline(__always)
-func wideSumPair(_ count: Int, _ terms: (Int) -> (Double, Double)) -> (Double, Double) {
-    var first = (0.0, 0.0, 0.0, 0.0)
-    var second = (0.0, 0.0, 0.0, 0.0)
-    var index = 0
-    while index + 4 <= count {
-        let lane0 = terms(index), lane1 = terms(index + 1)
-        let lane2 = terms(index + 2), lane3 = terms(index + 3)
-        first.0 += lane0.0; second.0 += lane0.1
-        first.1 += lane1.0; second.1 += lane1.1
-        first.2 += lane2.0; second.2 += lane2.1
-        first.3 += lane3.0; second.3 += lane3.1
-        index += 4
-    }
-    while index < count {
-        let lane0 = terms(index)
-        first.0 += lane0.0; second.0 += lane0.1
-        index += 1
-    }
-    return ((first.0 + first.1) + (first.2 + first.3), (second.0 + second.1) + (second.2 + second.3))
-}

@@ -9,7 +9,10 @@ struct KernelRun<T: InstanceNormScalar> {
     var dgamma: [Double]
     var dbeta: [Double]
 
-    init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double) {
+    init(
+        x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double,
+        threads: Int = 1, stores: StorePolicy = .automatic
+    ) {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
         let y = TensorBuffer<T>(repeating: .nan, count: x.elements.count)
@@ -20,11 +23,11 @@ struct KernelRun<T: InstanceNormScalar> {
         let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
         BatchKernel.forward(
             y: y.elements, statistics: statistics.elements, x: x.readOnly,
-            gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps)
+            gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps, threads: threads, stores: stores)
         BatchKernel.backward(
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly,
-            gamma: gamma?.readOnly, shape: shape)
+            gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores)
         self.y = y.array
         self.statistics = statistics.array
         self.dx = dx.array
@@ -53,8 +56,8 @@ struct Inputs<T: InstanceNormScalar> {
     var wideGamma: [Double]? { gamma?.map(\.widened) }
     var wideBeta: [Double]? { beta?.map(\.widened) }
 
-    func run(eps: Double) -> KernelRun<T> {
-        KernelRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps)
+    func run(eps: Double, threads: Int = 1, stores: StorePolicy = .automatic) -> KernelRun<T> {
+        KernelRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps, threads: threads, stores: stores)
     }
 
     func reference(eps: Double) -> (forward: Reference.Forward, backward: Reference.Backward) {

@@ -1,0 +1,178 @@
+/// Elements per `Double` partial sum. Inside a chunk the kernels sum in
+/// vector lanes of the storage type; each chunk's lanes are widened and
+/// added to the instance's `Double` total, chunk after chunk. The chunk
+/// boundaries sit at fixed offsets from the instance's start, so the order
+/// of every addition is fixed by the data's shape alone: threads that split
+/// an instance at chunk boundaries reproduce the single-thread bits.
+@usableFromInline let reductionChunk = 1024
+
+@inlinable @inline(__always)
+func loadVector<T: InstanceNormScalar>(_ base: UnsafePointer<T>, _ index: Int) -> T.Vector {
+    UnsafeRawPointer(base + index).loadUnaligned(as: T.Vector.self)
+}
+
+@inlinable @inline(__always)
+func storeVector<T: InstanceNormScalar>(_ value: T.Vector, _ base: UnsafeMutablePointer<T>, _ index: Int) {
+    UnsafeMutableRawPointer(base + index).storeBytes(of: value, as: T.Vector.self)
+}
+
+/// Σ (x − shift) and Σ (x − shift)² over one chunk.
+@inlinable
+func shiftedChunkSums<T: InstanceNormScalar>(
+    _ x: UnsafePointer<T>, _ range: Range<Int>, shift: T
+) -> (sum: Double, sumSquares: Double) {
+    let lanes = T.Vector.scalarCount
+    let shiftVector = T.Vector(repeating: shift)
+    var sum0 = T.Vector(), sum1 = T.Vector(), squares0 = T.Vector(), squares1 = T.Vector()
+    var index = range.lowerBound
+    while index + 2 * lanes <= range.upperBound {
+        let deviation0 = loadVector(x, index) - shiftVector
+        let deviation1 = loadVector(x, index + lanes) - shiftVector
+        sum0 += deviation0
+        sum1 += deviation1
+        squares0.addProduct(deviation0, deviation0)
+        squares1.addProduct(deviation1, deviation1)
+        index += 2 * lanes
+    }
+    var sum = T.widenedSum(sum0) + T.widenedSum(sum1)
+    var sumSquares = T.widenedSum(squares0) + T.widenedSum(squares1)
+    while index < range.upperBound {
+        let deviation = (x[index] - shift).widened
+        sum += deviation
+        sumSquares += deviation * deviation
+        index += 1
+    }
+    return (sum, sumSquares)
+}
+
+/// Σ dy and Σ dy·(x − center) over one chunk.
+@inlinable
+func gradientChunkSums<T: InstanceNormScalar>(
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ range: Range<Int>, center: T
+) -> (sumDy: Double, sumDyCentered: Double) {
+    let lanes = T.Vector.scalarCount
+    let centerVector = T.Vector(repeating: center)
+    var dySum0 = T.Vector(), dySum1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
+    var index = range.lowerBound
+    while index + 2 * lanes <= range.upperBound {
+        let gradient0 = loadVector(dy, index), gradient1 = loadVector(dy, index + lanes)
+        dySum0 += gradient0
+        dySum1 += gradient1
+        product0.addProduct(gradient0, loadVector(x, index) - centerVector)
+        product1.addProduct(gradient1, loadVector(x, index + lanes) - centerVector)
+        index += 2 * lanes
+    }
+    var sumDy = T.widenedSum(dySum0) + T.widenedSum(dySum1)
+    var sumDyCentered = T.widenedSum(product0) + T.widenedSum(product1)
+    while index < range.upperBound {
+        let gradient = dy[index].widened
+        sumDy += gradient
+        sumDyCentered += gradient * (x[index] - center).widened
+        index += 1
+    }
+    return (sumDy, sumDyCentered)
+}
+
+/// One value of an elementwise output, as a vector or as a scalar: the two
+/// must compute the same expression, so the bits do not depend on where the
+/// vector loop starts or ends.
+@usableFromInline
+protocol ElementwiseOperation {
+    associatedtype Scalar: InstanceNormScalar
+    func vector(at index: Int) -> Scalar.Vector
+    func scalar(at index: Int) -> Scalar
+}
+
+/// out[i] = operation(i) for i in range, in vectors; with `streaming` the
+/// vectors are written with non-temporal stores from the first 64-byte
+/// boundary on, so the output's cache lines are never read.
+@inlinable @inline(__always)
+func writeElementwise<Operation: ElementwiseOperation>(
+    _ out: UnsafeMutablePointer<Operation.Scalar>, _ range: Range<Int>, streaming: Bool, _ operation: Operation
+) {
+    typealias T = Operation.Scalar
+    let lanes = T.Vector.scalarCount
+    var index = range.lowerBound
+    if streaming {
+        while index < range.upperBound && Int(bitPattern: out + index) & 63 != 0 {
+            out[index] = operation.scalar(at: index)
+            index += 1
+        }
+        while index + lanes <= range.upperBound {
+            T.streamStore(operation.vector(at: index), to: out + index)
+            index += lanes
+        }
+    } else {
+        while index + lanes <= range.upperBound {
+            storeVector(operation.vector(at: index), out, index)
+            index += lanes
+        }
+    }
+    while index < range.upperBound {
+        out[index] = operation.scalar(at: index)
+        index += 1
+    }
+}
+
+/// y = (x − μ_hi)·a + b (see `InstanceKernel.normalize`).
+@usableFromInline
+struct NormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
+    @usableFromInline let x: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, scale, offset: Scalar
+    @usableFromInline let meanVector, scaleVector, offsetVector: Scalar.Vector
+
+    @inlinable
+    init(x: UnsafePointer<Scalar>, meanHigh: Scalar, scale: Scalar, offset: Scalar) {
+        self.x = x
+        self.meanHigh = meanHigh
+        self.scale = scale
+        self.offset = offset
+        meanVector = Scalar.Vector(repeating: meanHigh)
+        scaleVector = Scalar.Vector(repeating: scale)
+        offsetVector = Scalar.Vector(repeating: offset)
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int) -> Scalar.Vector {
+        offsetVector.addingProduct(loadVector(x, index) - meanVector, scaleVector)
+    }
+
+    @inlinable @inline(__always)
+    func scalar(at index: Int) -> Scalar { offset.addingProduct(x[index] - meanHigh, scale) }
+}
+
+/// dx = k·(dy − m̄) + p·(x − μ_hi) + q (see `InstanceKernel.inputGradient`).
+@usableFromInline
+struct InputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
+    @usableFromInline let dy, x: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: Scalar
+    @usableFromInline let meanVector, meanDyVector, gradientScaleVector, centeredScaleVector, offsetVector: Scalar.Vector
+
+    @inlinable
+    init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, meanHigh: Scalar, meanDy: Scalar,
+         gradientScale: Scalar, centeredScale: Scalar, offset: Scalar) {
+        self.dy = dy
+        self.x = x
+        self.meanHigh = meanHigh
+        self.meanDy = meanDy
+        self.gradientScale = gradientScale
+        self.centeredScale = centeredScale
+        self.offset = offset
+        meanVector = Scalar.Vector(repeating: meanHigh)
+        meanDyVector = Scalar.Vector(repeating: meanDy)
+        gradientScaleVector = Scalar.Vector(repeating: gradientScale)
+        centeredScaleVector = Scalar.Vector(repeating: centeredScale)
+        offsetVector = Scalar.Vector(repeating: offset)
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int) -> Scalar.Vector {
+        offsetVector.addingProduct(centeredScaleVector, loadVector(x, index) - meanVector)
+            .addingProduct(gradientScaleVector, loadVector(dy, index) - meanDyVector)
+    }
+
+    @inlinable @inline(__always)
+    func scalar(at index: Int) -> Scalar {
+        offset.addingProduct(centeredScale, x[index] - meanHigh).addingProduct(gradientScale, dy[index] - meanDy)
+    }
+}

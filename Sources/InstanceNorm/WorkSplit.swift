@@ -1,0 +1,76 @@
+import Dispatch
+
+/// How a batch of N·C instances is spread over worker threads.
+///
+/// With at least as many instances as workers, each worker takes a
+/// contiguous run of whole instances, and runs every pass of an instance
+/// before the next (its second pass reads from cache). With fewer instances
+/// than workers, every instance is cut at `reductionChunk` boundaries and the
+/// workers share the chunks; the per-chunk partial sums are then combined in
+/// chunk order, the order a single thread uses, so the results are the same
+/// bits for every worker count.
+@usableFromInline
+struct WorkSplit: Sendable {
+    @usableFromInline let instanceCount: Int
+    @usableFromInline let spatialCount: Int
+    @usableFromInline let workers: Int
+
+    @inlinable
+    init(shape: InstanceNormShape, threads: Int) {
+        precondition(threads >= 1, "at least one thread")
+        instanceCount = shape.instanceCount
+        spatialCount = shape.spatialCount
+        workers = max(1, min(threads, max(shape.instanceCount, 1) * chunkCount(spatialCount: shape.spatialCount)))
+    }
+
+    /// True when workers share instances (fewer instances than workers).
+    @inlinable var splitsInstances: Bool { instanceCount < workers }
+
+    @inlinable var chunksPerInstance: Int { chunkCount(spatialCount: spatialCount) }
+
+    /// Whole-instance mode: the instances of one worker.
+    @inlinable func instances(of worker: Int) -> Range<Int> { balancedRange(instanceCount, worker, workers) }
+
+    /// Split mode: one worker's share of all instances' chunks, numbered
+    /// instance·chunksPerInstance + chunk.
+    @inlinable func chunks(of worker: Int) -> Range<Int> {
+        balancedRange(instanceCount * chunksPerInstance, worker, workers)
+    }
+
+    /// The element range, within its instance, of a numbered chunk.
+    @inlinable func elements(ofChunk chunk: Int) -> (instance: Int, range: Range<Int>) {
+        let start = (chunk % chunksPerInstance) * reductionChunk
+        return (chunk / chunksPerInstance, start..<min(start + reductionChunk, spatialCount))
+    }
+
+    /// Runs `body(worker)` for every worker, concurrently, and returns when
+    /// all are done. One worker runs on the calling thread.
+    @inlinable func run(_ body: @Sendable (Int) -> Void) {
+        if workers == 1 { return body(0) }
+        DispatchQueue.concurrentPerform(iterations: workers, execute: body)
+    }
+}
+
+@inlinable
+func chunkCount(spatialCount: Int) -> Int { (spatialCount + reductionChunk - 1) / reductionChunk }
+
+/// Part `part` of `parts` of 0..<count: the first count mod parts parts take one more.
+@inlinable
+func balancedRange(_ count: Int, _ part: Int, _ parts: Int) -> Range<Int> {
+    let base = count / parts, extra = count % parts
+    let start = part * base + min(part, extra)
+    return start..<start + base + (part < extra ? 1 : 0)
+}
+
+/// A buffer pointer that may cross into worker closures: the workers write
+/// disjoint parts of it, which is what makes sharing it safe.
+@usableFromInline
+struct SharedBuffer<Element>: @unchecked Sendable {
+    @usableFromInline let base: UnsafeMutablePointer<Element>
+    @inlinable init(_ buffer: UnsafeMutableBufferPointer<Element>) { self.init(start: buffer.baseAddress) }
+    @inlinable init(_ buffer: UnsafeBufferPointer<Element>) { self.init(start: UnsafeMutablePointer(mutating: buffer.baseAddress)) }
+    /// A nil start (an empty buffer) becomes a pointer that is never read.
+    @inlinable init(start: UnsafeMutablePointer<Element>?) {
+        base = start ?? UnsafeMutablePointer(bitPattern: MemoryLayout<Element>.alignment)!
+    }
+}

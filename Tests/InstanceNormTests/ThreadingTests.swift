@@ -1,0 +1,66 @@
+import InstanceNorm
+import TestSupport
+import Testing
+
+/// The results must be the same bits for every thread count and store
+/// policy: threads share instances only at fixed chunk boundaries and their
+/// partial sums are combined in chunk order, and the vector and scalar paths
+/// compute the same expressions.
+@Suite struct Reproducibility {
+    /// Whole instances per thread (N·C ≥ threads), instances split across
+    /// threads (N·C < threads, M spanning several chunks), uneven sizes.
+    @Test(arguments: [[4, 3, 50, 41], [1, 1, 5000], [1, 2, 3, 1031], [3, 1, 2049], [2, 2, 7]])
+    func sameBitsForEveryThreadCount(dimensions: [Int]) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let inputs = Inputs<T>(dimensions, affine: true, seed: 41)
+            let single = inputs.run(eps: 1e-5, threads: 1)
+            for threads in [2, 3, 4, 7] {
+                let run = inputs.run(eps: 1e-5, threads: threads)
+                #expect(run.y == single.y, "y, \(threads) threads, \(T.self) \(dimensions)")
+                #expect(run.statistics == single.statistics, "statistics, \(threads) threads")
+                #expect(run.dx == single.dx, "dx, \(threads) threads")
+                #expect(run.dgamma == single.dgamma && run.dbeta == single.dbeta, "dgamma/dbeta, \(threads) threads")
+            }
+        }
+        check(Float.self)
+        check(Double.self)
+    }
+
+    @Test func streamingAndCachedStoresAgree() {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let inputs = Inputs<T>([3, 2, 37, 29], affine: true, seed: 43)
+            let cached = inputs.run(eps: 1e-5, threads: 2, stores: .cached)
+            let streamed = inputs.run(eps: 1e-5, threads: 2, stores: .streaming)
+            #expect(cached.y == streamed.y)
+            #expect(cached.dx == streamed.dx)
+            let (forward, backward) = inputs.reference(eps: 1e-5)
+            let tolerance = 16 * T.ulpOfOne.widened
+            #expect(maxScaledError(streamed.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= tolerance)
+            #expect(maxScaledError(streamed.dx, backward.dx, scale: magnitude(backward.dx, minimum: 1e-3)) <= tolerance)
+        }
+        check(Float.self)
+        check(Double.self)
+    }
+
+    /// A first value far from the rest makes the one-pass variance about it
+    /// cancel; the kernel must notice and take a second pass, on one thread
+    /// and with the instance split across threads.
+    @Test(arguments: [1, 3])
+    func outlierFirstValue(threads: Int) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            var generator = SeededGenerator(seed: 47)
+            var x = generator.normals(4000, mean: 5, deviation: 0.01)
+            x[0] = 1000
+            let values = x.map { T($0) }
+            let shape = try! InstanceNormShape(batch: 1, channels: 1, spatial: [4000])
+            let dy = generator.normals(4000).map { T($0) }
+            let run = KernelRun(x: values, dy: dy, gamma: nil, beta: nil, shape: shape, eps: 1e-12, threads: threads)
+            let wide = values.map(\.widened)
+            let forward = Reference.forward(x: wide, batch: 1, channels: 1, spatialCount: 4000, eps: 1e-12)
+            #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= 16 * T.ulpOfOne.widened)
+            #expect(maxScaledError(run.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= 16 * T.ulpOfOne.widened)
+        }
+        check(Float.self)
+        check(Double.self)
+    }
+}
