@@ -28,15 +28,30 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     public let samples: Range<Int>
     /// ε > 0, added to the variance.
     public let eps: Double
+    /// Worker threads inside this rank.
+    public let threads: Int
+    /// Hide the allreduce of dγ, dβ behind the dx pass (see `backward`).
+    public let overlapsReduction: Bool
 
     /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}]: reduced in place, allocated once.
     private let parameterGradientSums: UnsafeMutableBufferPointer<Double>
 
-    public init(communicator: Communicator, globalShape: InstanceNormShape, eps: Double) {
+    /// - Parameters:
+    ///   - threads: worker threads inside this rank (the results do not depend on it).
+    ///   - overlapsReduction: start the allreduce of dγ, dβ as soon as the
+    ///     local sums exist and finish it behind the dx pass (the default);
+    ///     false runs it after the backward, blocking.
+    public init(
+        communicator: Communicator, globalShape: InstanceNormShape, eps: Double,
+        threads: Int = 1, overlapsReduction: Bool = true
+    ) {
         precondition(eps > 0, "eps must be positive")
+        precondition(threads >= 1, "at least one thread")
         self.communicator = communicator
         self.globalShape = globalShape
         self.eps = eps
+        self.threads = threads
+        self.overlapsReduction = overlapsReduction
         partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
         samples = partition.samples(of: communicator.rank)
         localShape = globalShape.withBatch(samples.count)
@@ -57,7 +72,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
-        BatchKernel.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps)
+        BatchKernel.forward(
+            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads)
     }
 
     /// Evaluation-mode forward of the local slice with the running statistics; not collective.
@@ -68,46 +84,45 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ) {
         BatchKernel.forwardInference(
             y: y, x: x, runningMean: runningMean, runningVar: runningVar,
-            gamma: gamma, beta: beta, shape: localShape, eps: eps)
+            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads)
     }
 
-    /// Backward: dx of the local slice, then dγ, dβ of the global batch.
-    /// Collective (one allreduce).
+    /// Backward: dx of the local slice, and dγ, dβ of the global batch.
+    /// Collective (one allreduce of 2·C doubles).
+    ///
+    /// The allreduce is hidden: it starts, non-blocking, as soon as this
+    /// rank's dγ, dβ sums exist, which is before the dx of the last
+    /// instances of each thread has been written; one worker polls it with
+    /// `MPI_Test` while it writes them (Open MPI here has no progress
+    /// thread), and the wait at the end is all that is left exposed.
+    ///
+    /// - Returns: the seconds spent waiting for the allreduce after the dx
+    ///   pass (with `overlapsReduction` false: the whole blocking allreduce).
+    @discardableResult
     public func backward(
         dx: UnsafeMutableBufferPointer<T>,
         dgamma: UnsafeMutableBufferPointer<T>, dbeta: UnsafeMutableBufferPointer<T>,
         dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
-    ) throws {
-        localBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma)
-        try reduceParameterGradients(dgamma: dgamma, dbeta: dbeta)
-    }
-
-    /// The local half of `backward`: dx and this rank's partial dγ, dβ; not collective.
-    public func localBackward(
-        dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
-        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
-    ) {
-        let channels = globalShape.channels
-        BatchKernel.backward(
-            dx: dx,
-            dgamma: UnsafeMutableBufferPointer(rebasing: parameterGradientSums[0..<channels]),
-            dbeta: UnsafeMutableBufferPointer(rebasing: parameterGradientSums[channels..<2 * channels]),
-            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape)
-    }
-
-    /// The collective half of `backward`: sums the partial dγ, dβ over ranks
-    /// and rounds them to T.
-    public func reduceParameterGradients(
-        dgamma: UnsafeMutableBufferPointer<T>, dbeta: UnsafeMutableBufferPointer<T>
-    ) throws {
+    ) throws -> Double {
         let channels = globalShape.channels
         precondition(dgamma.count == channels && dbeta.count == channels)
-        try communicator.allreduce(parameterGradientSums, .sum)
+        let sums = parameterGradientSums
+        let reduction = OverlappedReduction(communicator: communicator, buffer: sums)
+        BatchKernel.backward(
+            dx: dx,
+            dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<channels]),
+            dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
+            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads,
+            overlap: overlapsReduction ? reduction.hooks : nil)
+        let waitStart = MPI.wallTime()
+        if overlapsReduction { try reduction.finish() } else { try communicator.allreduce(sums, .sum) }
+        let exposed = MPI.wallTime() - waitStart
         for channel in 0..<channels {
-            dgamma[channel] = T(parameterGradientSums[channel])
-            dbeta[channel] = T(parameterGradientSums[channels + channel])
+            dgamma[channel] = T(sums[channel])
+            dbeta[channel] = T(sums[channels + channel])
         }
+        return exposed
     }
 
     /// One training step's update of the running statistics (PyTorch's

@@ -46,8 +46,12 @@ struct Apply: ParsableCommand {
     @Option(help: ArgumentHelp("The output directory, created if missing.", valueName: "DIR"))
     var output: String
 
+    @Option(help: "Worker threads per rank (the results do not depend on it).")
+    var threads: Int = 1
+
     /// Every check that needs no data: the same verdict on every rank, before any collective.
     func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be >= 1, got \(threads)") }
         guard eps > 0, eps.isFinite else {
             throw ValidationError("--eps must be a positive finite number, got \(eps)")
         }

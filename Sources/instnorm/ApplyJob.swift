@@ -11,7 +11,8 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
     let communicator: Communicator
 
     func run() throws {
-        let layer = DataParallelInstanceNorm<T>(communicator: communicator, globalShape: files.shape, eps: options.eps)
+        let layer = DataParallelInstanceNorm<T>(
+            communicator: communicator, globalShape: files.shape, eps: options.eps, threads: options.threads)
         let inputs = try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
             try LocalInputs<T>(files: files, layer: layer)
         }

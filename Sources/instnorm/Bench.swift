@@ -9,8 +9,10 @@ struct Bench: ParsableCommand {
         abstract: "Time forward and backward on a synthetic batch split over the ranks (the default command).",
         discussion: """
             Each iteration's phase time is the maximum over ranks (the step is as slow as \
-            its slowest rank); the table gives median, min and max over the timed iterations. \
-            The data depend only on --seed and the global shape, not on the rank count.
+            its slowest rank); the table gives median, min and max over the timed iterations, \
+            the achieved bandwidth and its fraction of the floor: the bytes a phase must move \
+            divided by the machine's STREAM-like bandwidth measured at the start of the same run. \
+            The data depend only on --seed and the global shape, not on the rank or thread count.
             """)
 
     @Option(help: ArgumentHelp("Global shape N,C,S1[,S2,...] (at least one spatial dimension).", valueName: "N,C,H,W"))
@@ -18,6 +20,12 @@ struct Bench: ParsableCommand {
 
     @Option(help: "Storage precision.")
     var dtype: DType = .float32
+
+    @Option(help: "Worker threads per rank (with mpirun, pass --bind-to none or --map-by slot:PE=T so they get cores).")
+    var threads: Int = 1
+
+    @Flag(inversion: .prefixedNo, help: "Hide the allreduce of dgamma, dbeta behind the dx pass.")
+    var overlap = true
 
     @Option(help: "Timed iterations.")
     var iterations: Int = 20
@@ -43,6 +51,7 @@ struct Bench: ParsableCommand {
         } catch {
             throw ValidationError("--shape \(shape): \(error)")
         }
+        guard threads >= 1 else { throw ValidationError("--threads must be >= 1, got \(threads)") }
         guard iterations >= 1 else { throw ValidationError("--iterations must be >= 1, got \(iterations)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must be >= 0, got \(warmup)") }
         guard eps > 0, eps.isFinite else { throw ValidationError("--eps must be a positive finite number, got \(eps)") }

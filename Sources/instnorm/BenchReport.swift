@@ -2,15 +2,17 @@ import DataParallel
 import Foundation
 import InstanceNorm
 
-/// What `bench` prints: a `#` header with the configuration, then one row per
-/// phase with median / min / max in milliseconds; or the same as one JSON object.
+/// What `bench` prints: a `#` header with the configuration and the
+/// machine's bandwidth, then one row per phase (median / min / max
+/// milliseconds, achieved GB/s and fraction of the floor); or the same as
+/// one JSON object.
 struct BenchReport {
+    let options: Bench
     let shape: InstanceNormShape
     let ranks: Int
-    let dtype: String
-    let iterations: Int
-    let warmup: Int
+    let elementBytes: Int
     let timings: PhaseTimings
+    let bandwidth: MemoryBandwidth
     let library: String
     let verification: Verification?
 
@@ -18,9 +20,29 @@ struct BenchReport {
         Console.output(json ? jsonText : tableText)
     }
 
-    private var phases: [(name: String, seconds: [Double])] {
-        [("forward", Array(timings.forward)), ("backward", Array(timings.backward)),
-         ("allreduce", Array(timings.allreduce)), ("step", timings.step)]
+    /// Bytes a phase must move at least: forward reads x and writes y,
+    /// backward reads x and dy and writes dx.
+    private var forwardBytes: Double { Double(2 * elementBytes * shape.elementCount) }
+    private var backwardBytes: Double { Double(3 * elementBytes * shape.elementCount) }
+
+    private struct Row {
+        let name: String
+        let summary: Summary
+        /// Achieved bytes per second and its fraction of the floor, for the
+        /// phases that move tensors.
+        let rate: (bytesPerSecond: Double, floorFraction: Double)?
+    }
+
+    private var rows: [Row] {
+        let forward = Summary(timings.forward), backward = Summary(timings.backward)
+        return [
+            Row(name: "forward", summary: forward,
+                rate: (forwardBytes / forward.median, forwardBytes / forward.median / bandwidth.copy)),
+            Row(name: "backward", summary: backward,
+                rate: (backwardBytes / backward.median, backwardBytes / backward.median / bandwidth.add)),
+            Row(name: "allreduce", summary: Summary(timings.exposedAllreduce), rate: nil),
+            Row(name: "step", summary: Summary(timings.step), rate: nil),
+        ]
     }
 
     private var tableText: String {
@@ -28,17 +50,25 @@ struct BenchReport {
         let perRank = Set(partition.counts).sorted().map(String.init).joined(separator: " or ")
         var lines = [
             "# instnorm bench",
-            "# shape \(shape) (global), ranks \(ranks), samples per rank \(perRank), dtype \(dtype)",
-            "# \(iterations) timed iterations after \(warmup) warm-up; each phase time is the max over ranks",
+            "# shape \(shape) (global), ranks \(ranks), threads per rank \(options.threads), samples per rank \(perRank), dtype \(options.dtype.rawValue)",
+            "# \(options.iterations) timed iterations after \(options.warmup) warm-up; each phase time is the max over ranks",
+            "# memory bandwidth of this job (STREAM-like, ordinary stores, 3 arrays of \(bandwidth.arrayBytes >> 20) MiB per rank, all ranks at once): "
+                + "copy \(gigabytes(bandwidth.copy)) GB/s, add \(gigabytes(bandwidth.add)) GB/s",
+            "# floor: forward moves \(2 * elementBytes) B/element against copy, backward \(3 * elementBytes) B/element against add",
+            "# allreduce of dgamma, dbeta: \(options.overlap ? "hidden behind the dx pass; the row is the exposed wait, part of backward" : "blocking, after the backward; part of backward")",
             "# \(library)",
         ]
         if let verification {
             lines.append("# verify: \(verification.passed ? "passed" : "FAILED"), \(verification.summary)")
         }
-        lines.append(row("phase", "median_ms", "min_ms", "max_ms"))
-        for (name, seconds) in phases {
-            let summary = Summary(seconds)
-            lines.append(row(name, milliseconds(summary.median), milliseconds(summary.minimum), milliseconds(summary.maximum)))
+        lines.append(row(["phase", "median_ms", "min_ms", "max_ms", "GB/s", "floor"]))
+        for entry in rows {
+            lines.append(row([
+                entry.name, milliseconds(entry.summary.median), milliseconds(entry.summary.minimum),
+                milliseconds(entry.summary.maximum),
+                entry.rate.map { gigabytes($0.bytesPerSecond) } ?? "-",
+                entry.rate.map { String(format: "%.0f%%", 100 * $0.floorFraction) } ?? "-",
+            ]))
         }
         return lines.joined(separator: "\n")
     }
@@ -46,25 +76,37 @@ struct BenchReport {
     private var jsonText: String {
         var fields: [(String, String)] = [
             ("ranks", "\(ranks)"),
+            ("threads", "\(options.threads)"),
             ("shape", "[" + shape.dimensions.map(String.init).joined(separator: ", ") + "]"),
-            ("dtype", quoted(dtype)),
-            ("iterations", "\(iterations)"),
-            ("warmup", "\(warmup)"),
+            ("dtype", quoted(options.dtype.rawValue)),
+            ("iterations", "\(options.iterations)"),
+            ("warmup", "\(options.warmup)"),
+            ("overlap", options.overlap ? "true" : "false"),
         ]
-        for (name, seconds) in phases {
-            let summary = Summary(seconds)
+        for entry in rows {
             fields += [
-                ("\(name)_ms", milliseconds(summary.median)),
-                ("\(name)_min_ms", milliseconds(summary.minimum)),
-                ("\(name)_max_ms", milliseconds(summary.maximum)),
+                ("\(entry.name)_ms", milliseconds(entry.summary.median)),
+                ("\(entry.name)_min_ms", milliseconds(entry.summary.minimum)),
+                ("\(entry.name)_max_ms", milliseconds(entry.summary.maximum)),
             ]
+            if let rate = entry.rate {
+                fields += [
+                    ("\(entry.name)_gbps", gigabytes(rate.bytesPerSecond)),
+                    ("\(entry.name)_floor_fraction", String(format: "%.4f", rate.floorFraction)),
+                ]
+            }
         }
-        fields.append(("mpi_library", quoted(library)))
+        fields += [
+            ("exposed_allreduce_ms", milliseconds(Summary(timings.exposedAllreduce).median)),
+            ("stream_copy_gbps", gigabytes(bandwidth.copy)),
+            ("stream_add_gbps", gigabytes(bandwidth.add)),
+            ("mpi_library", quoted(library)),
+        ]
         if let verification { fields.append(("verified", verification.passed ? "true" : "false")) }
         return "{" + fields.map { "\(quoted($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
     }
 
-    private func row(_ columns: String...) -> String {
+    private func row(_ columns: [String]) -> String {
         columns[0].padding(toLength: 10, withPad: " ", startingAt: 0)
             + columns.dropFirst().map { String(repeating: " ", count: max(0, 11 - $0.count)) + $0 }.joined()
     }
@@ -85,6 +127,7 @@ struct Summary {
 }
 
 func milliseconds(_ seconds: Double) -> String { String(format: "%.4f", seconds * 1000) }
+func gigabytes(_ bytesPerSecond: Double) -> String { String(format: "%.2f", bytesPerSecond / 1e9) }
 
 /// A JSON string literal.
 func quoted(_ text: String) -> String {

@@ -2,31 +2,30 @@ import DataParallel
 import InstanceNorm
 import MPI
 
-/// One `bench` run in precision T. Every buffer is allocated once, before the
-/// timed loop, and reused by every iteration.
+/// One `bench` run in precision T. The memory bandwidth is measured first;
+/// then every buffer is allocated once and reused by every iteration.
 struct BenchRun<T: DataParallelScalar> {
     let options: Bench
     let globalShape: InstanceNormShape
 
     func run() throws {
         let communicator = Communicator.world
-        let layer = DataParallelInstanceNorm<T>(communicator: communicator, globalShape: globalShape, eps: options.eps)
+        let bandwidth = try MemoryBandwidth.measure(threads: options.threads, communicator: communicator)
+        let layer = DataParallelInstanceNorm<T>(
+            communicator: communicator, globalShape: globalShape, eps: options.eps,
+            threads: options.threads, overlapsReduction: options.overlap)
         let batch = SyntheticBatch<T>(layer: layer, seed: options.seed)
         let timings = try time(layer, batch)
-        var verdict: Verification?
-        if options.verify {
-            verdict = try Verification(layer: layer, batch: batch)
-        }
+        let verification = options.verify ? try Verification(layer: layer, batch: batch) : nil
         if communicator.rank == 0 {
             let report = BenchReport(
-                shape: globalShape, ranks: communicator.size, dtype: options.dtype.rawValue,
-                iterations: options.iterations, warmup: options.warmup, timings: timings,
-                library: MPI.libraryVersion, verification: verdict)
+                options: options, shape: globalShape, ranks: communicator.size, elementBytes: MemoryLayout<T>.stride,
+                timings: timings, bandwidth: bandwidth, library: MPI.libraryVersion, verification: verification)
             report.print(json: options.json)
         }
-        if let verdict, !verdict.passed {
+        if let verification, !verification.passed {
             throw AgreedFailure(
-                rank: 0, ranks: 1, message: "verification failed: \(verdict.summary)",
+                rank: 0, ranks: 1, message: "verification failed: \(verification.summary)",
                 exitCode: ToolExitCode.verificationFailed)
         }
     }
@@ -41,14 +40,10 @@ struct BenchRun<T: DataParallelScalar> {
             let start = MPI.wallTime()
             batch.forward()
             let forwardEnd = MPI.wallTime()
-            batch.localBackward()
+            let exposedWait = try batch.backward()
             let backwardEnd = MPI.wallTime()
-            try batch.reduceParameterGradients()
-            let allreduceEnd = MPI.wallTime()
             if iteration >= 0 {
-                local.record(
-                    iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd,
-                    allreduce: allreduceEnd - backwardEnd)
+                local.record(iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd, exposed: exposedWait)
             }
         }
         return try local.maximumOverRanks(communicator)
@@ -57,7 +52,8 @@ struct BenchRun<T: DataParallelScalar> {
 
 /// Per-phase seconds of each timed iteration.
 struct PhaseTimings {
-    /// [forward…, backward…, allreduce…], `iterations` each.
+    /// [forward…, backward…, exposed allreduce…], `iterations` each. The
+    /// backward includes its exposed wait.
     private(set) var seconds: [Double]
     let iterations: Int
 
@@ -66,10 +62,10 @@ struct PhaseTimings {
         seconds = Array(repeating: 0, count: 3 * iterations)
     }
 
-    mutating func record(_ iteration: Int, forward: Double, backward: Double, allreduce: Double) {
+    mutating func record(_ iteration: Int, forward: Double, backward: Double, exposed: Double) {
         seconds[iteration] = forward
         seconds[iterations + iteration] = backward
-        seconds[2 * iterations + iteration] = allreduce
+        seconds[2 * iterations + iteration] = exposed
     }
 
     /// One allreduce after the loop, so the timed region has none of its own.
@@ -79,11 +75,9 @@ struct PhaseTimings {
         return result
     }
 
-    var forward: ArraySlice<Double> { seconds[0..<iterations] }
-    var backward: ArraySlice<Double> { seconds[iterations..<2 * iterations] }
-    var allreduce: ArraySlice<Double> { seconds[2 * iterations..<3 * iterations] }
-    /// Per iteration, the sum of the phases' maxima over ranks.
-    var step: [Double] {
-        (0..<iterations).map { seconds[$0] + seconds[iterations + $0] + seconds[2 * iterations + $0] }
-    }
+    var forward: [Double] { Array(seconds[0..<iterations]) }
+    var backward: [Double] { Array(seconds[iterations..<2 * iterations]) }
+    var exposedAllreduce: [Double] { Array(seconds[2 * iterations..<3 * iterations]) }
+    /// Per iteration, forward + backward (each the maximum over ranks).
+    var step: [Double] { (0..<iterations).map { seconds[$0] + seconds[iterations + $0] } }
 }

@@ -27,7 +27,9 @@ struct Instnorm: ParsableCommand {
 enum InstnormMain {
     static func main() {
         do {
-            try MPI.initialize(threadLevel: .funneled)
+            // Serialized: the backward polls its allreduce from a worker
+            // thread while the main thread waits for the workers.
+            try MPI.initialize(threadLevel: .serialized)
         } catch {
             Console.error("instnorm: error: \(error)")
             exit(ToolExitCode.mpiFailure)

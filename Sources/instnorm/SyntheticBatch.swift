@@ -43,12 +43,11 @@ final class SyntheticBatch<T: DataParallelScalar> {
         layer.forward(y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma.readOnly, beta: beta.readOnly)
     }
 
-    func localBackward() {
-        layer.localBackward(dx: dx.elements, dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly, gamma: gamma.readOnly)
-    }
-
-    func reduceParameterGradients() throws {
-        try layer.reduceParameterGradients(dgamma: dgamma.elements, dbeta: dbeta.elements)
+    /// The backward, collective; returns the seconds of exposed allreduce wait.
+    func backward() throws -> Double {
+        try layer.backward(
+            dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
+            dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly, gamma: gamma.readOnly)
     }
 }
 

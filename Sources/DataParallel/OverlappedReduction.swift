@@ -1,0 +1,40 @@
+import InstanceNorm
+import MPI
+
+/// A non-blocking allreduce of dγ, dβ started from the backward's
+/// `sumsReady` hook and progressed from its `progress` hook.
+///
+/// The hooks run on the kernel's threads: `sumsReady` on the calling thread,
+/// `progress` on one worker while the calling thread waits, so MPI is never
+/// called from two threads at once (MPI_THREAD_SERIALIZED is enough). An MPI
+/// error inside a hook cannot be thrown through the kernel; it is kept and
+/// thrown by `finish`.
+final class OverlappedReduction: @unchecked Sendable {
+    private let communicator: Communicator
+    private let buffer: UnsafeMutableBufferPointer<Double>
+    private var request: Request?
+    private var failure: Error?
+
+    init(communicator: Communicator, buffer: UnsafeMutableBufferPointer<Double>) {
+        self.communicator = communicator
+        self.buffer = buffer
+    }
+
+    var hooks: BackwardOverlap {
+        BackwardOverlap(
+            sumsReady: { [self] in
+                do { request = try communicator.iallreduce(buffer, .sum) } catch { failure = error }
+            },
+            progress: { [self] in
+                guard failure == nil, let request else { return }
+                do { _ = try request.test() } catch { failure = error }
+            })
+    }
+
+    /// Waits for the allreduce; throws the first MPI error of the hooks.
+    func finish() throws {
+        if let failure { throw failure }
+        guard let request else { preconditionFailure("the backward never reported its sums") }
+        try request.wait()
+    }
+}

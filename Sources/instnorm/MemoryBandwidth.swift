@@ -1,0 +1,69 @@
+import Dispatch
+import InstanceNorm
+import MPI
+
+/// The machine's memory bandwidth, measured the way STREAM measures it, in
+/// the same run as the kernels: the yardstick of the bench's floor.
+///
+/// Copy (c = s·a, 16 bytes counted per element) and add (c = a + b, 24
+/// bytes counted) over arrays of doubles twice the size of the last-level
+/// cache, with ordinary stores, as STREAM has: those stores also read each
+/// line before writing it, which STREAM does not count, so a kernel with
+/// streaming stores can run above 100% of this floor. Every rank runs at
+/// once with its threads, and the result is the sum over ranks: the
+/// bandwidth this job has. The arrays are freed before the bench allocates
+/// its tensors, so they do not add to its peak memory.
+struct MemoryBandwidth {
+    /// Bytes per second, summed over ranks.
+    let copy: Double
+    let add: Double
+    /// Bytes per array.
+    let arrayBytes: Int
+
+    static func measure(threads: Int, communicator: Communicator, repetitions: Int = 5) throws -> MemoryBandwidth {
+        let arrayBytes = 2 * (StorePolicy.lastLevelCacheBytes() ?? 32 << 20)
+        let count = arrayBytes / MemoryLayout<Double>.stride
+        let a = TensorBuffer<Double>(repeating: 1, count: count)
+        let b = TensorBuffer<Double>(repeating: 2, count: count)
+        let c = TensorBuffer<Double>(repeating: 0, count: count)
+        let arrays = StreamArrays(a: a.elements.baseAddress!, b: b.elements.baseAddress!, c: c.elements.baseAddress!)
+        // Read from the arrays so the compiler cannot know it is 1.
+        let scale = a.elements[count / 2]
+        var copySeconds: [Double] = [], addSeconds: [Double] = []
+        for _ in 0..<repetitions {
+            try communicator.barrier()
+            copySeconds.append(timed { arrays.copy(count: count, threads: threads, scale: scale) })
+            try communicator.barrier()
+            addSeconds.append(timed { arrays.add(count: count, threads: threads) })
+        }
+        let perRank = [Double(16 * count) / Summary(copySeconds).median, Double(24 * count) / Summary(addSeconds).median]
+        let total = try communicator.allreduce(perRank, .sum)
+        return MemoryBandwidth(copy: total[0], add: total[1], arrayBytes: arrayBytes)
+    }
+}
+
+private struct StreamArrays: @unchecked Sendable {
+    let a, b, c: UnsafeMutablePointer<Double>
+
+    func copy(count: Int, threads: Int, scale: Double) {
+        DispatchQueue.concurrentPerform(iterations: threads) { part in
+            for index in balanced(count, part, threads) { c[index] = scale * a[index] }
+        }
+    }
+
+    func add(count: Int, threads: Int) {
+        DispatchQueue.concurrentPerform(iterations: threads) { part in
+            for index in balanced(count, part, threads) { c[index] = a[index] + b[index] }
+        }
+    }
+}
+
+private func balanced(_ count: Int, _ part: Int, _ parts: Int) -> Range<Int> {
+    (count * part / parts)..<(count * (part + 1) / parts)
+}
+
+func timed(_ body: () -> Void) -> Double {
+    let start = MPI.wallTime()
+    body()
+    return MPI.wallTime() - start
+}
