@@ -32,6 +32,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     public let threads: Int
     /// Hide the allreduce of dγ, dβ behind the dx pass (see `backward`).
     public let overlapsReduction: Bool
+    /// How y and dx are written.
+    public let stores: StorePolicy
 
     /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}]: reduced in place, allocated once.
     private let parameterGradientSums: UnsafeMutableBufferPointer<Double>
@@ -43,7 +45,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ///     false runs it after the backward, blocking.
     public init(
         communicator: Communicator, globalShape: InstanceNormShape, eps: Double,
-        threads: Int = 1, overlapsReduction: Bool = true
+        threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic
     ) {
         precondition(eps > 0, "eps must be positive")
         precondition(threads >= 1, "at least one thread")
@@ -52,6 +54,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         self.eps = eps
         self.threads = threads
         self.overlapsReduction = overlapsReduction
+        self.stores = stores
         partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
         samples = partition.samples(of: communicator.rank)
         localShape = globalShape.withBatch(samples.count)
@@ -73,7 +76,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
         BatchKernel.forward(
-            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads)
+            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores)
     }
 
     /// Evaluation-mode forward of the local slice with the running statistics; not collective.
@@ -84,7 +87,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ) {
         BatchKernel.forwardInference(
             y: y, x: x, runningMean: runningMean, runningVar: runningVar,
-            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads)
+            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores)
     }
 
     /// Backward: dx of the local slice, and dγ, dβ of the global batch.
@@ -113,7 +116,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
             dx: dx,
             dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<channels]),
             dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
-            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads,
+            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
             overlap: overlapsReduction ? reduction.hooks : nil)
         let waitStart = MPI.wallTime()
         if overlapsReduction { try reduction.finish() } else { try communicator.allreduce(sums, .sum) }

@@ -26,7 +26,7 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         self.shape = shape
         spatialCount = shape.spatialCount
         self.eps = eps
-        streaming = stores.streams(y)
+        streaming = stores.streams(y, tensors: 2)
     }
 
     @inlinable func values(_ instance: Int) -> UnsafeBufferPointer<T> {
@@ -145,7 +145,7 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         self.gamma = gamma
         self.shape = shape
         spatialCount = shape.spatialCount
-        streaming = stores.streams(dx)
+        streaming = stores.streams(dx, tensors: 3)
         instanceSums = .allocate(capacity: shape.instanceCount)
         instanceSums.initialize(repeating: (0, 0))
     }

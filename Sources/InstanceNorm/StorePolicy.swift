@@ -17,14 +17,18 @@ public enum StorePolicy: Sendable, Equatable {
     /// Streaming stores.
     case streaming
 
-    /// Outputs of more bytes than this are streamed under `.automatic`: the
-    /// last-level cache size read from sysfs, 32 MiB when it cannot be read.
+    /// Under `.automatic`, a call streams its output when the tensors it
+    /// touches (inputs and output) hold more bytes than this: the last-level
+    /// cache size read from sysfs, 32 MiB when it cannot be read. Past that
+    /// the output is evicted before anyone reads it again anyway.
     public static let streamingThreshold: Int = lastLevelCacheBytes() ?? 32 << 20
 
+    /// - Parameter tensors: how many tensors of the output's size the call
+    ///   reads and writes (2 for the forward, 3 for the backward).
     @inlinable
-    func streams<T>(_ output: UnsafeMutableBufferPointer<T>) -> Bool {
+    func streams<T>(_ output: UnsafeMutableBufferPointer<T>, tensors: Int) -> Bool {
         switch self {
-        case .automatic: output.count * MemoryLayout<T>.stride > Self.streamingThreshold
+        case .automatic: tensors * output.count * MemoryLayout<T>.stride > Self.streamingThreshold
         case .cached: false
         case .streaming: true
         }

@@ -27,6 +27,9 @@ struct Bench: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Hide the allreduce of dgamma, dbeta behind the dx pass.")
     var overlap = true
 
+    @Option(help: "How y and dx are written: automatic streams them when the tensors a call touches exceed the last-level cache.")
+    var stores: Stores = .automatic
+
     @Option(help: "Timed iterations.")
     var iterations: Int = 20
 
@@ -68,6 +71,19 @@ struct Bench: ParsableCommand {
 
 enum DType: String, ExpressibleByArgument, CaseIterable {
     case float32, float64
+}
+
+/// `StorePolicy` as a flag value.
+enum Stores: String, ExpressibleByArgument, CaseIterable {
+    case automatic, cached, streaming
+
+    var policy: StorePolicy {
+        switch self {
+        case .automatic: .automatic
+        case .cached: .cached
+        case .streaming: .streaming
+        }
+    }
 }
 
 /// A shape written N,C,H,W.

@@ -41,6 +41,7 @@ struct BenchReport {
             Row(name: "backward", summary: backward,
                 rate: (backwardBytes / backward.median, backwardBytes / backward.median / bandwidth.add)),
             Row(name: "allreduce", summary: Summary(timings.exposedAllreduce), rate: nil),
+            Row(name: "imbalance", summary: Summary(timings.imbalance), rate: nil),
             Row(name: "step", summary: Summary(timings.step), rate: nil),
         ]
     }
@@ -55,7 +56,8 @@ struct BenchReport {
             "# memory bandwidth of this job (STREAM-like, ordinary stores, 3 arrays of \(bandwidth.arrayBytes >> 20) MiB per rank, all ranks at once): "
                 + "copy \(gigabytes(bandwidth.copy)) GB/s, add \(gigabytes(bandwidth.add)) GB/s",
             "# floor: forward moves \(2 * elementBytes) B/element against copy, backward \(3 * elementBytes) B/element against add",
-            "# allreduce of dgamma, dbeta: \(options.overlap ? "hidden behind the dx pass; the row is the exposed wait, part of backward" : "blocking, after the backward; part of backward")",
+            "# allreduce of dgamma, dbeta: \(options.overlap ? "started as soon as the local sums exist, hidden behind the dx pass" : "blocking, after the dx pass"); "
+                + "its row is the wait of the last rank to finish its dx (part of backward); imbalance is how much longer the first rank waited",
             "# \(library)",
         ]
         if let verification {
@@ -98,6 +100,7 @@ struct BenchReport {
         }
         fields += [
             ("exposed_allreduce_ms", milliseconds(Summary(timings.exposedAllreduce).median)),
+            ("rank_imbalance_ms", milliseconds(Summary(timings.imbalance).median)),
             ("stream_copy_gbps", gigabytes(bandwidth.copy)),
             ("stream_add_gbps", gigabytes(bandwidth.add)),
             ("mpi_library", quoted(library)),

@@ -13,7 +13,7 @@ struct BenchRun<T: DataParallelScalar> {
         let bandwidth = try MemoryBandwidth.measure(threads: options.threads, communicator: communicator)
         let layer = DataParallelInstanceNorm<T>(
             communicator: communicator, globalShape: globalShape, eps: options.eps,
-            threads: options.threads, overlapsReduction: options.overlap)
+            threads: options.threads, overlapsReduction: options.overlap, stores: options.stores.policy)
         let batch = SyntheticBatch<T>(layer: layer, seed: options.seed)
         let timings = try time(layer, batch)
         let verification = options.verify ? try Verification(layer: layer, batch: batch) : nil
@@ -31,7 +31,7 @@ struct BenchRun<T: DataParallelScalar> {
     }
 
     /// Runs warm-up and timed iterations; returns per-phase seconds of each
-    /// timed iteration, each the maximum over ranks.
+    /// timed iteration over ranks (see `PhaseTimings`).
     private func time(_ layer: DataParallelInstanceNorm<T>, _ batch: SyntheticBatch<T>) throws -> PhaseTimings {
         let communicator = layer.communicator
         var local = PhaseTimings(iterations: options.iterations)
@@ -46,38 +46,50 @@ struct BenchRun<T: DataParallelScalar> {
                 local.record(iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd, exposed: exposedWait)
             }
         }
-        return try local.maximumOverRanks(communicator)
+        return try local.overRanks(communicator)
     }
 }
 
 /// Per-phase seconds of each timed iteration.
 struct PhaseTimings {
-    /// [forward…, backward…, exposed allreduce…], `iterations` each. The
-    /// backward includes its exposed wait.
+    /// [forward…, backward…, allreduce wait…], `iterations` each. The
+    /// backward includes its wait.
     private(set) var seconds: [Double]
+    /// The allreduce wait of each iteration, minimum over ranks.
+    private(set) var leastWait: [Double]
     let iterations: Int
 
     init(iterations: Int) {
         self.iterations = iterations
         seconds = Array(repeating: 0, count: 3 * iterations)
+        leastWait = Array(repeating: 0, count: iterations)
     }
 
     mutating func record(_ iteration: Int, forward: Double, backward: Double, exposed: Double) {
         seconds[iteration] = forward
         seconds[iterations + iteration] = backward
         seconds[2 * iterations + iteration] = exposed
+        leastWait[iteration] = exposed
     }
 
-    /// One allreduce after the loop, so the timed region has none of its own.
-    func maximumOverRanks(_ communicator: Communicator) throws -> PhaseTimings {
+    /// Reduces over ranks after the loop, so the timed region has no
+    /// collective of its own: every phase to its maximum, and the wait also
+    /// to its minimum.
+    func overRanks(_ communicator: Communicator) throws -> PhaseTimings {
         var result = self
         result.seconds = try communicator.allreduce(seconds, .max)
+        result.leastWait = try communicator.allreduce(leastWait, .min)
         return result
     }
 
     var forward: [Double] { Array(seconds[0..<iterations]) }
     var backward: [Double] { Array(seconds[iterations..<2 * iterations]) }
-    var exposedAllreduce: [Double] { Array(seconds[2 * iterations..<3 * iterations]) }
+    /// The allreduce as the step sees it: the wait of the last rank to
+    /// finish its dx (the least wait over ranks). A rank that finishes
+    /// earlier waits longer, for the slower ranks, not for the reduction.
+    var exposedAllreduce: [Double] { leastWait }
+    /// How much longer the longest wait was: imbalance between ranks.
+    var imbalance: [Double] { (0..<iterations).map { seconds[2 * iterations + $0] - leastWait[$0] } }
     /// Per iteration, forward + backward (each the maximum over ranks).
     var step: [Double] { (0..<iterations).map { seconds[$0] + seconds[iterations + $0] } }
 }
