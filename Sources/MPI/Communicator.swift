@@ -170,6 +170,21 @@ public final class Communicator: @unchecked Sendable {
                             Int32(clamping: root), handle), call)
     }
 
+    /// How many ranks of this communicator share this rank's node (its
+    /// shared-memory domain, `MPI_Comm_split_type` with
+    /// `MPI_COMM_TYPE_SHARED`): they also share its memory bandwidth and
+    /// last-level cache. Collective.
+    public func ranksSharingNode() throws -> Int {
+        var node: MPI_Comm? = nil
+        try check(
+            MPI_Comm_split_type(handle, Int32(MPI_COMM_TYPE_SHARED), Int32(rank), MPI_INFO_NULL, &node),
+            "MPI_Comm_split_type")
+        defer { MPI_Comm_free(&node) }
+        var count: Int32 = 0
+        try check(MPI_Comm_size(node, &count), "MPI_Comm_size")
+        return Int(count)
+    }
+
     // MARK: - Synchronisation and failure
 
     /// Returns once every rank has entered the barrier (`MPI_Barrier`).

@@ -1,5 +1,7 @@
 import DataParallel
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import InstanceNorm
 import MPI
 import NPY

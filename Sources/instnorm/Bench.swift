@@ -94,7 +94,7 @@ struct ShapeArgument: ExpressibleByArgument, CustomStringConvertible {
 
     init?(argument: String) {
         let parts = argument.split(separator: ",", omittingEmptySubsequences: false)
-        let values = parts.compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        let values = parts.compactMap { Int($0.filter { !$0.isWhitespace }) }
         guard !parts.isEmpty, values.count == parts.count else { return nil }
         dimensions = values
     }

@@ -1,5 +1,4 @@
 import DataParallel
-import Foundation
 import InstanceNorm
 
 /// What `bench` prints: a `#` header with the configuration and the
@@ -69,7 +68,7 @@ struct BenchReport {
                 entry.name, milliseconds(entry.summary.median), milliseconds(entry.summary.minimum),
                 milliseconds(entry.summary.maximum),
                 entry.rate.map { gigabytes($0.bytesPerSecond) } ?? "-",
-                entry.rate.map { String(format: "%.0f%%", 100 * $0.floorFraction) } ?? "-",
+                entry.rate.map { fixed(100 * $0.floorFraction, 0) + "%" } ?? "-",
             ]))
         }
         return lines.joined(separator: "\n")
@@ -94,7 +93,7 @@ struct BenchReport {
             if let rate = entry.rate {
                 fields += [
                     ("\(entry.name)_gbps", gigabytes(rate.bytesPerSecond)),
-                    ("\(entry.name)_floor_fraction", String(format: "%.4f", rate.floorFraction)),
+                    ("\(entry.name)_floor_fraction", fixed(rate.floorFraction, 4)),
                 ]
             }
         }
@@ -110,8 +109,8 @@ struct BenchReport {
     }
 
     private func row(_ columns: [String]) -> String {
-        columns[0].padding(toLength: 10, withPad: " ", startingAt: 0)
-            + columns.dropFirst().map { String(repeating: " ", count: max(0, 11 - $0.count)) + $0 }.joined()
+        columns[0] + String(repeating: " ", count: max(0, 10 - columns[0].count))
+            + columns.dropFirst().map { rightAligned($0, 11) }.joined()
     }
 }
 
@@ -129,8 +128,8 @@ struct Summary {
     }
 }
 
-func milliseconds(_ seconds: Double) -> String { String(format: "%.4f", seconds * 1000) }
-func gigabytes(_ bytesPerSecond: Double) -> String { String(format: "%.2f", bytesPerSecond / 1e9) }
+func milliseconds(_ seconds: Double) -> String { fixed(seconds * 1000, 4) }
+func gigabytes(_ bytesPerSecond: Double) -> String { fixed(bytesPerSecond / 1e9, 2) }
 
 /// A JSON string literal.
 func quoted(_ text: String) -> String {
@@ -139,7 +138,9 @@ func quoted(_ text: String) -> String {
         switch scalar {
         case "\"": result += "\\\""
         case "\\": result += "\\\\"
-        case _ where scalar.value < 0x20: result += String(format: "\\u%04x", scalar.value)
+        case _ where scalar.value < 0x20:
+            let hex = String(scalar.value, radix: 16)
+            result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
         default: result.unicodeScalars.append(scalar)
         }
     }

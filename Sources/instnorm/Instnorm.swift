@@ -1,6 +1,8 @@
 import ArgumentParser
 import DataParallel
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import MPI
 
 /// The root command: a declaration only; `main` below runs it the MPI way.

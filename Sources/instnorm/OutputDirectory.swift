@@ -1,4 +1,6 @@
-import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The output directory of `apply`, written as a unit: every output is first
 /// written under a hidden temporary name, and renamed into place only after
@@ -9,8 +11,7 @@ struct OutputDirectory {
     let names: [String]
 
     init(path: String, names: [String]) throws {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
+        if let kind = FileKind(path: path), kind != .directory {
             throw ToolError.usage("--output \(path) exists and is not a directory")
         }
         self.path = path
@@ -29,8 +30,7 @@ struct OutputDirectory {
     /// which would otherwise fail only at the final rename.
     func refuseOverlap(with inputs: [String]) throws {
         for name in names {
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: finalPath(name), isDirectory: &isDirectory), isDirectory.boolValue {
+            if FileKind(path: finalPath(name)) == .directory {
                 throw ToolError.usage("output \(finalPath(name)) exists and is a directory; remove it or choose another --output")
             }
             guard let output = FileIdentity(path: finalPath(name)) else { continue }
@@ -41,11 +41,17 @@ struct OutputDirectory {
         }
     }
 
+    /// mkdir -p.
     func createDirectory() throws {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw ToolError.io("cannot create the output directory \(path): \(error.localizedDescription)")
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += component + "/"
+            if mkdir(prefix, 0o777) != 0 && errno != EEXIST {
+                throw ToolError.io("cannot create the output directory \(path): \(errnoText())")
+            }
+        }
+        guard FileKind(path: path) == .directory else {
+            throw ToolError.io("cannot create the output directory \(path): a file of that name is in the way")
         }
     }
 
@@ -63,6 +69,17 @@ struct OutputDirectory {
     }
 }
 
+/// What a path names, following symbolic links; nil when nothing is there.
+enum FileKind {
+    case directory, other
+
+    init?(path: String) {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        self = (status.st_mode & S_IFMT) == S_IFDIR ? .directory : .other
+    }
+}
+
 /// A file's device and inode: equal for two paths that reach the same file.
 struct FileIdentity: Equatable {
     let device: UInt64
@@ -75,5 +92,3 @@ struct FileIdentity: Equatable {
         inode = UInt64(status.st_ino)
     }
 }
-
-func errnoText() -> String { String(cString: strerror(errno)) }

@@ -1,5 +1,4 @@
 import DataParallel
-import Foundation
 import MPI
 
 /// The process exit codes, documented in README.md and `instnorm --help`.
