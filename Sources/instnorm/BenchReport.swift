@@ -99,7 +99,6 @@ struct BenchReport {
         }
         fields += [
             ("exposed_allreduce_ms", milliseconds(Summary(timings.exposedAllreduce).median)),
-            ("rank_imbalance_ms", milliseconds(Summary(timings.imbalance).median)),
             ("stream_copy_gbps", gigabytes(bandwidth.copy)),
             ("stream_add_gbps", gigabytes(bandwidth.add)),
             ("mpi_library", quoted(library)),
