@@ -9,8 +9,10 @@ import MPI
 /// bytes counted) over arrays of doubles, with ordinary stores, as STREAM
 /// has: those stores also read each line before writing it, which STREAM
 /// does not count, so a kernel with streaming stores can run above 100% of
-/// this floor. Every rank runs at once with its threads, and the result is
-/// the sum over ranks: the bandwidth this job has.
+/// this floor. Every rank runs at once with its threads; each repetition
+/// lasts as long as its slowest rank (as STREAM times a parallel region by
+/// its slowest thread, and as a bench step lasts), and the result is every
+/// rank's bytes over that time: the bandwidth this job has.
 ///
 /// Array size: the ranks of a node share its last-level cache, so each
 /// rank's three arrays are sized for the node's ranks together to touch
@@ -19,7 +21,7 @@ import MPI
 /// smaller than the bench's own tensors; the arrays are freed before those
 /// are allocated, so they do not raise the bench's peak memory.
 struct MemoryBandwidth {
-    /// Bytes per second, summed over ranks.
+    /// Bytes per second of the whole job.
     let copy: Double
     let add: Double
     /// Bytes per array.
@@ -42,9 +44,14 @@ struct MemoryBandwidth {
             try communicator.barrier()
             addSeconds.append(timed { arrays.add(count: count, threads: threads) })
         }
-        let perRank = [Double(16 * count) / Summary(copySeconds).median, Double(24 * count) / Summary(addSeconds).median]
-        let total = try communicator.allreduce(perRank, .sum)
-        return MemoryBandwidth(copy: total[0], add: total[1], arrayBytes: arrayBytes)
+        // As STREAM times a parallel region by its slowest thread: each
+        // repetition takes as long as its slowest rank, as a bench step does.
+        let slowest = try communicator.allreduce(copySeconds + addSeconds, .max)
+        let elements = Double(count * communicator.size)
+        return MemoryBandwidth(
+            copy: 16 * elements / Summary(Array(slowest[..<repetitions])).median,
+            add: 24 * elements / Summary(Array(slowest[repetitions...])).median,
+            arrayBytes: arrayBytes)
     }
 }
 
