@@ -88,32 +88,10 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     /// Σ (x − shift) and Σ (x − shift)² per instance: chunks in parallel,
     /// combined in chunk order.
     @inlinable func chunkSums(_ split: WorkSplit, _ shifts: [T], only included: [Bool]? = nil) -> [(Double, Double)] {
-        let partials = UnsafeMutableBufferPointer<(Double, Double)>.allocate(
-            capacity: shape.instanceCount * split.chunksPerInstance)
-        defer { partials.deallocate() }
-        let shared = SharedBuffer(partials)
-        split.run { worker in
-            for chunk in split.chunks(of: worker) {
-                let (instance, range) = split.elements(ofChunk: chunk)
-                guard included?[instance] ?? true else { continue }
-                shared.base[chunk] = shiftedChunkSums(values(instance).baseAddress!, range, shift: shifts[instance])
-            }
+        split.sumsInChunkOrder { instance, range in
+            guard included?[instance] ?? true else { return (0, 0) }
+            return shiftedChunkSums(values(instance).baseAddress!, range, shift: shifts[instance])
         }
-        return combineInChunkOrder(partials, split)
-    }
-}
-
-/// Per instance, its chunks' partial sums added in chunk order, as
-/// `chunkedSums` adds them on one thread.
-@inlinable
-func combineInChunkOrder(_ partials: UnsafeMutableBufferPointer<(Double, Double)>, _ split: WorkSplit) -> [(Double, Double)] {
-    (0..<split.instanceCount).map { instance in
-        var total = (0.0, 0.0)
-        for chunk in instance * split.chunksPerInstance..<(instance + 1) * split.chunksPerInstance {
-            total.0 += partials[chunk].0
-            total.1 += partials[chunk].1
-        }
-        return total
     }
 }
 
@@ -175,19 +153,12 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// s1, s2 of every instance from chunks shared by the workers.
     @inlinable func chunkSumsSplit(_ split: WorkSplit) {
-        let partials = UnsafeMutableBufferPointer<(Double, Double)>.allocate(
-            capacity: shape.instanceCount * split.chunksPerInstance)
-        defer { partials.deallocate() }
-        let shared = SharedBuffer(partials)
-        split.run { worker in
-            for chunk in split.chunks(of: worker) {
-                let (instance, range) = split.elements(ofChunk: chunk)
-                let center = statistics[instance].splitMean(as: T.self).high
-                shared.base[chunk] = gradientChunkSums(
-                    dy.base + instance * spatialCount, x.base + instance * spatialCount, range, center: center)
-            }
+        let totals = split.sumsInChunkOrder { instance, range in
+            let center = statistics[instance].splitMean(as: T.self).high
+            return gradientChunkSums(
+                dy.base + instance * spatialCount, x.base + instance * spatialCount, range, center: center)
         }
-        for (instance, total) in combineInChunkOrder(partials, split).enumerated() {
+        for (instance, total) in totals.enumerated() {
             instanceSums[instance] = InstanceKernel.gradientSums(
                 sumDy: total.0, sumDyCentered: total.1, statistics: statistics[instance], as: T.self)
         }

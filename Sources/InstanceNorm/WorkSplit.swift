@@ -51,6 +51,32 @@ struct WorkSplit: Sendable {
     }
 }
 
+extension WorkSplit {
+    /// Per instance, two sums over its chunks: `chunkSums(instance, range)`
+    /// for every chunk, the chunks shared by the workers, then added per
+    /// instance in chunk order, as `chunkedSums` adds them on one thread.
+    @inlinable
+    func sumsInChunkOrder(_ chunkSums: @Sendable (Int, Range<Int>) -> (Double, Double)) -> [(Double, Double)] {
+        let partials = UnsafeMutableBufferPointer<(Double, Double)>.allocate(capacity: instanceCount * chunksPerInstance)
+        defer { partials.deallocate() }
+        let shared = SharedBuffer(partials)
+        run { worker in
+            for chunk in chunks(of: worker) {
+                let (instance, range) = elements(ofChunk: chunk)
+                shared.base[chunk] = chunkSums(instance, range)
+            }
+        }
+        return (0..<instanceCount).map { instance in
+            var total = (0.0, 0.0)
+            for chunk in instance * chunksPerInstance..<(instance + 1) * chunksPerInstance {
+                total.0 += partials[chunk].0
+                total.1 += partials[chunk].1
+            }
+            return total
+        }
+    }
+}
+
 @inlinable
 func chunkCount(spatialCount: Int) -> Int { (spatialCount + reductionChunk - 1) / reductionChunk }
 
