@@ -10,8 +10,7 @@ public typealias DataParallelScalar = InstanceNormScalar & MPIDatatypeConvertibl
 /// and runs the kernels on them. Only two things cross ranks:
 ///
 /// - dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c): the sum over n is exactly the
-///   sum over ranks, so each rank sums its own samples and one allreduce of
-///   2·C numbers (in `Double`) finishes it;
+///   sum over ranks (see `ParameterGradientReduction` for how it is formed);
 /// - the running statistics, a mean over the global batch: the per-instance
 ///   statistics are gathered and summed in sample order on every rank, so
 ///   every rank ends with the bits one process holding the whole batch gets.
@@ -34,18 +33,26 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     public let overlapsReduction: Bool
     /// How y and dx are written.
     public let stores: StorePolicy
+    /// How dγ, dβ are summed across ranks.
+    public let reduction: ParameterGradientReduction
 
-    /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}]: reduced in place, allocated once.
-    private let parameterGradientSums: UnsafeMutableBufferPointer<Double>
+    /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}], in `Double`; allocated once, as are
+    /// the per-instance sums (s1, s2) of this rank's and of every sample.
+    private let parameterGradientSums: TensorBuffer<Double>
+    private let localInstanceSums: TensorBuffer<Double>
+    private let globalInstanceSums: TensorBuffer<Double>
 
     /// - Parameters:
     ///   - threads: worker threads inside this rank (the results do not depend on it).
     ///   - overlapsReduction: start the allreduce of dγ, dβ as soon as the
     ///     local sums exist and finish it behind the dx pass (the default);
     ///     false runs it after the backward, blocking.
+    ///   - stores: how y and dx are written.
+    ///   - reduction: how dγ, dβ are summed across ranks.
     public init(
         communicator: Communicator, globalShape: InstanceNormShape, eps: Double,
-        threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic
+        threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic,
+        reduction: ParameterGradientReduction = .reproducible
     ) {
         precondition(eps > 0, "eps must be positive")
         precondition(threads >= 1, "at least one thread")
@@ -55,14 +62,15 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         self.threads = threads
         self.overlapsReduction = overlapsReduction
         self.stores = stores
+        self.reduction = reduction
         partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
         samples = partition.samples(of: communicator.rank)
         localShape = globalShape.withBatch(samples.count)
-        parameterGradientSums = .allocate(capacity: 2 * globalShape.channels)
-        parameterGradientSums.initialize(repeating: 0)
+        parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * globalShape.channels)
+        let gathers = reduction == .reproducible
+        localInstanceSums = TensorBuffer(repeating: 0, count: gathers ? 2 * localShape.instanceCount : 0)
+        globalInstanceSums = TensorBuffer(repeating: 0, count: gathers ? 2 * globalShape.instanceCount : 0)
     }
-
-    deinit { parameterGradientSums.deallocate() }
 
     /// The element range of this rank's slice within a global (N, C, S…) tensor.
     public var localElements: Range<Int> {
@@ -91,16 +99,16 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     }
 
     /// Backward: dx of the local slice, and dγ, dβ of the global batch.
-    /// Collective (one allreduce of 2·C doubles).
+    /// Collective (one allgatherv of 2·N·C doubles, or one allreduce of 2·C).
     ///
-    /// The allreduce is hidden: it starts, non-blocking, as soon as this
-    /// rank's dγ, dβ sums exist, which is before the dx of the last
-    /// instances of each thread has been written; one worker polls it with
-    /// `MPI_Test` while it writes them (Open MPI here has no progress
-    /// thread), and the wait at the end is all that is left exposed.
+    /// The collective is hidden: it starts, non-blocking, as soon as this
+    /// rank's sums exist, which is before the dx of the last instances of
+    /// each thread has been written; one worker polls it with `MPI_Test`
+    /// while it writes them (Open MPI here has no progress thread), and the
+    /// wait at the end is all that is left exposed.
     ///
-    /// - Returns: the seconds spent waiting for the allreduce after the dx
-    ///   pass (with `overlapsReduction` false: the whole blocking allreduce).
+    /// - Returns: the seconds spent waiting for the collective after the dx
+    ///   pass (with `overlapsReduction` false: the whole blocking collective).
     @discardableResult
     public func backward(
         dx: UnsafeMutableBufferPointer<T>,
@@ -110,22 +118,48 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ) throws -> Double {
         let channels = globalShape.channels
         precondition(dgamma.count == channels && dbeta.count == channels)
-        let sums = parameterGradientSums
-        let reduction = OverlappedReduction(communicator: communicator, buffer: sums)
+        let sums = parameterGradientSums.elements
+        let collective = OverlappedReduction(start: startReduction)
         BatchKernel.backward(
             dx: dx,
             dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<channels]),
             dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
             dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
-            overlap: overlapsReduction ? reduction.hooks : nil)
+            instanceSums: reduction == .reproducible ? localInstanceSums.elements : nil,
+            overlap: overlapsReduction ? collective.hooks : nil)
         let waitStart = MPI.wallTime()
-        if overlapsReduction { try reduction.finish() } else { try communicator.allreduce(sums, .sum) }
+        if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
         let exposed = MPI.wallTime() - waitStart
+        if reduction == .reproducible { sumGatheredInSampleOrder() }
         for channel in 0..<channels {
             dgamma[channel] = T(sums[channel])
             dbeta[channel] = T(sums[channels + channel])
         }
         return exposed
+    }
+
+    /// Starts the collective that completes dγ, dβ across ranks.
+    private func startReduction() throws -> Request {
+        switch reduction {
+        case .allreduce:
+            return try communicator.iallreduce(parameterGradientSums.elements, .sum)
+        case .reproducible:
+            return try communicator.iallgatherv(
+                localInstanceSums.readOnly, into: globalInstanceSums.elements,
+                counts: partition.counts.map { 2 * $0 * globalShape.channels })
+        }
+    }
+
+    /// dγ_c = Σ_n s2(n,c), dβ_c = Σ_n s1(n,c) over the gathered sums, added
+    /// in sample order: the order one process holding the whole batch uses.
+    private func sumGatheredInSampleOrder() {
+        let channels = globalShape.channels
+        let sums = parameterGradientSums.elements, gathered = globalInstanceSums.elements
+        sums.update(repeating: 0)
+        for instance in 0..<globalShape.instanceCount {
+            sums[channels + instance % channels] += gathered[2 * instance]
+            sums[instance % channels] += gathered[2 * instance + 1]
+        }
     }
 
     /// One training step's update of the running statistics (PyTorch's
@@ -163,4 +197,25 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
             InstanceStatistics(mean: gathered[2 * instance], variance: gathered[2 * instance + 1], eps: eps)
         }
     }
+}
+
+/// How dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c) are summed across ranks.
+///
+/// Floating-point addition is not associative, so a sum split differently
+/// across ranks ends in different last bits: PyTorch, DDP, Horovod and NCCL
+/// all give rank-count-dependent gradients. Here every instance's (s1, s2)
+/// is already a per-sample partial sum, computed from that sample's data
+/// alone in a fixed order (see `InstanceKernel`), so gathering them and
+/// adding them in sample order on every rank reproduces the single-process
+/// sum exactly, at the cost of sending 2·N·C doubles instead of 2·C. That
+/// costs nothing measurable here (the gather is hidden behind the dx pass
+/// like the allreduce was, and the N·C additions are a rounding error of the
+/// backward's N·C·M), so it is the default.
+public enum ParameterGradientReduction: Sendable, Equatable {
+    /// Gather every instance's sums; add them in sample order on every
+    /// rank: the same bits for every rank and thread count.
+    case reproducible
+    /// Each rank sums its own samples; one allreduce of 2·C numbers finishes
+    /// them: the last bits depend on the rank count.
+    case allreduce
 }

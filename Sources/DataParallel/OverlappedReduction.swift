@@ -1,8 +1,8 @@
 import InstanceNorm
 import MPI
 
-/// A non-blocking allreduce of dγ, dβ started from the backward's
-/// `sumsReady` hook and progressed from its `progress` hook.
+/// A non-blocking collective on the parameter gradients, started from the
+/// backward's `sumsReady` hook and progressed from its `progress` hook.
 ///
 /// The hooks run on the kernel's threads: `sumsReady` on the calling thread,
 /// `progress` on one worker while the calling thread waits, so MPI is never
@@ -10,20 +10,19 @@ import MPI
 /// error inside a hook cannot be thrown through the kernel; it is kept and
 /// thrown by `finish`.
 final class OverlappedReduction: @unchecked Sendable {
-    private let communicator: Communicator
-    private let buffer: UnsafeMutableBufferPointer<Double>
+    private let start: () throws -> Request
     private var request: Request?
     private var failure: Error?
 
-    init(communicator: Communicator, buffer: UnsafeMutableBufferPointer<Double>) {
-        self.communicator = communicator
-        self.buffer = buffer
+    /// - Parameter start: starts the collective (an iallreduce or iallgatherv).
+    init(start: @escaping () throws -> Request) {
+        self.start = start
     }
 
     var hooks: BackwardOverlap {
         BackwardOverlap(
             sumsReady: { [self] in
-                do { request = try communicator.iallreduce(buffer, .sum) } catch { failure = error }
+                do { request = try start() } catch { failure = error }
             },
             progress: { [self] in
                 guard failure == nil, let request else { return }
@@ -31,7 +30,7 @@ final class OverlappedReduction: @unchecked Sendable {
             })
     }
 
-    /// Waits for the allreduce; throws the first MPI error of the hooks.
+    /// Waits for the collective; throws the first MPI error of the hooks.
     func finish() throws {
         if let failure { throw failure }
         guard let request else { preconditionFailure("the backward never reported its sums") }

@@ -119,6 +119,9 @@ public enum BatchKernel {
     ///   - gamma: (C,) or nil for γ = 1.
     ///   - threads: worker threads, ≥ 1.
     ///   - stores: how dx is written.
+    ///   - instanceSums: (N, C, 2) output, s1 and s2 of every instance,
+    ///     written before `overlap.sumsReady` (for a reduction that must not
+    ///     depend on how the batch is split; see the data-parallel layer).
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     @inlinable
     @_specialize(where T == Float)
@@ -130,6 +133,7 @@ public enum BatchKernel {
         statistics: UnsafeBufferPointer<InstanceStatistics>,
         gamma: UnsafeBufferPointer<T>?,
         shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic,
+        instanceSums: UnsafeMutableBufferPointer<Double>? = nil,
         overlap: BackwardOverlap? = nil
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
@@ -150,6 +154,13 @@ public enum BatchKernel {
             }
         }
         batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta)
+        if let instanceSums {
+            precondition(instanceSums.count == 2 * shape.instanceCount, "instanceSums holds 2·N·C values")
+            for instance in 0..<shape.instanceCount {
+                instanceSums[2 * instance] = batch.instanceSums[instance].sumDy
+                instanceSums[2 * instance + 1] = batch.instanceSums[instance].sumDyXHat
+            }
+        }
         overlap?.sumsReady()
         // Pass 2 of the tails (or of everything, when instances are split).
         split.run { worker in

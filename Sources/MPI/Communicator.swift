@@ -130,13 +130,49 @@ public final class Communicator: @unchecked Sendable {
         counts: [Int]
     ) throws {
         let call = "MPI_Allgatherv"
+        let layout = try gatherLayout(send.count, receive.count, counts, call)
+        try check(MPI_Allgatherv(send.baseAddress, layout.counts[rank], T.mpiDatatype,
+                                 receive.baseAddress, layout.counts, layout.displacements,
+                                 T.mpiDatatype, handle), call)
+    }
+
+    /// Non-blocking `allgatherv`. `send` and `receive` must stay alive and
+    /// untouched until the request completes; the counts and displacements,
+    /// which MPI also reads until then, are kept by the request.
+    public func iallgatherv<T: MPIDatatypeConvertible>(
+        _ send: UnsafeBufferPointer<T>,
+        into receive: UnsafeMutableBufferPointer<T>,
+        counts: [Int]
+    ) throws -> Request {
+        let call = "MPI_Iallgatherv"
+        let layout = try gatherLayout(send.count, receive.count, counts, call)
+        let storage = UnsafeMutableBufferPointer<Int32>.allocate(capacity: 2 * size)
+        _ = storage.initialize(from: layout.counts + layout.displacements)
+        let storedCounts = storage.baseAddress!, storedDisplacements = storage.baseAddress! + size
+        var request: MPI_Request? = MPI_REQUEST_NULL
+        let code = MPI_Iallgatherv(send.baseAddress, layout.counts[rank], T.mpiDatatype,
+                                   receive.baseAddress, storedCounts, storedDisplacements,
+                                   T.mpiDatatype, handle, &request)
+        guard code == MPI_SUCCESS else {
+            storage.deallocate()
+            try check(code, call)
+            preconditionFailure("check throws for every code but MPI_SUCCESS")
+        }
+        return Request(request, startedBy: call, owning: UnsafeMutableRawBufferPointer(storage))
+    }
+
+    /// Checks the arguments of a gather and returns MPI's counts and
+    /// displacements (the prefix sums of the counts).
+    private func gatherLayout(
+        _ sendCount: Int, _ receiveCount: Int, _ counts: [Int], _ call: String
+    ) throws -> (counts: [Int32], displacements: [Int32]) {
         guard counts.count == size else {
             throw MPIError.refused(call, MPI_ERR_COUNT,
                 "counts has \(counts.count) entries for \(size) ranks")
         }
-        guard send.count == counts[rank] else {
+        guard sendCount == counts[rank] else {
             throw MPIError.refused(call, MPI_ERR_COUNT,
-                "rank \(rank) sends \(send.count) elements but counts[\(rank)] is \(counts[rank])")
+                "rank \(rank) sends \(sendCount) elements but counts[\(rank)] is \(counts[rank])")
         }
         let mpiCounts = try counts.map { try mpiCount($0, call) }
         var displacements: [Int32] = []
@@ -146,13 +182,11 @@ public final class Communicator: @unchecked Sendable {
             displacements.append(try mpiCount(total, call, what: "displacement"))
             total += count
         }
-        guard receive.count == total else {
+        guard receiveCount == total else {
             throw MPIError.refused(call, MPI_ERR_BUFFER,
-                "receive holds \(receive.count) elements but counts add up to \(total)")
+                "receive holds \(receiveCount) elements but counts add up to \(total)")
         }
-        try check(MPI_Allgatherv(send.baseAddress, mpiCounts[rank], T.mpiDatatype,
-                                 receive.baseAddress, mpiCounts, displacements,
-                                 T.mpiDatatype, handle), call)
+        return (mpiCounts, displacements)
     }
 
     /// Copies `buffer` from rank `root` into `buffer` on every other rank

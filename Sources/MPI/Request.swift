@@ -20,10 +20,14 @@ public final class Request {
     private var handle: MPI_Request?
     /// The call that started the operation, for messages from `deinit`.
     private let startedBy: String
+    /// Arguments MPI reads until the operation completes (the counts of a
+    /// non-blocking gather); freed once it has.
+    private let owned: UnsafeMutableRawBufferPointer?
 
-    init(_ handle: MPI_Request?, startedBy call: String) {
+    init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil) {
         self.handle = handle
         self.startedBy = call
+        self.owned = owned
     }
 
     /// True until the operation has been seen to complete by `test()` or
@@ -47,6 +51,7 @@ public final class Request {
     }
 
     deinit {
+        defer { if !isActive { owned?.deallocate() } }  // else MPI may still read it: leak rather than corrupt
         guard isActive else { return }
         guard !MPI.isFinalized else {
             printToStandardError("\(startedBy) request dropped after MPI_Finalize, never completed")
