@@ -94,6 +94,33 @@ struct CommunicatorTests {
         #expect(receive == send)
     }
 
+    /// The non-blocking gather copies once it completes, and keeps its own
+    /// copy of the counts: the caller's array is gone before the wait.
+    @Test(arguments: [0, 1, 5])
+    func iallgathervWithOneRankCopies(_ count: Int) throws {
+        let world = try SingletonMPI.world()
+        let send = UnsafeMutableBufferPointer<Double>.allocate(capacity: count)
+        let receive = UnsafeMutableBufferPointer<Double>.allocate(capacity: count)
+        defer { send.deallocate(); receive.deallocate() }
+        for index in 0..<count { send[index] = Double(index) * 1.5 - 2 }
+        receive.initialize(repeating: .nan)
+        let request = try world.iallgatherv(UnsafeBufferPointer(send), into: receive, counts: [count])
+        while try !request.test() {}
+        #expect(Array(receive) == Array(send))
+    }
+
+    @Test func iallgathervRefusesCountsThatDoNotFit() throws {
+        let world = try SingletonMPI.world()
+        let send = UnsafeMutableBufferPointer<Float>.allocate(capacity: 2)
+        let receive = UnsafeMutableBufferPointer<Float>.allocate(capacity: 3)
+        defer { send.deallocate(); receive.deallocate() }
+        let refused = #expect(throws: MPIError.self) {
+            _ = try world.iallgatherv(UnsafeBufferPointer(send), into: receive, counts: [2])
+        }
+        #expect(refused?.call == "MPI_Iallgatherv")
+        #expect(refused?.message.contains("receive holds 3") == true)
+    }
+
     @Test func allgathervRefusesCountsThatDoNotFit() throws {
         let world = try SingletonMPI.world()
         let send: [Float] = [1, 2]
