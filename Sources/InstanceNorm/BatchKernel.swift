@@ -51,6 +51,8 @@ public enum BatchKernel {
     ///   - eps: ε > 0, added to the variance.
     ///   - threads: worker threads, ≥ 1.
     ///   - stores: how y is written.
+    ///   - layout: channels first (N, C, S…) or last (N, S…, C) for x and y;
+    ///     the results are the same bits either way.
     @inlinable
     @_specialize(where T == Float)
     @_specialize(where T == Double)
@@ -59,10 +61,16 @@ public enum BatchKernel {
         statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>,
         gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic
+        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic,
+        layout: TensorLayout = .channelsFirst
     ) {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
         guard shape.instanceCount > 0 else { return }
+        if layout == .channelsLast {
+            return forwardChannelsLast(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps,
+                threads: threads, stores: stores)
+        }
         let batch = ForwardBatch(
             y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)
@@ -86,11 +94,21 @@ public enum BatchKernel {
         x: UnsafeBufferPointer<T>,
         runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
         gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic
+        shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic,
+        layout: TensorLayout = .channelsFirst
     ) {
         checkCounts(shape, x.count, y.count, shape.instanceCount, gamma, beta)
         precondition(runningMean.count == shape.channels && runningVar.count == shape.channels)
         guard shape.instanceCount > 0 else { return }
+        if layout == .channelsLast {
+            let batch = ChannelsLastBatch<T>(shape: shape, streaming: stores.streams(y, tensors: 2))
+            let running = (SharedBuffer(runningMean), SharedBuffer(runningVar)), channels = shape.channels
+            return writeNormalized(batch, batch.split(threads: threads), y: y, x: x, gamma: gamma, beta: beta) {
+                let channel = $0 % channels
+                return InstanceStatistics(
+                    mean: running.0.base[channel].widened, variance: running.1.base[channel].widened, eps: eps)
+            }
+        }
         let batch = ForwardBatch(
             y: y, statistics: nil, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
         let running = (SharedBuffer(runningMean), SharedBuffer(runningVar))
@@ -123,6 +141,7 @@ public enum BatchKernel {
     ///     written before `overlap.sumsReady` (for a reduction that must not
     ///     depend on how the batch is split; see the data-parallel layer).
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
+    ///   - layout: channels first or last for dx, dy, x.
     @inlinable
     @_specialize(where T == Float)
     @_specialize(where T == Double)
@@ -134,11 +153,17 @@ public enum BatchKernel {
         gamma: UnsafeBufferPointer<T>?,
         shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic,
         instanceSums: UnsafeMutableBufferPointer<Double>? = nil,
-        overlap: BackwardOverlap? = nil
+        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
+        precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
+        if layout == .channelsLast {
+            return backwardChannelsLast(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                shape: shape, threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
+        }
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)
@@ -155,7 +180,6 @@ public enum BatchKernel {
         }
         batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta)
         if let instanceSums {
-            precondition(instanceSums.count == 2 * shape.instanceCount, "instanceSums holds 2·N·C values")
             for instance in 0..<shape.instanceCount {
                 instanceSums[2 * instance] = batch.instanceSums[instance].sumDy
                 instanceSums[2 * instance + 1] = batch.instanceSums[instance].sumDyXHat

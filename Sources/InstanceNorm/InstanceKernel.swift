@@ -190,20 +190,29 @@ public enum InstanceKernel {
         streaming: Bool = false
     ) {
         precondition(dx.count == x.count && dy.count == x.count)
-        let count = Double(spatialCount ?? x.count)
+        writeElementwise(
+            dx.baseAddress!, 0..<x.count, streaming: streaming,
+            inputGradientOperation(
+                dy: dy.baseAddress!, x: x.baseAddress!, statistics: statistics, gamma: gamma,
+                sumDy: sumDy, sumDyXHat: sumDyXHat, spatialCount: spatialCount ?? x.count))
+    }
+
+    /// The per-value operation of `inputGradient`, with its constants folded.
+    @inlinable
+    static func inputGradientOperation<T: InstanceNormScalar>(
+        dy: UnsafePointer<T>, x: UnsafePointer<T>, statistics: InstanceStatistics, gamma: Double,
+        sumDy: Double, sumDyXHat: Double, spatialCount: Int
+    ) -> InputGradientOperation<T> {
+        let count = Double(spatialCount)
         let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
         let gradientScaleWide = gamma * statistics.invstd
         let centeredScaleWide = -gradientScaleWide * statistics.invstd * sumDyXHat / count
         let meanDyWide = sumDy / count
         let meanDy = T(meanDyWide)
-        let gradientScale = T(gradientScaleWide)
-        let centeredScale = T(centeredScaleWide)
         let offset = T(gradientScaleWide * (meanDy.widened - meanDyWide) - centeredScaleWide * meanLow)
-        writeElementwise(
-            dx.baseAddress!, 0..<x.count, streaming: streaming,
-            InputGradientOperation(
-                dy: dy.baseAddress!, x: x.baseAddress!, meanHigh: meanHigh, meanDy: meanDy,
-                gradientScale: gradientScale, centeredScale: centeredScale, offset: offset))
+        return InputGradientOperation(
+            dy: dy, x: x, meanHigh: meanHigh, meanDy: meanDy,
+            gradientScale: T(gradientScaleWide), centeredScale: T(centeredScaleWide), offset: offset)
     }
 }
 

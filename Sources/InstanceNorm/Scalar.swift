@@ -11,7 +11,8 @@ public protocol InstanceNormScalar: BinaryFloatingPoint, SIMDScalar, Codable, Se
     associatedtype Vector: SIMD where Vector.Scalar == Self
     /// The value widened exactly to `Double`.
     var widened: Double { get }
-    /// Σ of the lanes, each widened to `Double` first.
+    /// Σ of the lanes, each widened to `Double` first, in the order of
+    /// `widenedLaneSum`.
     static func widenedSum(_ vector: Vector) -> Double
     /// Writes one vector without reading its cache line first; `address`
     /// must be 64-byte aligned.
@@ -24,9 +25,7 @@ extension Float: InstanceNormScalar {
     @inlinable @inline(__always) public var widened: Double { Double(self) }
 
     @inlinable @inline(__always)
-    public static func widenedSum(_ vector: SIMD16<Float>) -> Double {
-        (SIMD8<Double>(vector.lowHalf) + SIMD8<Double>(vector.highHalf)).sum()
-    }
+    public static func widenedSum(_ vector: SIMD16<Float>) -> Double { widenedLaneSum(lanes: 16) { vector[$0] } }
 
     @inlinable @inline(__always)
     public static func streamStore(_ vector: SIMD16<Float>, to address: UnsafeMutablePointer<Float>) {
@@ -41,11 +40,23 @@ extension Double: InstanceNormScalar {
     @inlinable @inline(__always) public var widened: Double { self }
 
     @inlinable @inline(__always)
-    public static func widenedSum(_ vector: SIMD8<Double>) -> Double { vector.sum() }
+    public static func widenedSum(_ vector: SIMD8<Double>) -> Double { widenedLaneSum(lanes: 8) { vector[$0] } }
 
     @inlinable @inline(__always)
     public static func streamStore(_ vector: SIMD8<Double>, to address: UnsafeMutablePointer<Double>) {
         instnorm_stream_store_double4(address, vector.lowHalf)
         instnorm_stream_store_double4(address + 4, vector.highHalf)
     }
+}
+
+/// Σ lane(i) for i in 0..<lanes, widened to `Double`, in one explicit order:
+/// Σ_i (lane(i) + lane(i + lanes/2)) from i = 0 up. Spelled out, not left to
+/// `SIMD.sum()`, because the channels-last kernels rebuild the same sum from
+/// lanes held elsewhere and must add in the same order to give the same bits.
+@inlinable @inline(__always)
+public func widenedLaneSum<T: InstanceNormScalar>(lanes: Int, _ lane: (Int) -> T) -> Double {
+    let half = lanes / 2
+    var total = 0.0
+    for index in 0..<half { total += lane(index).widened + lane(index + half).widened }
+    return total
 }

@@ -76,11 +76,16 @@ func gradientChunkSums<T: InstanceNormScalar>(
 /// One value of an elementwise output, as a vector or as a scalar: the two
 /// must compute the same expression, so the bits do not depend on where the
 /// vector loop starts or ends.
+///
+/// `tiled` is the index modulo `period` (when the period is not 0): the
+/// channels-last operations read their per-channel constants from arrays
+/// tiled with that period, so the vector loop needs no division per vector.
 @usableFromInline
 protocol ElementwiseOperation {
     associatedtype Scalar: InstanceNormScalar
-    func vector(at index: Int) -> Scalar.Vector
-    func scalar(at index: Int) -> Scalar
+    var period: Int { get }
+    func vector(at index: Int, tiled: Int) -> Scalar.Vector
+    func scalar(at index: Int, tiled: Int) -> Scalar
 }
 
 /// out[i] = operation(i) for i in range, in vectors; with `streaming` the
@@ -92,25 +97,34 @@ func writeElementwise<Operation: ElementwiseOperation>(
 ) {
     typealias T = Operation.Scalar
     let lanes = T.Vector.scalarCount
+    let period = operation.period
     var index = range.lowerBound
+    var tiled = period > 0 ? index % period : 0
+    @inline(__always) func advance(_ step: Int) {
+        index += step
+        if period > 0 {
+            tiled += step
+            if tiled >= period { tiled -= period }
+        }
+    }
     if streaming {
         while index < range.upperBound && Int(bitPattern: out + index) & 63 != 0 {
-            out[index] = operation.scalar(at: index)
-            index += 1
+            out[index] = operation.scalar(at: index, tiled: tiled)
+            advance(1)
         }
         while index + lanes <= range.upperBound {
-            T.streamStore(operation.vector(at: index), to: out + index)
-            index += lanes
+            T.streamStore(operation.vector(at: index, tiled: tiled), to: out + index)
+            advance(lanes)
         }
     } else {
         while index + lanes <= range.upperBound {
-            storeVector(operation.vector(at: index), out, index)
-            index += lanes
+            storeVector(operation.vector(at: index, tiled: tiled), out, index)
+            advance(lanes)
         }
     }
     while index < range.upperBound {
-        out[index] = operation.scalar(at: index)
-        index += 1
+        out[index] = operation.scalar(at: index, tiled: tiled)
+        advance(1)
     }
 }
 
@@ -132,13 +146,15 @@ struct NormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
         offsetVector = Scalar.Vector(repeating: offset)
     }
 
+    @inlinable var period: Int { 0 }
+
     @inlinable @inline(__always)
-    func vector(at index: Int) -> Scalar.Vector {
+    func vector(at index: Int, tiled _: Int) -> Scalar.Vector {
         offsetVector.addingProduct(loadVector(x, index) - meanVector, scaleVector)
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int) -> Scalar { offset.addingProduct(x[index] - meanHigh, scale) }
+    func scalar(at index: Int, tiled _: Int) -> Scalar { offset.addingProduct(x[index] - meanHigh, scale) }
 }
 
 /// dx = k·(dy − m̄) + p·(x − μ_hi) + q (see `InstanceKernel.inputGradient`).
@@ -165,14 +181,16 @@ struct InputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation 
         offsetVector = Scalar.Vector(repeating: offset)
     }
 
+    @inlinable var period: Int { 0 }
+
     @inlinable @inline(__always)
-    func vector(at index: Int) -> Scalar.Vector {
+    func vector(at index: Int, tiled _: Int) -> Scalar.Vector {
         offsetVector.addingProduct(centeredScaleVector, loadVector(x, index) - meanVector)
             .addingProduct(gradientScaleVector, loadVector(dy, index) - meanDyVector)
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int) -> Scalar {
+    func scalar(at index: Int, tiled _: Int) -> Scalar {
         offset.addingProduct(centeredScale, x[index] - meanHigh).addingProduct(gradientScale, dy[index] - meanDy)
     }
 }

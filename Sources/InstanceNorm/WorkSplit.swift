@@ -17,10 +17,18 @@ struct WorkSplit: Sendable {
 
     @inlinable
     init(shape: InstanceNormShape, threads: Int) {
+        self.init(units: shape.instanceCount, length: shape.spatialCount, threads: threads)
+    }
+
+    /// `units` independent runs of `length` positions each: the instances
+    /// of the channels-first layout, the samples of the channels-last one
+    /// (whose positions are rows of C values).
+    @inlinable
+    init(units: Int, length: Int, threads: Int) {
         precondition(threads >= 1, "at least one thread")
-        instanceCount = shape.instanceCount
-        spatialCount = shape.spatialCount
-        workers = max(1, min(threads, max(shape.instanceCount, 1) * chunkCount(spatialCount: shape.spatialCount)))
+        instanceCount = units
+        spatialCount = length
+        workers = max(1, min(threads, max(units, 1) * chunkCount(spatialCount: length)))
     }
 
     /// True when workers share instances (fewer instances than workers).

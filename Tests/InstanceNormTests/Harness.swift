@@ -8,10 +8,12 @@ struct KernelRun<T: InstanceNormScalar> {
     var dx: [T]
     var dgamma: [Double]
     var dbeta: [Double]
+    /// (N, C, 2): s1, s2 of every instance.
+    var instanceSums: [Double]
 
     init(
         x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double,
-        threads: Int = 1, stores: StorePolicy = .automatic
+        threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst
     ) {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
@@ -21,18 +23,22 @@ struct KernelRun<T: InstanceNormScalar> {
             repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.instanceCount)
         let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
         let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
+        let instanceSums = TensorBuffer<Double>(repeating: .nan, count: 2 * shape.instanceCount)
         BatchKernel.forward(
             y: y.elements, statistics: statistics.elements, x: x.readOnly,
-            gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps, threads: threads, stores: stores)
+            gamma: gamma?.readOnly, beta: beta?.readOnly, shape: shape, eps: eps, threads: threads, stores: stores,
+            layout: layout)
         BatchKernel.backward(
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly,
-            gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores)
+            gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores,
+            instanceSums: instanceSums.elements, layout: layout)
         self.y = y.array
         self.statistics = statistics.array
         self.dx = dx.array
         self.dgamma = dgamma.array
         self.dbeta = dbeta.array
+        self.instanceSums = instanceSums.array
     }
 }
 
