@@ -153,8 +153,24 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
 
     /// Fills tiled constant `slot` with value(channel) at every position.
     @inlinable func tile(_ slot: Int, _ value: (Int) -> T) {
-        let buffer = tiled[slot]
-        for index in buffer.indices { buffer[index] = value(index % channels) }
+        for channel in 0..<channels { tiled[slot][channel] = value(channel) }
+        replicate(slot)
+    }
+
+    /// Sets one channel's value of a tiled constant; `replicate` then
+    /// copies the first C values over the rest of the slot.
+    @inlinable func set(_ slot: Int, channel: Int, _ value: T) { tiled[slot][channel] = value }
+
+    /// Doubles the filled prefix until the slot is full: log2 block copies
+    /// rather than one dependent copy per value.
+    @inlinable func replicate(_ slot: Int) {
+        let base = tiled[slot].baseAddress!, count = tiled[slot].count
+        var filled = channels
+        while filled < count {
+            let copied = min(filled, count - filled)
+            (base + filled).update(from: base, count: copied)
+            filled += copied
+        }
     }
 
     @inlinable func tiledBase(_ slot: Int) -> UnsafePointer<T> { UnsafePointer(tiled[slot].baseAddress!) }

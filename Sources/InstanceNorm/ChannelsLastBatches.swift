@@ -152,16 +152,16 @@ extension BatchKernel {
         let input = SharedBuffer(x), affine = (gamma.map { SharedBuffer($0) }, beta.map { SharedBuffer($0) })
         let channels = batch.channels, sampleLength = batch.sampleLength
         batch.write(split, y) { sample, scratch in
-            let constants = (0..<channels).map { channel -> (T, T, T) in
+            for channel in 0..<channels {
                 let instanceStatistics = statistics(sample * channels + channel)
                 let (meanHigh, meanLow) = instanceStatistics.splitMean(as: T.self)
                 let scaleWide = (affine.0.map { $0.base[channel].widened } ?? 1) * instanceStatistics.invstd
                 let offset = (affine.1.map { $0.base[channel].widened } ?? 0) - meanLow * scaleWide
-                return (meanHigh, T(scaleWide), T(offset))
+                scratch.set(0, channel: channel, meanHigh)
+                scratch.set(1, channel: channel, T(scaleWide))
+                scratch.set(2, channel: channel, T(offset))
             }
-            scratch.tile(0) { constants[$0].0 }
-            scratch.tile(1) { constants[$0].1 }
-            scratch.tile(2) { constants[$0].2 }
+            for slot in 0..<3 { scratch.replicate(slot) }
             return TiledNormalizeOperation(x: input.base + sample * sampleLength, scratch: scratch)
         }
         if batch.streaming { instnorm_store_fence() }
@@ -210,17 +210,20 @@ extension BatchKernel {
         let progress = overlap.map { hooks in { @Sendable in hooks.progress() } }
         batch.write(split, dx) { sample, scratch in
             if sample % 4 == 0 { progress?() }
-            let constants = (0..<channels).map { channel -> [T] in
+            for channel in 0..<channels {
                 let instance = sample * channels + channel
                 let operation = InstanceKernel.inputGradientOperation(
                     dy: gradients.base, x: input.base, statistics: saved.base[instance],
                     gamma: gammaBuffer.map { $0.base[channel].widened } ?? 1,
                     sumDy: sumBuffer.base[2 * instance], sumDyXHat: sumBuffer.base[2 * instance + 1],
                     spatialCount: shape.spatialCount)
-                return [operation.meanHigh, operation.meanDy, operation.gradientScale,
-                        operation.centeredScale, operation.offset]
+                scratch.set(0, channel: channel, operation.meanHigh)
+                scratch.set(1, channel: channel, operation.meanDy)
+                scratch.set(2, channel: channel, operation.gradientScale)
+                scratch.set(3, channel: channel, operation.centeredScale)
+                scratch.set(4, channel: channel, operation.offset)
             }
-            for slot in 0..<5 { scratch.tile(slot) { constants[$0][slot] } }
+            for slot in 0..<5 { scratch.replicate(slot) }
             return TiledInputGradientOperation(
                 dy: gradients.base + sample * sampleLength, x: input.base + sample * sampleLength, scratch: scratch)
         }
