@@ -13,7 +13,7 @@ public enum TensorLayout: Sendable, Equatable {
 /// second += b·c. `ShiftedTerms` gives the statistics' sums, `GradientTerms`
 /// the backward's.
 @usableFromInline
-protocol LaneTerms {
+protocol LaneTerms: SendableMetatype {
     associatedtype Scalar: InstanceNormScalar
     func vectors(at index: Int, tiled: Int) -> (Scalar.Vector, Scalar.Vector, Scalar.Vector)
     func scalars(at index: Int, tiled: Int) -> (Scalar, Scalar, Scalar)
