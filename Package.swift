@@ -54,6 +54,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings),
+        /// The .npy header parser under libFuzzer (scripts/fuzz), or a replay of saved inputs.
+        .executableTarget(name: "NPYFuzz", dependencies: ["NPY", "_FuzzShims"]),
 
         // MARK: - Implementation details
         /// Streaming stores and a store fence, as static inline C.
@@ -62,6 +64,8 @@ let package = Package(
             name: "CMPI",
             pkgConfig: "ompi-c",
             providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        /// libFuzzer's driver and memfd_create, declared for NPYFuzz.
+        .systemLibrary(name: "_FuzzShims"),
 
         // MARK: - Unit test bundles
         /// Seeded inputs and error measures shared by the test bundles.

@@ -32,12 +32,17 @@ extension Communicator {
     /// rank runs `body`; then one allreduce finds the lowest failing rank,
     /// which broadcasts its exit code and message, and every rank throws the
     /// same `AgreedFailure`. This is a collective call: every rank must make it.
+    /// An `MPIError` thrown by `body` is rethrown at once, unsettled.
     ///
     /// - Parameter defaultExitCode: the code for errors that carry none.
     public func agree<Result>(
         defaultExitCode: Int32 = 1, _ body: () throws -> Result
     ) throws -> Result {
         let outcome = Swift.Result { try body() }
+        // An MPI call that failed inside `body` may have left the other
+        // ranks inside that collective: another collective cannot settle it.
+        // The caller ends the job (`Communicator.abort(code:)`).
+        if case .failure(let error as MPIError) = outcome { throw error }
         let localFailure: (message: String, code: Int32)? = switch outcome {
         case .success: nil
         case .failure(let error):

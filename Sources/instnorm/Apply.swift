@@ -13,7 +13,7 @@ struct Apply: ParsableCommand {
             with running statistics in training mode the updated running_mean.npy and running_var.npy. \
             Outputs have the input's dtype. Each rank reads and writes only its own samples. \
             Outputs are written under temporary names and renamed into place only when every \
-            rank has succeeded.
+            rank has succeeded; a failed or terminated run leaves DIR as it was.
             """)
 
     @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), float32 or float64, C order.", valueName: "X.npy"))
@@ -48,6 +48,13 @@ struct Apply: ParsableCommand {
 
     @Option(help: "Worker threads per rank (the results do not depend on it).")
     var threads: Int = 1
+
+    @Flag(help: """
+        Refuse NaN and infinity (exit 65), naming the first bad sample and channel: in the inputs, \
+        and in the outputs of finite inputs. Without it a non-finite value makes its instance's \
+        outputs non-finite (and dgamma, dbeta, the running statistics of its channel), as in PyTorch.
+        """)
+    var checkFinite = false
 
     /// Every check that needs no data: the same verdict on every rank, before any collective.
     func validate() throws {

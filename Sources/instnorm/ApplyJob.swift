@@ -7,47 +7,80 @@ import MPI
 import NPY
 
 /// One `apply` run in precision T: read this rank's slice, compute, write.
+///
+/// A failure only one rank sees is settled at one of these agreed steps
+/// (`Communicator.agree`), so that every rank leaves with the same message
+/// and code and no rank is left waiting in a collective:
+///
+/// 1. reading: reserve the input buffers, read this rank's slice, and with
+///    `--check-finite` look for NaN and infinity in it (exit 65, 71);
+/// 2. computing: reserve the output buffers and run the forward (exit 71);
+/// then the collectives (the dγ, dβ allreduce, the gather of the statistics),
+/// where a failed MPI call ends the job with MPI_Abort (exit 70);
+/// 3. checking, with `--check-finite`: non-finite outputs (exit 65);
+/// 4. writing, in four steps (see `write`; exit 74).
 struct ApplyJob<T: DataParallelScalar & NPYElement> {
     let options: Apply
     let files: ApplyFiles
     let communicator: Communicator
 
+    private var shape: InstanceNormShape { files.shape }
+    private var elementSize: Int { MemoryLayout<T>.stride }
+
     func run() throws {
-        let layer = DataParallelInstanceNorm<T>(
-            communicator: communicator, globalShape: files.shape, eps: options.eps, threads: options.threads)
+        let partition = BatchPartition(batch: shape.batch, ranks: communicator.size)
+        let samples = partition.samples(of: communicator.rank)
+        let perSample = shape.channels * shape.spatialCount
+        let slice = samples.lowerBound * perSample ..< samples.upperBound * perSample
         let inputs = try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
-            try LocalInputs<T>(files: files, layer: layer)
+            try Memory.reserve(
+                Memory.bytes((slice.count * (files.grad == nil ? 1 : 2), elementSize), (6 * shape.channels, elementSize),
+                             (2 * shape.channels, MemoryLayout<Double>.stride)),
+                for: "this rank's slice of the inputs (samples \(samples.lowerBound)..<\(samples.upperBound))")
+            let inputs = try LocalInputs<T>(files: files, elements: slice)
+            if options.checkFinite { try inputs.checkFinite(files: files, firstSample: samples.lowerBound) }
+            return inputs
         }
+        let layer = DataParallelInstanceNorm<T>(
+            communicator: communicator, globalShape: shape, eps: options.eps, threads: options.threads)
         let outputs = try compute(layer, inputs)
-        try write(outputs, layer: layer)
+        if options.checkFinite { try checkFinite(outputs, firstSample: samples.lowerBound) }
+        try write(outputs)
     }
 
     /// The outputs, each with the part of it this rank writes.
     private func compute(_ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>) throws -> [OutputArray<T>] {
-        let globalShape = files.shape
-        let y = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
+        let localCount = layer.localShape.elementCount, localInstances = layer.localShape.instanceCount
+        let statisticsSize = MemoryLayout<InstanceStatistics>.stride
+        let forward = try communicator.agree(defaultExitCode: ToolExitCode.resources) {
+            try Memory.reserve(
+                Memory.bytes((localCount * (inputs.dy == nil ? 1 : 2), elementSize), (localInstances, statisticsSize + 2 * elementSize),
+                             (2 * shape.instanceCount, MemoryLayout<Double>.stride)),
+                for: "this rank's outputs")
+            if Failpoint.computing.fires() {
+                throw ToolError.resources("cannot allocate the outputs of this rank: Cannot allocate memory \(Failpoint.computing.note)")
+            }
+            return try localForward(layer, inputs)
+        }
+        let (y, statistics) = forward
         let elementOffset = layer.localElements.lowerBound
         if options.eval {
-            layer.forwardInference(
-                y: y.elements, x: inputs.x.readOnly,
-                runningMean: inputs.runningMean!.readOnly, runningVar: inputs.runningVar!.readOnly,
-                gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
-            return [OutputArray(name: "y.npy", shape: globalShape.dimensions, values: y, elementOffset: elementOffset)]
+            return [OutputArray(name: "y.npy", shape: shape.dimensions, values: y, elementOffset: elementOffset)]
         }
-        let statistics = TensorBuffer(
-            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.instanceCount)
-        layer.forward(
-            y: y.elements, statistics: statistics.elements, x: inputs.x.readOnly,
-            gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
-        let instanceOffset = layer.samples.lowerBound * globalShape.channels
-        let perInstanceShape = [globalShape.batch, globalShape.channels]
+        let instanceOffset = layer.samples.lowerBound * shape.channels
+        let perInstanceShape = [shape.batch, shape.channels]
         var outputs = [
-            OutputArray(name: "y.npy", shape: globalShape.dimensions, values: y, elementOffset: elementOffset),
+            OutputArray(name: "y.npy", shape: shape.dimensions, values: y, elementOffset: elementOffset),
             OutputArray(name: "mean.npy", shape: perInstanceShape,
                         values: TensorBuffer(statistics.array.map { T($0.mean) }), elementOffset: instanceOffset),
             OutputArray(name: "invstd.npy", shape: perInstanceShape,
                         values: TensorBuffer(statistics.array.map { T($0.invstd) }), elementOffset: instanceOffset),
         ]
+        // The first collective: a rank whose MPI call fails here cannot tell
+        // the others, who are already inside it.
+        if (inputs.dy != nil || inputs.runningMean != nil) && Failpoint.reducing.fires() {
+            throw MPIError(call: "MPI_Iallreduce", code: 16, message: "MPI_ERR_OTHER: known error not in list \(Failpoint.reducing.note)")
+        }
         if let dy = inputs.dy {
             outputs += try backward(layer, inputs, dy: dy, statistics: statistics)
         }
@@ -56,18 +89,38 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
                 runningMean: runningMean.elements, runningVar: runningVar.elements,
                 statistics: statistics.readOnly, momentum: options.momentum)
             outputs += [
-                OutputArray(name: "running_mean.npy", shape: [globalShape.channels], values: runningMean, elementOffset: nil),
-                OutputArray(name: "running_var.npy", shape: [globalShape.channels], values: runningVar, elementOffset: nil),
+                OutputArray(name: "running_mean.npy", shape: [shape.channels], values: runningMean, elementOffset: nil),
+                OutputArray(name: "running_var.npy", shape: [shape.channels], values: runningVar, elementOffset: nil),
             ]
         }
         return outputs
+    }
+
+    /// y and the per-instance statistics of this rank's slice; not collective.
+    private func localForward(
+        _ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>
+    ) throws -> (y: TensorBuffer<T>, statistics: TensorBuffer<InstanceStatistics>) {
+        let y = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
+        let statistics = TensorBuffer(
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.instanceCount)
+        if options.eval {
+            layer.forwardInference(
+                y: y.elements, x: inputs.x.readOnly,
+                runningMean: inputs.runningMean!.readOnly, runningVar: inputs.runningVar!.readOnly,
+                gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
+        } else {
+            layer.forward(
+                y: y.elements, statistics: statistics.elements, x: inputs.x.readOnly,
+                gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
+        }
+        return (y, statistics)
     }
 
     private func backward(
         _ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>,
         dy: TensorBuffer<T>, statistics: TensorBuffer<InstanceStatistics>
     ) throws -> [OutputArray<T>] {
-        let channels = files.shape.channels
+        let channels = shape.channels
         let dx = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
         let dgamma = TensorBuffer<T>(repeating: 0, count: channels)
         let dbeta = TensorBuffer<T>(repeating: 0, count: channels)
@@ -75,7 +128,7 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: inputs.x.readOnly, statistics: statistics.readOnly, gamma: inputs.gamma?.readOnly)
         var outputs = [OutputArray(
-            name: "dx.npy", shape: files.shape.dimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
+            name: "dx.npy", shape: shape.dimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
         if options.affine {
             outputs += [
                 OutputArray(name: "dgamma.npy", shape: [channels], values: dgamma, elementOffset: nil),
@@ -85,38 +138,88 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         return outputs
     }
 
-    /// Three agreed steps: rank 0 creates every file under its temporary name
-    /// (header written, size set); every rank writes its part and syncs;
-    /// rank 0 renames them all into place. A failure at any step removes the
-    /// temporary files and leaves the directory as it was.
-    private func write(_ outputs: [OutputArray<T>], layer: DataParallelInstanceNorm<T>) throws {
+    /// `--check-finite` on the outputs, whose inputs were finite: first the
+    /// per-sample outputs (the lowest failing rank holds the lowest sample),
+    /// then the (C,) arrays, which every rank holds alike.
+    private func checkFinite(_ outputs: [OutputArray<T>], firstSample: Int) throws {
+        let channels = shape.channels
+        try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
+            var first: (instance: Int, problem: String)?
+            for output in outputs where output.elementOffset != nil {
+                let values = output.values.readOnly
+                let perInstance = output.shape.count == 2 ? 1 : shape.spatialCount
+                guard let bad = firstNonFinite(values, perInstance: perInstance), bad.instance < first?.instance ?? .max else { continue }
+                let sample = firstSample + bad.instance / channels, channel = bad.instance % channels
+                first = (bad.instance, "\(output.name) would hold \(bad.value) at sample \(sample), channel \(channel) "
+                    + "although the inputs there are finite: their values overflow \(T.npyDType.name)")
+            }
+            if let first { throw ToolError.badInput("--check-finite: " + first.problem) }
+        }
+        try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
+            for output in outputs where output.elementOffset == nil {
+                guard let bad = firstNonFinite(output.values.readOnly, perInstance: 1) else { continue }
+                throw ToolError.badInput(
+                    "--check-finite: \(output.name) would hold \(bad.value) at channel \(bad.instance) "
+                        + "although the inputs are finite: the sums over the batch overflow \(T.npyDType.name)")
+            }
+        }
+    }
+
+    /// Four agreed steps: rank 0 creates every file under its temporary
+    /// name (header written, size set); every rank writes its part and
+    /// syncs; every rank reports ready; rank 0 renames them all into place,
+    /// all or nothing (`OutputDirectory.commit`). A failure at any step
+    /// removes the temporary files and leaves the directory as it was; so
+    /// does a termination signal (see `Termination`).
+    private func write(_ outputs: [OutputArray<T>]) throws {
         precondition(outputs.map(\.name) == files.outputs.names, "outputs differ from the names checked up front")
         let directory = files.outputs
         let tag = try communicator.allreduce(communicator.rank == 0 ? Int64(getpid()) : 0, .sum)
         let isRoot = communicator.rank == 0
+        let partials = directory.names.map { directory.partialPath($0, tag: tag) }
+        Termination.removeOnTermination(files: partials)
+        defer { Termination.forget() }
         do {
             try communicator.agree(defaultExitCode: ToolExitCode.ioFailure) {
                 guard isRoot else { return }
                 try directory.createDirectory()
+                Termination.removeOnTermination(files: partials, directories: Array(directory.createdDirectories.reversed()))
                 for output in outputs {
                     try ioFailure { _ = try NPYWriter.create(path: directory.partialPath(output.name, tag: tag), header: output.header) }
                 }
             }
             try communicator.agree(defaultExitCode: ToolExitCode.ioFailure) {
-                for output in outputs where output.elementOffset != nil || isRoot {
+                for (index, output) in outputs.enumerated() where output.elementOffset != nil || isRoot {
                     try ioFailure {
-                        let writer = try NPYWriter.open(path: directory.partialPath(output.name, tag: tag), header: output.header)
+                        let path = directory.partialPath(output.name, tag: tag)
+                        let writer = try NPYWriter.open(path: path, header: output.header)
                         try writer.write(output.values.readOnly, elementOffset: output.elementOffset ?? 0)
+                        if index == 0 && Failpoint.writing.fires() {
+                            throw NPYError(
+                                path: path,
+                                problem: "cannot write \(output.values.count * elementSize) bytes: No space left on device (errno 28) \(Failpoint.writing.note)")
+                        }
                         try writer.sync()
                         try writer.close()
                     }
                 }
             }
             try communicator.agree(defaultExitCode: ToolExitCode.ioFailure) {
-                if isRoot { try directory.commit(tag: tag) }
+                if !isRoot && Failpoint.renaming.fires() {
+                    throw ToolError.io("cannot report the outputs ready to commit \(Failpoint.renaming.note)")
+                }
+            }
+            try communicator.agree(defaultExitCode: ToolExitCode.ioFailure) {
+                guard isRoot else { return }
+                try Termination.deferringTermination {
+                    try directory.commit(tag: tag) { index, from, to in
+                        guard index == min(1, directory.names.count - 1), Failpoint.renaming.fires() else { return }
+                        throw ToolError.io("cannot rename \(from) to \(to): Invalid cross-device link \(Failpoint.renaming.note)")
+                    }
+                }
             }
         } catch let failure as AgreedFailure {
-            if isRoot { directory.removePartials(tag: tag) }
+            if isRoot { directory.abandon(tag: tag) }
             throw failure
         }
     }
@@ -155,10 +258,17 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
     let runningMean: TensorBuffer<T>?
     let runningVar: TensorBuffer<T>?
 
-    init(files: ApplyFiles, layer: DataParallelInstanceNorm<T>) throws {
-        let slice = layer.localElements
-        x = try Self.read(files.input, elements: slice)
-        dy = try files.grad.map { try Self.read($0, elements: slice) }
+    /// Reads `elements` of x and dy (this rank's samples) and every element of the (C,) arrays.
+    init(files: ApplyFiles, elements: Range<Int>) throws {
+        x = try Self.read(files.input, elements: elements)
+        if Failpoint.reading.fires() {
+            let size = MemoryLayout<T>.stride
+            throw NPYError(
+                path: files.input.path,
+                problem: "cannot read \(elements.count * size) bytes at byte \(files.input.header.dataOffset + elements.lowerBound * size): "
+                    + "Input/output error (errno 5) \(Failpoint.reading.note)")
+        }
+        dy = try files.grad.map { try Self.read($0, elements: elements) }
         let channels = 0..<files.shape.channels
         gamma = try files.weight.map { try Self.read($0, elements: channels) }
         beta = try files.bias.map { try Self.read($0, elements: channels) }
@@ -166,9 +276,45 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
         runningVar = try files.runningVar.map { try Self.read($0, elements: channels) }
     }
 
+    /// `--check-finite`: refuses NaN and infinity, naming the file and where.
+    /// The (C,) arrays first (every rank holds them, so rank 0 reports), then
+    /// the first instance of this rank's slice with a non-finite x or dy,
+    /// named by its global sample and channel; the ranks hold the samples in
+    /// rank order, so the lowest failing rank holds the lowest bad sample.
+    func checkFinite(files: ApplyFiles, firstSample: Int) throws {
+        let parameters = [(files.weight, gamma), (files.bias, beta), (files.runningMean, runningMean), (files.runningVar, runningVar)]
+        for case let (file?, values?) in parameters {
+            if let bad = firstNonFinite(values.readOnly, perInstance: 1) {
+                throw ToolError.badInput(
+                    "\(file.path): non-finite value \(bad.value) at channel \(bad.instance); --check-finite refuses NaN and infinity")
+            }
+        }
+        let channels = files.shape.channels, spatialCount = files.shape.spatialCount
+        var first: (instance: Int, element: Int, value: T, path: String)?
+        let slices: [(NPYReader?, TensorBuffer<T>?)] = [(files.input, x), (files.grad, dy)]
+        for case let (file?, values?) in slices {
+            guard let bad = firstNonFinite(values.readOnly, perInstance: spatialCount), bad.instance < first?.instance ?? .max else { continue }
+            first = (bad.instance, bad.element, bad.value, file.path)
+        }
+        guard let first else { return }
+        throw ToolError.badInput(
+            "\(first.path): non-finite value \(first.value) at sample \(firstSample + first.instance / channels), "
+                + "channel \(first.instance % channels) (element \(first.element) of that instance); "
+                + "--check-finite refuses NaN and infinity")
+    }
+
     private static func read(_ reader: NPYReader, elements: Range<Int>) throws -> TensorBuffer<T> {
         let buffer = TensorBuffer<T>(repeating: 0, count: elements.count)
         try reader.read(into: buffer.elements, elementOffset: elements.lowerBound)
         return buffer
     }
+}
+
+/// The first non-finite value of `values`, read as instances of
+/// `perInstance` values: its instance, its place in that instance, the value.
+func firstNonFinite<T: BinaryFloatingPoint>(
+    _ values: UnsafeBufferPointer<T>, perInstance: Int
+) -> (instance: Int, element: Int, value: T)? {
+    guard let index = values.firstIndex(where: { !$0.isFinite }) else { return nil }
+    return (index / perInstance, index % perInstance, values[index])
 }

@@ -45,6 +45,12 @@ struct Bench: ParsableCommand {
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
 
+    @Flag(help: """
+        Checksum every iteration's y, dx, dgamma and dbeta (outside the timed phases) and fail \
+        (exit 1) if any iteration's differs from the first one's; prints the checksum.
+        """)
+    var checksum = false
+
     @Flag(help: "Recompute a sample of instances and the full dgamma, dbeta with the plain double-precision reference; fail on a mismatch.")
     var verify = false
 
@@ -55,6 +61,9 @@ struct Bench: ParsableCommand {
             throw ValidationError("--shape \(shape): \(error)")
         }
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1, got \(threads)") }
+        guard shape.dimensions.first.map({ $0 >= 1 }) ?? false else {
+            throw ValidationError("--shape \(shape): the batch N must be >= 1")
+        }
         guard iterations >= 1 else { throw ValidationError("--iterations must be >= 1, got \(iterations)") }
         guard warmup >= 0 else { throw ValidationError("--warmup must be >= 0, got \(warmup)") }
         guard eps > 0, eps.isFinite else { throw ValidationError("--eps must be a positive finite number, got \(eps)") }

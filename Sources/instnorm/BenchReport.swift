@@ -14,6 +14,7 @@ struct BenchReport {
     let bandwidth: MemoryBandwidth
     let library: String
     let verification: Verification?
+    let checksum: ChecksumResult?
 
     func print(json: Bool) {
         Console.output(json ? jsonText : tableText)
@@ -62,6 +63,11 @@ struct BenchReport {
         if let verification {
             lines.append("# verify: \(verification.passed ? "passed" : "FAILED"), \(verification.summary)")
         }
+        if let checksum {
+            let verdict = checksum.mismatch.map { "CHANGED on rank \($0.rank) at iteration \($0.iteration)" }
+                ?? "identical in all \(checksum.iterations) iterations (warm-up included)"
+            lines.append("# checksum of y, dx, dgamma, dbeta: \(checksum.text), \(verdict)")
+        }
         lines.append(row(["phase", "median_ms", "min_ms", "max_ms", "GB/s", "floor"]))
         for entry in rows {
             lines.append(row([
@@ -104,6 +110,12 @@ struct BenchReport {
             ("mpi_library", quoted(library)),
         ]
         if let verification { fields.append(("verified", verification.passed ? "true" : "false")) }
+        if let checksum {
+            fields += [
+                ("checksum", quoted(checksum.text)), ("checksum_iterations", "\(checksum.iterations)"),
+                ("checksum_identical", checksum.mismatch == nil ? "true" : "false"),
+            ]
+        }
         return "{" + fields.map { "\(quoted($0.0)): \($0.1)" }.joined(separator: ", ") + "}"
     }
 

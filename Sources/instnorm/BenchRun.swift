@@ -10,17 +10,21 @@ struct BenchRun<T: DataParallelScalar> {
 
     func run() throws {
         let communicator = Communicator.world
+        try reserveMemory(communicator)
         let bandwidth = try MemoryBandwidth.measure(threads: options.threads, communicator: communicator)
         let layer = DataParallelInstanceNorm<T>(
             communicator: communicator, globalShape: globalShape, eps: options.eps,
             threads: options.threads, overlapsReduction: options.overlap, stores: options.stores.policy)
         let batch = SyntheticBatch<T>(layer: layer, seed: options.seed)
-        let timings = try time(layer, batch)
+        var checksums = ChecksumTracker()
+        let timings = try time(layer, batch, checksums: &checksums)
+        let checksum = options.checksum ? try checksums.overRanks(communicator) : nil
         let verification = options.verify ? try Verification(layer: layer, batch: batch) : nil
         if communicator.rank == 0 {
             let report = BenchReport(
                 options: options, shape: globalShape, ranks: communicator.size, elementBytes: MemoryLayout<T>.stride,
-                timings: timings, bandwidth: bandwidth, library: MPI.libraryVersion, verification: verification)
+                timings: timings, bandwidth: bandwidth, library: MPI.libraryVersion, verification: verification,
+                checksum: checksum)
             report.print(json: options.json)
         }
         if let verification, !verification.passed {
@@ -28,11 +32,39 @@ struct BenchRun<T: DataParallelScalar> {
                 rank: 0, ranks: 1, message: "verification failed: \(verification.summary)",
                 exitCode: ToolExitCode.verificationFailed)
         }
+        if let mismatch = checksum?.mismatch {
+            throw AgreedFailure(
+                rank: mismatch.rank, ranks: communicator.size,
+                message: "--checksum: iteration \(mismatch.iteration) (counting warm-up from 0) gave other results than the first",
+                exitCode: ToolExitCode.verificationFailed)
+        }
+    }
+
+    /// Agreed before anything is allocated: this rank can get the memory
+    /// of its slice (x, dy, y, dx, the statistics), or every rank stops
+    /// with the same error (exit 71).
+    private func reserveMemory(_ communicator: Communicator) throws {
+        let samples = BatchPartition(batch: globalShape.batch, ranks: communicator.size).samples(of: communicator.rank)
+        let instances = samples.count * globalShape.channels
+        let bytes = Memory.bytes(
+            (4 * instances, globalShape.spatialCount * MemoryLayout<T>.stride),
+            (instances, MemoryLayout<InstanceStatistics>.stride), (6 * globalShape.channels, MemoryLayout<Double>.stride))
+        try communicator.agree(defaultExitCode: ToolExitCode.resources) {
+            try Memory.reserve(bytes, for: "this rank's synthetic batch (samples \(samples.lowerBound)..<\(samples.upperBound))")
+            if Failpoint.computing.fires() {
+                throw ToolError.resources(
+                    "cannot allocate \(describeBytes(bytes)) for this rank's synthetic batch: Cannot allocate memory \(Failpoint.computing.note)")
+            }
+        }
     }
 
     /// Runs warm-up and timed iterations; returns per-phase seconds of each
     /// timed iteration over ranks (see `PhaseTimings`).
-    private func time(_ layer: DataParallelInstanceNorm<T>, _ batch: SyntheticBatch<T>) throws -> PhaseTimings {
+    /// With `--checksum`, records every iteration's checksum (after its
+    /// timed phases) in `checksums`.
+    private func time(
+        _ layer: DataParallelInstanceNorm<T>, _ batch: SyntheticBatch<T>, checksums: inout ChecksumTracker
+    ) throws -> PhaseTimings {
         let communicator = layer.communicator
         var local = PhaseTimings(iterations: options.iterations)
         for iteration in -options.warmup..<options.iterations {
@@ -40,11 +72,16 @@ struct BenchRun<T: DataParallelScalar> {
             let start = MPI.wallTime()
             batch.forward()
             let forwardEnd = MPI.wallTime()
+            if iteration == 0 && Failpoint.reducing.fires() {
+                // The others are about to wait in the allreduce this rank never joins.
+                throw MPIError(call: "MPI_Iallreduce", code: 16, message: "MPI_ERR_OTHER: known error not in list \(Failpoint.reducing.note)")
+            }
             let exposedWait = try batch.backward()
             let backwardEnd = MPI.wallTime()
             if iteration >= 0 {
                 local.record(iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd, exposed: exposedWait)
             }
+            if options.checksum { checksums.record(batch.checksum()) }
         }
         return try local.overRanks(communicator)
     }

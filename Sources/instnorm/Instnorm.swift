@@ -14,7 +14,7 @@ struct Instnorm: ParsableCommand {
             Launch with mpirun: the batch dimension is split across the ranks, each \
             rank normalizes its own samples, and the parameter gradients are summed \
             with MPI_Allreduce. Exit codes: 0 success, 1 verification failed, \
-            64 usage error, 65 bad input file, 70 MPI failure, 74 I/O failure.
+            64 usage error, 65 bad input file, 70 MPI failure, 71 out of memory, 74 I/O failure.
             """,
         version: "0.1.0",
         subcommands: [Bench.self, Apply.self],
@@ -50,6 +50,7 @@ enum InstnormMain {
     static func run(_ arguments: [String], on communicator: Communicator) -> Int32 {
         do {
             var command = try Instnorm.parseAsRoot(arguments)
+            try Failpoint.load(on: communicator)
             try command.run()
             return 0
         } catch let failure as AgreedFailure {
@@ -59,6 +60,7 @@ enum InstnormMain {
             // An MPI call failed: the ranks may no longer be able to agree on
             // anything, so the one safe way out is to take the whole job down.
             Console.error("instnorm: error on rank \(communicator.rank): \(error)")
+            Termination.removeRegisteredFiles()
             communicator.abort(code: ToolExitCode.mpiFailure)
         } catch {
             let code = Instnorm.exitCode(for: error).rawValue

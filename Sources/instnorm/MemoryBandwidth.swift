@@ -40,9 +40,11 @@ struct MemoryBandwidth {
         var copySeconds: [Double] = [], addSeconds: [Double] = []
         for _ in 0..<repetitions {
             try communicator.barrier()
-            copySeconds.append(timed { arrays.copy(count: count, threads: threads, scale: scale) })
+            // Each repetition ends at a barrier: ranks that share a core run
+            // one after another, and a repetition lasts until all are done.
+            copySeconds.append(try timedUntilAll(communicator) { arrays.copy(count: count, threads: threads, scale: scale) })
             try communicator.barrier()
-            addSeconds.append(timed { arrays.add(count: count, threads: threads) })
+            addSeconds.append(try timedUntilAll(communicator) { arrays.add(count: count, threads: threads) })
         }
         // As STREAM times a parallel region by its slowest thread: each
         // repetition takes as long as its slowest rank, as a bench step does.
@@ -75,8 +77,10 @@ private func balanced(_ count: Int, _ part: Int, _ parts: Int) -> Range<Int> {
     (count * part / parts)..<(count * (part + 1) / parts)
 }
 
-func timed(_ body: () -> Void) -> Double {
+/// Seconds from now until every rank has finished `body` (collective).
+func timedUntilAll(_ communicator: Communicator, _ body: () -> Void) throws -> Double {
     let start = MPI.wallTime()
     body()
+    try communicator.barrier()
     return MPI.wallTime() - start
 }

@@ -9,8 +9,10 @@ enum ToolExitCode {
     static let usage: Int32 = 64
     /// An input file that is missing, unreadable, malformed or of the wrong shape or dtype.
     static let badInput: Int32 = 65
-    /// An MPI call failed.
+    /// An MPI call failed: the job is aborted (MPI_Abort).
     static let mpiFailure: Int32 = 70
+    /// A rank cannot get the memory it needs (sysexits' EX_OSERR).
+    static let resources: Int32 = 71
     /// Writing an output failed.
     static let ioFailure: Int32 = 74
 }
@@ -23,6 +25,7 @@ struct ToolError: Error, ExitCodeProviding, CustomStringConvertible {
     static func usage(_ message: String) -> ToolError { ToolError(message: message, exitCode: ToolExitCode.usage) }
     static func badInput(_ message: String) -> ToolError { ToolError(message: message, exitCode: ToolExitCode.badInput) }
     static func io(_ message: String) -> ToolError { ToolError(message: message, exitCode: ToolExitCode.ioFailure) }
+    static func resources(_ message: String) -> ToolError { ToolError(message: message, exitCode: ToolExitCode.resources) }
 
     var description: String { message }
 }

@@ -55,15 +55,20 @@ enum Launcher {
         environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         environment["OMPI_MCA_rmaps_base_oversubscribe"] = "1"
         environment["SWIFT_BACKTRACE"] = "enable=no"
+        environment["INSTNORM_FAILPOINT"] = nil  // armed only by the tests that mean to
         return environment
     }
 
-    /// `mpirun --oversubscribe -np ranks instnorm arguments…`.
-    static func instnorm(ranks: Int, _ arguments: [String]) async throws -> ProcessResult {
+    /// `mpirun --oversubscribe -np ranks instnorm arguments…`, with
+    /// `extraEnvironment` added to the environment (`INSTNORM_FAILPOINT`).
+    static func instnorm(
+        ranks: Int, _ arguments: [String], extraEnvironment: [String: String] = [:],
+        whileRunning: (@Sendable (pid_t) -> Void)? = nil
+    ) async throws -> ProcessResult {
         let tool = try tool.get(), mpirun = try mpirun.get()
         return await ProcessRunner.run(
             mpirun, ["--oversubscribe", "-np", String(ranks), tool] + arguments,
-            environment: environment, timeout: timeout)
+            environment: environment.merging(extraEnvironment) { $1 }, timeout: timeout, whileRunning: whileRunning)
     }
 
     /// `instnorm apply arguments…` at `ranks`, which must succeed.

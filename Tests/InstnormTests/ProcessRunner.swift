@@ -35,20 +35,27 @@ enum ProcessRunner {
 
     /// Runs off Swift's cooperative pool: the wait blocks a thread for up to
     /// `timeout` seconds, which must not starve the test runner's tasks.
+    ///
+    /// - Parameter whileRunning: started on a thread of its own once the
+    ///   child runs, with the child's process id (to signal one of its
+    ///   descendants, for example); the timeout still applies.
     static func run(
         _ executable: String, _ arguments: [String],
-        environment: [String: String], timeout: Double
+        environment: [String: String], timeout: Double,
+        whileRunning: (@Sendable (pid_t) -> Void)? = nil
     ) async -> ProcessResult {
         await withCheckedContinuation { continuation in
             DispatchQueue.global().async {
-                continuation.resume(returning: runBlocking(executable, arguments, environment: environment, timeout: timeout))
+                continuation.resume(returning: runBlocking(
+                    executable, arguments, environment: environment, timeout: timeout, whileRunning: whileRunning))
             }
         }
     }
 
     static func runBlocking(
         _ executable: String, _ arguments: [String],
-        environment: [String: String], timeout: Double
+        environment: [String: String], timeout: Double,
+        whileRunning: (@Sendable (pid_t) -> Void)? = nil
     ) -> ProcessResult {
         let command = [executable] + arguments
         let start = Date()
@@ -76,6 +83,10 @@ enum ProcessRunner {
         // `run()` closed our copies of the write ends: EOF comes when the child's close.
         stdoutReader.start()
         stderrReader.start()
+        if let whileRunning {
+            let pid = process.processIdentifier
+            Thread { whileRunning(pid) }.start()
+        }
 
         var timedOut = false
         if exited.wait(timeout: .now() + timeout) == .timedOut {
@@ -115,7 +126,7 @@ enum ProcessRunner {
     }
 
     /// Every process below `root`, from the parent ids in /proc/*/stat.
-    private static func descendants(of root: pid_t) -> [pid_t] {
+    static func descendants(of root: pid_t) -> [pid_t] {
         var children: [pid_t: [pid_t]] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
             guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8),
