@@ -48,3 +48,16 @@ build_release() {
 cores() {
   nproc 2>/dev/null || getconf _NPROCESSORS_ONLN
 }
+
+# The machine's facts and the git revision, as `# ` lines to record beside a
+# figure: CPU, cores, memory, kernel, Open MPI, Swift, revision (+ dirty), date.
+machine_facts() {
+  local revision dirty=""
+  revision=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git -C "$root" status --porcelain --untracked-files=no 2>/dev/null)" ] && dirty=" (dirty: uncommitted changes)"
+  echo "# machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(cores) cores," \
+    "$(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) memory, Linux $(uname -r), host $(hostname)"
+  echo "# software: $($MPIRUN --version 2>/dev/null | head -1 | sed 's/^mpirun (\(.*\)) /\1 /'), $(swift --version 2>/dev/null | grep -m1 -o 'Swift version [^ ]*')"
+  echo "# git revision: $revision$dirty"
+  echo "# date: $(date -u +%FT%TZ)"
+}
