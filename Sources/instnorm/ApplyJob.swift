@@ -177,13 +177,15 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         let tag = try communicator.allreduce(communicator.rank == 0 ? Int64(getpid()) : 0, .sum)
         let isRoot = communicator.rank == 0
         let partials = directory.names.map { directory.partialPath($0, tag: tag) }
-        Termination.removeOnTermination(files: partials)
+        // Every rank removes the temporary files and then the directories
+        // the run creates: rmdir succeeds only once they are empty, so the
+        // last handler to finish leaves nothing, whichever ranks are killed.
+        Termination.removeOnTermination(files: partials, directories: Array(directory.missingDirectories.reversed()))
         defer { Termination.forget() }
         do {
             try communicator.agree(defaultExitCode: ToolExitCode.ioFailure) {
                 guard isRoot else { return }
                 try directory.createDirectory()
-                Termination.removeOnTermination(files: partials, directories: Array(directory.createdDirectories.reversed()))
                 for output in outputs {
                     try ioFailure { _ = try NPYWriter.create(path: directory.partialPath(output.name, tag: tag), header: output.header) }
                 }

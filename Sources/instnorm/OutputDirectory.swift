@@ -12,6 +12,10 @@ final class OutputDirectory {
     let names: [String]
     /// The directories `createDirectory` made, outermost first.
     private(set) var createdDirectories: [String] = []
+    /// The directories of the path that did not exist when the run began,
+    /// outermost first: what rank 0 will create, as every rank sees it, so
+    /// that every rank's signal handler can remove them (see `Termination`).
+    let missingDirectories: [String]
 
     init(path: String, names: [String]) throws {
         if let kind = FileKind(path: path), kind != .directory {
@@ -19,6 +23,12 @@ final class OutputDirectory {
         }
         self.path = path
         self.names = names
+        var prefix = path.hasPrefix("/") ? "/" : "", missing: [String] = []
+        for component in path.split(separator: "/") {
+            prefix += component + "/"
+            if FileKind(path: prefix) == nil { missing.append(String(prefix.dropLast())) }
+        }
+        missingDirectories = missing
     }
 
     func finalPath(_ name: String) -> String { path + "/" + name }
