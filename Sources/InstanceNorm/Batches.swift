@@ -58,9 +58,9 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     /// single-thread order), a second pass where `moments` would take one,
     /// then y in parallel.
     @inlinable func forwardSplit(_ split: WorkSplit) {
-        let shifts = (0..<shape.instanceCount).map { values($0)[0] }
+        let shifts = (0..<shape.instanceCount).map { values($0)[0].computed }
         let first = chunkSums(split, shifts)
-        var centers = [T?](repeating: nil, count: shape.instanceCount)
+        var centers = [T.Compute?](repeating: nil, count: shape.instanceCount)
         var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: shape.instanceCount)
         for instance in 0..<shape.instanceCount {
             let (sum, sumSquares) = first[instance]
@@ -87,7 +87,7 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// Σ (x − shift) and Σ (x − shift)² per instance: chunks in parallel,
     /// combined in chunk order.
-    @inlinable func chunkSums(_ split: WorkSplit, _ shifts: [T], only included: [Bool]? = nil) -> [(Double, Double)] {
+    @inlinable func chunkSums(_ split: WorkSplit, _ shifts: [T.Compute], only included: [Bool]? = nil) -> [(Double, Double)] {
         split.sumsInChunkOrder { instance, range in
             guard included?[instance] ?? true else { return (0, 0) }
             return shiftedChunkSums(values(instance).baseAddress!, range, shift: shifts[instance])

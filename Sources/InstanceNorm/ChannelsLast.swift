@@ -16,16 +16,16 @@ public enum TensorLayout: Sendable, Equatable {
 protocol LaneTerms: SendableMetatype {
     associatedtype Scalar: InstanceNormScalar
     func vectors(at index: Int, tiled: Int) -> (Scalar.Vector, Scalar.Vector, Scalar.Vector)
-    func scalars(at index: Int, tiled: Int) -> (Scalar, Scalar, Scalar)
+    func scalars(at index: Int, tiled: Int) -> (Scalar.Compute, Scalar.Compute, Scalar.Compute)
 }
 
 /// (x − shift_c, x − shift_c, x − shift_c): Σ (x − K) and Σ (x − K)².
 @usableFromInline
 struct ShiftedTerms<Scalar: InstanceNormScalar>: LaneTerms {
     @usableFromInline let x: UnsafePointer<Scalar>
-    @usableFromInline let shift: UnsafePointer<Scalar>
+    @usableFromInline let shift: UnsafePointer<Scalar.Compute>
 
-    @inlinable init(x: UnsafePointer<Scalar>, shift: UnsafePointer<Scalar>) {
+    @inlinable init(x: UnsafePointer<Scalar>, shift: UnsafePointer<Scalar.Compute>) {
         self.x = x
         self.shift = shift
     }
@@ -37,8 +37,8 @@ struct ShiftedTerms<Scalar: InstanceNormScalar>: LaneTerms {
     }
 
     @inlinable @inline(__always)
-    func scalars(at index: Int, tiled: Int) -> (Scalar, Scalar, Scalar) {
-        let deviation = x[index] - shift[tiled]
+    func scalars(at index: Int, tiled: Int) -> (Scalar.Compute, Scalar.Compute, Scalar.Compute) {
+        let deviation = x[index].computed - shift[tiled]
         return (deviation, deviation, deviation)
     }
 }
@@ -48,9 +48,9 @@ struct ShiftedTerms<Scalar: InstanceNormScalar>: LaneTerms {
 struct GradientTerms<Scalar: InstanceNormScalar>: LaneTerms {
     @usableFromInline let dy: UnsafePointer<Scalar>
     @usableFromInline let x: UnsafePointer<Scalar>
-    @usableFromInline let center: UnsafePointer<Scalar>
+    @usableFromInline let center: UnsafePointer<Scalar.Compute>
 
-    @inlinable init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, center: UnsafePointer<Scalar>) {
+    @inlinable init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, center: UnsafePointer<Scalar.Compute>) {
         self.dy = dy
         self.x = x
         self.center = center
@@ -63,8 +63,8 @@ struct GradientTerms<Scalar: InstanceNormScalar>: LaneTerms {
     }
 
     @inlinable @inline(__always)
-    func scalars(at index: Int, tiled: Int) -> (Scalar, Scalar, Scalar) {
-        (dy[index], dy[index], x[index] - center[tiled])
+    func scalars(at index: Int, tiled: Int) -> (Scalar.Compute, Scalar.Compute, Scalar.Compute) {
+        (dy[index].computed, dy[index].computed, x[index].computed - center[tiled])
     }
 }
 
@@ -129,9 +129,9 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     @usableFromInline let channels: Int
     /// 2L·C: the values of one block of rows.
     @usableFromInline let blockLength: Int
-    @usableFromInline let firstLanes, secondLanes: UnsafeMutableBufferPointer<T>
+    @usableFromInline let firstLanes, secondLanes: UnsafeMutableBufferPointer<T.Compute>
     /// Per-channel constants, each tiled: tiled[k][j] = value(j mod C).
-    @usableFromInline let tiled: [UnsafeMutableBufferPointer<T>]
+    @usableFromInline let tiled: [UnsafeMutableBufferPointer<T.Compute>]
     @usableFromInline let first, second, totalFirst, totalSecond: UnsafeMutableBufferPointer<Double>
 
     @inlinable init(channels: Int) {
@@ -152,14 +152,14 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     }
 
     /// Fills tiled constant `slot` with value(channel) at every position.
-    @inlinable func tile(_ slot: Int, _ value: (Int) -> T) {
+    @inlinable func tile(_ slot: Int, _ value: (Int) -> T.Compute) {
         for channel in 0..<channels { tiled[slot][channel] = value(channel) }
         replicate(slot)
     }
 
     /// Sets one channel's value of a tiled constant; `replicate` then
     /// copies the first C values over the rest of the slot.
-    @inlinable func set(_ slot: Int, channel: Int, _ value: T) { tiled[slot][channel] = value }
+    @inlinable func set(_ slot: Int, channel: Int, _ value: T.Compute) { tiled[slot][channel] = value }
 
     /// Doubles the filled prefix until the slot is full: log2 block copies
     /// rather than one dependent copy per value.
@@ -173,7 +173,7 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
         }
     }
 
-    @inlinable func tiledBase(_ slot: Int) -> UnsafePointer<T> { UnsafePointer(tiled[slot].baseAddress!) }
+    @inlinable func tiledBase(_ slot: Int) -> UnsafePointer<T.Compute> { UnsafePointer(tiled[slot].baseAddress!) }
 
     /// Per channel, the sums of `terms` over `rows`, chunk by chunk
     /// (`reductionChunk` rows), added in chunk order into totalFirst,
@@ -200,7 +200,7 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
 @usableFromInline
 struct TiledNormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let x: UnsafePointer<Scalar>
-    @usableFromInline let meanHigh, scale, offset: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, scale, offset: UnsafePointer<Scalar.Compute>
     @usableFromInline let period: Int
 
     @inlinable init(x: UnsafePointer<Scalar>, scratch: ChannelsLastScratch<Scalar>) {
@@ -217,8 +217,8 @@ struct TiledNormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled: Int) -> Scalar {
-        offset[tiled].addingProduct(x[index] - meanHigh[tiled], scale[tiled])
+    func scalar(at index: Int, tiled: Int) -> Scalar.Compute {
+        offset[tiled].addingProduct(x[index].computed - meanHigh[tiled], scale[tiled])
     }
 }
 
@@ -227,7 +227,7 @@ struct TiledNormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation
 @usableFromInline
 struct TiledInputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let dy, x: UnsafePointer<Scalar>
-    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: UnsafePointer<Scalar.Compute>
     @usableFromInline let period: Int
 
     @inlinable init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, scratch: ChannelsLastScratch<Scalar>) {
@@ -249,8 +249,8 @@ struct TiledInputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOpera
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled: Int) -> Scalar {
-        offset[tiled].addingProduct(centeredScale[tiled], x[index] - meanHigh[tiled])
-            .addingProduct(gradientScale[tiled], dy[index] - meanDy[tiled])
+    func scalar(at index: Int, tiled: Int) -> Scalar.Compute {
+        offset[tiled].addingProduct(centeredScale[tiled], x[index].computed - meanHigh[tiled])
+            .addingProduct(gradientScale[tiled], dy[index].computed - meanDy[tiled])
     }
 }

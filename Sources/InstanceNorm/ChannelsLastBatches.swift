@@ -105,11 +105,11 @@ extension BatchKernel {
         let input = SharedBuffer(x), saved = SharedBuffer(statistics)
         let channels = shape.channels, sampleLength = batch.sampleLength, rows = shape.spatialCount
         // Pass 1 about each instance's first value; NaN marks "needs a second pass".
-        let centers = TensorBuffer<T>(repeating: 0, count: shape.instanceCount)
+        let centers = TensorBuffer<T.Compute>(repeating: 0, count: shape.instanceCount)
         let centerBuffer = SharedBuffer(centers.elements)
         batch.sums(split, prepare: { sample, scratch in
             let values = input.base + sample * sampleLength
-            scratch.tile(0) { values[$0] }
+            scratch.tile(0) { values[$0].computed }
             return ShiftedTerms(x: values, shift: scratch.tiledBase(0))
         }, store: { sample, channel, sum, sumSquares in
             let instance = sample * channels + channel
@@ -126,7 +126,7 @@ extension BatchKernel {
                 let values = input.base + sample * sampleLength
                 scratch.tile(0) { channel in
                     let center = centerBuffer.base[sample * channels + channel]
-                    return center.isNaN ? values[channel] : center
+                    return center.isNaN ? values[channel].computed : center
                 }
                 return ShiftedTerms(x: values, shift: scratch.tiledBase(0))
             }, store: { sample, channel, deviation, squaredDeviation in
@@ -158,8 +158,8 @@ extension BatchKernel {
                 let scaleWide = (affine.0.map { $0.base[channel].widened } ?? 1) * instanceStatistics.invstd
                 let offset = (affine.1.map { $0.base[channel].widened } ?? 0) - meanLow * scaleWide
                 scratch.set(0, channel: channel, meanHigh)
-                scratch.set(1, channel: channel, T(scaleWide))
-                scratch.set(2, channel: channel, T(offset))
+                scratch.set(1, channel: channel, T.Compute(scaleWide))
+                scratch.set(2, channel: channel, T.Compute(offset))
             }
             for slot in 0..<3 { scratch.replicate(slot) }
             return TiledNormalizeOperation(x: input.base + sample * sampleLength, scratch: scratch)

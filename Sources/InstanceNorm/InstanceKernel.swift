@@ -19,14 +19,16 @@ public struct InstanceStatistics: Equatable, Sendable {
         self.init(mean: mean, variance: variance, invstd: 1 / (variance + eps).squareRoot())
     }
 
-    /// The mean split as μ = μ_hi + μ_lo with μ_hi representable in `T`.
+    /// The mean split as μ = μ_hi + μ_lo with μ_hi representable in the
+    /// compute precision of storage `T`.
     ///
-    /// x − μ_hi is exact in `T` for every x within a factor of two of μ_hi
-    /// (Sterbenz), which is where cancellation would otherwise happen; μ_lo is
-    /// folded into a per-instance constant computed in `Double`.
+    /// x − μ_hi is exact in `T.Compute` for every stored x within a factor of
+    /// two of μ_hi (Sterbenz; every value of `T` is one of `T.Compute`), which
+    /// is where cancellation would otherwise happen; μ_lo is folded into a
+    /// per-instance constant computed in `Double`.
     @inlinable
-    func splitMean<T: InstanceNormScalar>(as _: T.Type) -> (high: T, low: Double) {
-        let high = T(mean)
+    func splitMean<T: InstanceNormScalar>(as _: T.Type) -> (high: T.Compute, low: Double) {
+        let high = T.Compute(mean)
         return (high, mean - high.widened)
     }
 }
@@ -41,10 +43,11 @@ public struct InstanceStatistics: Equatable, Sendable {
 ///     s1 = Σ dy_m               s2 = Σ dy_m·x̂_m
 ///     dx_m = γ·r·(dy_m − s1/M − x̂_m·s2/M)
 ///
-/// The derivation is in README.md. Every sum is accumulated in `Double`, in
-/// four interleaved accumulators, so Float inputs lose nothing to the sum and
-/// the order of additions is fixed (the result does not depend on who calls).
-/// No kernel forms E[x²] − E[x]²: the variance is a two-pass sum about a shift.
+/// The derivation is in README.md. Values are read in the storage precision
+/// `T` and computed in `T.Compute` (see `InstanceNormScalar`); every sum is
+/// finished in `Double`, chunk by chunk in a fixed order, so the result does
+/// not depend on who calls. No kernel forms E[x²] − E[x]²: the variance is a
+/// two-pass sum about a shift.
 public enum InstanceKernel {
     /// The mean and biased variance of one instance (M ≥ 1), as accurate as
     /// a careful two-pass computation in `Double`, usually in one pass:
@@ -53,7 +56,7 @@ public enum InstanceKernel {
     ///     μ = K + S/M    σ² = Q/M − (S/M)²
     ///
     /// The shift K makes a constant instance give μ = K and σ² = 0 exactly
-    /// and keeps the terms small, so the lanes can sum in the storage type
+    /// and keeps the terms small, so the lanes can sum in the compute type
     /// within a chunk (see `reductionChunk`) before widening to `Double`.
     /// The subtraction in σ² loses about log2(1 + (μ − K)²/σ²) bits; when
     /// (μ − K)² > 4σ² (the first value is an outlier) a second pass about μ
@@ -67,7 +70,7 @@ public enum InstanceKernel {
         precondition(count >= 1, "an instance has at least one value")
         let base = x.baseAddress!
         let shift = x[0]
-        let (sum, sumSquares) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: shift) }
+        let (sum, sumSquares) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: shift.computed) }
         if let moments = momentsFromShiftedSums(sum, sumSquares, count: count, shift: shift) { return moments }
         let center = secondPassCenter(sum, count: count, shift: shift)
         let (deviation, squaredDeviation) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: center) }
@@ -87,10 +90,10 @@ public enum InstanceKernel {
         return (shift.widened + shiftedMean, variance)
     }
 
-    /// The center of the second pass: the one-pass mean rounded to T.
+    /// The center of the second pass: the one-pass mean rounded to T's compute precision.
     @inlinable
-    public static func secondPassCenter<T: InstanceNormScalar>(_ sum: Double, count: Int, shift: T) -> T {
-        T(shift.widened + sum / Double(count))
+    public static func secondPassCenter<T: InstanceNormScalar>(_ sum: Double, count: Int, shift: T) -> T.Compute {
+        T.Compute(shift.widened + sum / Double(count))
     }
 
     /// μ and σ² from a second pass about c: D = Σ (x − c), E = Σ (x − c)²,
@@ -106,13 +109,14 @@ public enum InstanceKernel {
 
     /// Writes y = γ·(x − μ)·r + β for one instance.
     ///
-    /// Folded to one subtraction and one FMA per value in `T`:
+    /// Folded to one subtraction and one FMA per value in `T.Compute`:
     ///
     ///     a = γ·r        b = β − μ_lo·a        y = (x − μ_hi)·a + b
     ///
     /// where μ = μ_hi + μ_lo (see `InstanceStatistics.splitMean`). The usual
     /// folding y = a·x + (β − μ·a) would cancel catastrophically when |μ| ≫ σ
-    /// (with μ = 1e4, σ = 1e-3 in Float, a·x ≈ 1e7 has an ulp of 1).
+    /// (with μ = 1e4, σ = 1e-3 in Float, a·x ≈ 1e7 has an ulp of 1). y is
+    /// rounded to `T` once, when it is stored.
     ///
     /// - Parameter streaming: write y with non-temporal stores (for outputs
     ///   larger than the last-level cache: see `StorePolicy`).
@@ -127,8 +131,8 @@ public enum InstanceKernel {
         precondition(y.count == x.count)
         let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
         let scaleWide = gamma * statistics.invstd
-        let scale = T(scaleWide)
-        let offset = T(beta - meanLow * scaleWide)
+        let scale = T.Compute(scaleWide)
+        let offset = T.Compute(beta - meanLow * scaleWide)
         writeElementwise(
             y.baseAddress!, 0..<x.count, streaming: streaming,
             NormalizeOperation(x: x.baseAddress!, meanHigh: meanHigh, scale: scale, offset: offset))
@@ -140,7 +144,7 @@ public enum InstanceKernel {
     ///     sumDyXHat = s2 = Σ dy_m·x̂_m = r·(Σ dy_m·(x_m − μ_hi) − μ_lo·s1)
     ///
     /// Only x and dy are read; x̂ is never formed. Summed by chunks in the
-    /// storage type, widened to `Double` per chunk (see `reductionChunk`).
+    /// compute type, widened to `Double` per chunk (see `reductionChunk`).
     @inlinable
     public static func gradientSums<T: InstanceNormScalar>(
         dy: UnsafeBufferPointer<T>,
@@ -167,9 +171,9 @@ public enum InstanceKernel {
 
     /// Writes dx = γ·r·(dy − s1/M − x̂·s2/M) for one instance.
     ///
-    /// Folded to two subtractions and two FMAs per value in `T`:
+    /// Folded to two subtractions and two FMAs per value in `T.Compute`:
     ///
-    ///     k = γ·r        p = −k·r·s2/M        m̄ = s1/M rounded to T
+    ///     k = γ·r        p = −k·r·s2/M        m̄ = s1/M rounded to T.Compute
     ///     q = k·(m̄ − s1/M) − p·μ_lo
     ///     dx = k·(dy − m̄) + p·(x − μ_hi) + q
     ///
@@ -208,11 +212,11 @@ public enum InstanceKernel {
         let gradientScaleWide = gamma * statistics.invstd
         let centeredScaleWide = -gradientScaleWide * statistics.invstd * sumDyXHat / count
         let meanDyWide = sumDy / count
-        let meanDy = T(meanDyWide)
-        let offset = T(gradientScaleWide * (meanDy.widened - meanDyWide) - centeredScaleWide * meanLow)
+        let meanDy = T.Compute(meanDyWide)
+        let offset = T.Compute(gradientScaleWide * (meanDy.widened - meanDyWide) - centeredScaleWide * meanLow)
         return InputGradientOperation(
             dy: dy, x: x, meanHigh: meanHigh, meanDy: meanDy,
-            gradientScale: T(gradientScaleWide), centeredScale: T(centeredScaleWide), offset: offset)
+            gradientScale: T.Compute(gradientScaleWide), centeredScale: T.Compute(centeredScaleWide), offset: offset)
     }
 }
 

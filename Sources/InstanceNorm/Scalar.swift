@@ -1,26 +1,71 @@
 import _InstanceNormShims
 
-/// A storage precision the kernels run in: `Float` or `Double`.
+/// A storage precision of the tensors: `Float16`, `Float` or `Double`.
 ///
-/// Every sum the kernels form is finished in `Double`. What a precision must
-/// supply beyond `BinaryFloatingPoint` is its 64-byte vector (one cache line,
-/// the unit of a streaming store) and the two operations on it that Swift's
-/// generic SIMD cannot express cheaply.
-public protocol InstanceNormScalar: BinaryFloatingPoint, SIMDScalar, Codable, Sendable {
-    /// One cache line of values.
-    associatedtype Vector: SIMD where Vector.Scalar == Self
+/// Storage and arithmetic are separate: tensors are read and written in
+/// `Self`, every per-value operation runs in `Compute` (`Float` for `Float16`
+/// and `Float`, `Double` for `Double`), and every sum is finished in `Double`.
+///
+///     load:   x ↦ Compute(x)              exact (Compute holds every value of Self)
+///     store:  v ↦ Self(v)                 rounded to nearest, ties to even
+///
+/// so a result stored in `Float16` carries the rounding of its store plus
+/// the small error of a `Float` computation, not that of a computation in
+/// half precision. For `Float` and `Double` (`Compute == Self`) the load and
+/// store are plain copies and the kernels run exactly as they did before
+/// storage and compute were told apart.
+public protocol InstanceNormScalar: BinaryFloatingPoint, Codable, Sendable {
+    /// The precision of the per-value arithmetic and of the lane sums.
+    associatedtype Compute: InstanceNormComputeScalar
+    /// One cache line of compute values; a load fills one from `Vector.scalarCount` stored values.
+    typealias Vector = Compute.Lanes
     /// The value widened exactly to `Double`.
     var widened: Double { get }
-    /// Σ of the lanes, each widened to `Double` first, in the order of
-    /// `widenedLaneSum`.
-    static func widenedSum(_ vector: Vector) -> Double
-    /// Writes one vector without reading its cache line first; `address`
-    /// must be 64-byte aligned.
+    /// The value widened exactly to `Compute`.
+    var computed: Compute { get }
+    /// `value` rounded to nearest (ties to even), as every output is stored.
+    init(rounding value: Compute)
+    /// `Vector.scalarCount` values from `address` (any alignment), widened.
+    static func loadVector(from address: UnsafePointer<Self>) -> Vector
+    /// Stores `vector` rounded to `Self` at `address` (any alignment).
+    static func storeVector(_ vector: Vector, to address: UnsafeMutablePointer<Self>)
+    /// Stores `vector` rounded to `Self` without reading the cache lines it
+    /// writes first; `address` must be 64-byte aligned.
     static func streamStore(_ vector: Vector, to address: UnsafeMutablePointer<Self>)
 }
 
-extension Float: InstanceNormScalar {
-    public typealias Vector = SIMD16<Float>
+/// A precision the kernels compute in: `Float` or `Double`. It is also a
+/// storage precision, whose loads and stores are plain copies.
+///
+/// What it supplies beyond `BinaryFloatingPoint` is its 64-byte vector (one
+/// cache line, the unit of a streaming store) and a lane sum in a fixed order.
+public protocol InstanceNormComputeScalar: InstanceNormScalar, SIMDScalar where Compute == Self {
+    /// One cache line of values.
+    associatedtype Lanes: SIMD where Lanes.Scalar == Self
+    /// Σ of the lanes, each widened to `Double` first, in the order of
+    /// `widenedLaneSum`.
+    static func widenedSum(_ vector: Lanes) -> Double
+}
+
+extension InstanceNormComputeScalar {
+    @inlinable @inline(__always) public var computed: Self { self }
+
+    @inlinable @inline(__always) public init(rounding value: Self) { self = value }
+
+    @inlinable @inline(__always)
+    public static func loadVector(from address: UnsafePointer<Self>) -> Lanes {
+        UnsafeRawPointer(address).loadUnaligned(as: Lanes.self)
+    }
+
+    @inlinable @inline(__always)
+    public static func storeVector(_ vector: Lanes, to address: UnsafeMutablePointer<Self>) {
+        UnsafeMutableRawPointer(address).storeBytes(of: vector, as: Lanes.self)
+    }
+}
+
+extension Float: InstanceNormComputeScalar {
+    public typealias Compute = Float
+    public typealias Lanes = SIMD16<Float>
 
     @inlinable @inline(__always) public var widened: Double { Double(self) }
 
@@ -34,8 +79,9 @@ extension Float: InstanceNormScalar {
     }
 }
 
-extension Double: InstanceNormScalar {
-    public typealias Vector = SIMD8<Double>
+extension Double: InstanceNormComputeScalar {
+    public typealias Compute = Double
+    public typealias Lanes = SIMD8<Double>
 
     @inlinable @inline(__always) public var widened: Double { self }
 

@@ -1,25 +1,27 @@
 /// Elements per `Double` partial sum. Inside a chunk the kernels sum in
-/// vector lanes of the storage type; each chunk's lanes are widened and
+/// vector lanes of the compute type (`InstanceNormScalar.Compute`); each chunk's lanes are widened and
 /// added to the instance's `Double` total, chunk after chunk. The chunk
 /// boundaries sit at fixed offsets from the instance's start, so the order
 /// of every addition is fixed by the data's shape alone: threads that split
 /// an instance at chunk boundaries reproduce the single-thread bits.
 @usableFromInline let reductionChunk = 1024
 
+/// The vector of compute values at base[index…], widened from storage.
 @inlinable @inline(__always)
 func loadVector<T: InstanceNormScalar>(_ base: UnsafePointer<T>, _ index: Int) -> T.Vector {
-    UnsafeRawPointer(base + index).loadUnaligned(as: T.Vector.self)
+    T.loadVector(from: base + index)
 }
 
+/// Stores a vector of compute values at base[index…], rounded to storage.
 @inlinable @inline(__always)
 func storeVector<T: InstanceNormScalar>(_ value: T.Vector, _ base: UnsafeMutablePointer<T>, _ index: Int) {
-    UnsafeMutableRawPointer(base + index).storeBytes(of: value, as: T.Vector.self)
+    T.storeVector(value, to: base + index)
 }
 
 /// Σ (x − shift) and Σ (x − shift)² over one chunk.
 @inlinable
 func shiftedChunkSums<T: InstanceNormScalar>(
-    _ x: UnsafePointer<T>, _ range: Range<Int>, shift: T
+    _ x: UnsafePointer<T>, _ range: Range<Int>, shift: T.Compute
 ) -> (sum: Double, sumSquares: Double) {
     let lanes = T.Vector.scalarCount
     let shiftVector = T.Vector(repeating: shift)
@@ -34,10 +36,10 @@ func shiftedChunkSums<T: InstanceNormScalar>(
         squares1.addProduct(deviation1, deviation1)
         index += 2 * lanes
     }
-    var sum = T.widenedSum(sum0) + T.widenedSum(sum1)
-    var sumSquares = T.widenedSum(squares0) + T.widenedSum(squares1)
+    var sum = T.Compute.widenedSum(sum0) + T.Compute.widenedSum(sum1)
+    var sumSquares = T.Compute.widenedSum(squares0) + T.Compute.widenedSum(squares1)
     while index < range.upperBound {
-        let deviation = (x[index] - shift).widened
+        let deviation = (x[index].computed - shift).widened
         sum += deviation
         sumSquares += deviation * deviation
         index += 1
@@ -48,7 +50,7 @@ func shiftedChunkSums<T: InstanceNormScalar>(
 /// Σ dy and Σ dy·(x − center) over one chunk.
 @inlinable
 func gradientChunkSums<T: InstanceNormScalar>(
-    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ range: Range<Int>, center: T
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute
 ) -> (sumDy: Double, sumDyCentered: Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
@@ -62,19 +64,20 @@ func gradientChunkSums<T: InstanceNormScalar>(
         product1.addProduct(gradient1, loadVector(x, index + lanes) - centerVector)
         index += 2 * lanes
     }
-    var sumDy = T.widenedSum(dySum0) + T.widenedSum(dySum1)
-    var sumDyCentered = T.widenedSum(product0) + T.widenedSum(product1)
+    var sumDy = T.Compute.widenedSum(dySum0) + T.Compute.widenedSum(dySum1)
+    var sumDyCentered = T.Compute.widenedSum(product0) + T.Compute.widenedSum(product1)
     while index < range.upperBound {
         let gradient = dy[index].widened
         sumDy += gradient
-        sumDyCentered += gradient * (x[index] - center).widened
+        sumDyCentered += gradient * (x[index].computed - center).widened
         index += 1
     }
     return (sumDy, sumDyCentered)
 }
 
-/// One value of an elementwise output, as a vector or as a scalar: the two
-/// must compute the same expression, so the bits do not depend on where the
+/// One value of an elementwise output, as a vector or as a scalar, in the
+/// compute precision (`writeElementwise` rounds it to storage): the two must
+/// compute the same expression, so the bits do not depend on where the
 /// vector loop starts or ends.
 ///
 /// `tiled` is the index modulo `period` (when the period is not 0): the
@@ -85,7 +88,7 @@ protocol ElementwiseOperation {
     associatedtype Scalar: InstanceNormScalar
     var period: Int { get }
     func vector(at index: Int, tiled: Int) -> Scalar.Vector
-    func scalar(at index: Int, tiled: Int) -> Scalar
+    func scalar(at index: Int, tiled: Int) -> Scalar.Compute
 }
 
 /// out[i] = operation(i) for i in range, in vectors; with `streaming` the
@@ -109,7 +112,7 @@ func writeElementwise<Operation: ElementwiseOperation>(
     }
     if streaming {
         while index < range.upperBound && Int(bitPattern: out + index) & 63 != 0 {
-            out[index] = operation.scalar(at: index, tiled: tiled)
+            out[index] = T(rounding: operation.scalar(at: index, tiled: tiled))
             advance(1)
         }
         while index + lanes <= range.upperBound {
@@ -123,7 +126,7 @@ func writeElementwise<Operation: ElementwiseOperation>(
         }
     }
     while index < range.upperBound {
-        out[index] = operation.scalar(at: index, tiled: tiled)
+        out[index] = T(rounding: operation.scalar(at: index, tiled: tiled))
         advance(1)
     }
 }
@@ -132,11 +135,11 @@ func writeElementwise<Operation: ElementwiseOperation>(
 @usableFromInline
 struct NormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let x: UnsafePointer<Scalar>
-    @usableFromInline let meanHigh, scale, offset: Scalar
+    @usableFromInline let meanHigh, scale, offset: Scalar.Compute
     @usableFromInline let meanVector, scaleVector, offsetVector: Scalar.Vector
 
     @inlinable
-    init(x: UnsafePointer<Scalar>, meanHigh: Scalar, scale: Scalar, offset: Scalar) {
+    init(x: UnsafePointer<Scalar>, meanHigh: Scalar.Compute, scale: Scalar.Compute, offset: Scalar.Compute) {
         self.x = x
         self.meanHigh = meanHigh
         self.scale = scale
@@ -154,19 +157,21 @@ struct NormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled _: Int) -> Scalar { offset.addingProduct(x[index] - meanHigh, scale) }
+    func scalar(at index: Int, tiled _: Int) -> Scalar.Compute {
+        offset.addingProduct(x[index].computed - meanHigh, scale)
+    }
 }
 
 /// dx = k·(dy − m̄) + p·(x − μ_hi) + q (see `InstanceKernel.inputGradient`).
 @usableFromInline
 struct InputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let dy, x: UnsafePointer<Scalar>
-    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: Scalar
+    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: Scalar.Compute
     @usableFromInline let meanVector, meanDyVector, gradientScaleVector, centeredScaleVector, offsetVector: Scalar.Vector
 
     @inlinable
-    init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, meanHigh: Scalar, meanDy: Scalar,
-         gradientScale: Scalar, centeredScale: Scalar, offset: Scalar) {
+    init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, meanHigh: Scalar.Compute, meanDy: Scalar.Compute,
+         gradientScale: Scalar.Compute, centeredScale: Scalar.Compute, offset: Scalar.Compute) {
         self.dy = dy
         self.x = x
         self.meanHigh = meanHigh
@@ -190,7 +195,8 @@ struct InputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation 
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled _: Int) -> Scalar {
-        offset.addingProduct(centeredScale, x[index] - meanHigh).addingProduct(gradientScale, dy[index] - meanDy)
+    func scalar(at index: Int, tiled _: Int) -> Scalar.Compute {
+        offset.addingProduct(centeredScale, x[index].computed - meanHigh)
+            .addingProduct(gradientScale, dy[index].computed - meanDy)
     }
 }
