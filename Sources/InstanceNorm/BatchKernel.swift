@@ -36,7 +36,7 @@ public struct BackwardOverlap: @unchecked Sendable {
 /// last-level cache are written with streaming stores (`StorePolicy`).
 /// Results are the same bits for every thread count.
 ///
-/// The entry points are specialized for Float and Double, so that a caller
+/// The entry points are specialized for Float16, Float and Double, so that a caller
 /// that is itself generic (the data-parallel layer) reaches the vector code
 /// through a type check rather than through witness tables, which runs about
 /// a thousand times slower.
@@ -54,6 +54,7 @@ public enum BatchKernel {
     ///   - layout: channels first (N, C, S…) or last (N, S…, C) for x and y;
     ///     the results are the same bits either way.
     @inlinable
+    @_specialize(where T == Float16)
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func forward<T: InstanceNormScalar>(
@@ -87,6 +88,7 @@ public enum BatchKernel {
     /// Evaluation-mode forward: every instance of channel c normalized with the
     /// running mean and variance of c, y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
     @inlinable
+    @_specialize(where T == Float16)
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func forwardInference<T: InstanceNormScalar>(
@@ -143,6 +145,7 @@ public enum BatchKernel {
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last for dx, dy, x.
     @inlinable
+    @_specialize(where T == Float16)
     @_specialize(where T == Float)
     @_specialize(where T == Double)
     public static func backward<T: InstanceNormScalar>(

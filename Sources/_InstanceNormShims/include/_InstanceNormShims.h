@@ -5,6 +5,8 @@
 
 typedef float instnorm_float8x __attribute__((ext_vector_type(8)));
 typedef double instnorm_double4x __attribute__((ext_vector_type(4)));
+/// 16 half-precision values as their bits (Swift: SIMD16<UInt16>).
+typedef unsigned short instnorm_half16_bits __attribute__((ext_vector_type(16)));
 
 /// A non-temporal (streaming) store of one 32-byte vector: written to memory
 /// without its cache line being read first. `address` must be 32-byte
@@ -18,6 +20,12 @@ void instnorm_stream_store_float8(float *address, instnorm_float8x value) {
 static inline __attribute__((always_inline))
 void instnorm_stream_store_double4(double *address, instnorm_double4x value) {
     __builtin_nontemporal_store(value, (instnorm_double4x *)address);
+}
+
+/// 16 halves (32 bytes), given as bits; `address` must be 32-byte aligned.
+static inline __attribute__((always_inline))
+void instnorm_stream_store_half16(void *address, instnorm_half16_bits value) {
+    __builtin_nontemporal_store(value, (instnorm_half16_bits *)address);
 }
 
 /// Orders the streaming stores before any later store: call once after a
