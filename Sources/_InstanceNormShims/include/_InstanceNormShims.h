@@ -5,8 +5,9 @@
 
 typedef float instnorm_float8x __attribute__((ext_vector_type(8)));
 typedef double instnorm_double4x __attribute__((ext_vector_type(4)));
-/// 16 half-precision values as their bits (Swift: SIMD16<UInt16>).
-typedef unsigned short instnorm_half16_bits __attribute__((ext_vector_type(16)));
+// Half-precision vectors stay on this side: Swift sees floats and addresses.
+typedef _Float16 instnorm_half8x __attribute__((ext_vector_type(8)));
+typedef _Float16 instnorm_half16x __attribute__((ext_vector_type(16)));
 
 /// A non-temporal (streaming) store of one 32-byte vector: written to memory
 /// without its cache line being read first. `address` must be 32-byte
@@ -22,10 +23,32 @@ void instnorm_stream_store_double4(double *address, instnorm_double4x value) {
     __builtin_nontemporal_store(value, (instnorm_double4x *)address);
 }
 
-/// 16 halves (32 bytes), given as bits; `address` must be 32-byte aligned.
+/// 8 halves at `address` (any alignment), widened exactly to floats: one
+/// `vcvtph2ps` with F16C. (Swift's generic SIMD conversion gives the same
+/// instruction when inlined, but the kernels' loops call it out of line.)
 static inline __attribute__((always_inline))
-void instnorm_stream_store_half16(void *address, instnorm_half16_bits value) {
-    __builtin_nontemporal_store(value, (instnorm_half16_bits *)address);
+instnorm_float8x instnorm_load_half8(const void *address) {
+    instnorm_half8x halves;
+    __builtin_memcpy(&halves, address, sizeof halves);
+    return __builtin_convertvector(halves, instnorm_float8x);
+}
+
+/// 8 floats rounded to half (to nearest, ties to even: `vcvtps2ph`) and
+/// stored at `address` (any alignment).
+static inline __attribute__((always_inline))
+void instnorm_store_half8(void *address, instnorm_float8x value) {
+    instnorm_half8x halves = __builtin_convertvector(value, instnorm_half8x);
+    __builtin_memcpy(address, &halves, sizeof halves);
+}
+
+/// 16 floats rounded to half, written as 32 bytes with a streaming store;
+/// `address` must be 32-byte aligned.
+static inline __attribute__((always_inline))
+void instnorm_stream_store_half16(void *address, instnorm_float8x low, instnorm_float8x high) {
+    instnorm_half16x halves = __builtin_shufflevector(
+        __builtin_convertvector(low, instnorm_half8x), __builtin_convertvector(high, instnorm_half8x),
+        0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __builtin_nontemporal_store(halves, (instnorm_half16x *)address);
 }
 
 /// Orders the streaming stores before any later store: call once after a
