@@ -87,6 +87,24 @@ public enum Reference {
         return y
     }
 
+    /// The largest scaled error |out − exact| / (|exact| + scale) that a
+    /// correct kernel's output may show against this reference on the same
+    /// inputs, for storage and compute precisions whose ε (the gap from 1 to
+    /// the next value) are given:
+    ///
+    ///     max(16·ε_compute, ε_storage)
+    ///
+    /// Every sum is finished in `Double` and about four roundings of the
+    /// compute precision touch each value: 16 of its ulps leave room without
+    /// hiding a wrong formula, which is off by O(1). An output stored in a
+    /// narrower precision (half: ε = 2⁻¹⁰ = 8192 ε_float) is also rounded
+    /// once, by at most ε_storage/2 relative, which then dominates; one
+    /// ε_storage bounds both, while a kernel that summed in the storage
+    /// precision would be off by many.
+    public static func outputTolerance(storageEpsilon: Double, computeEpsilon: Double) -> Double {
+        max(16 * computeEpsilon, storageEpsilon)
+    }
+
     /// One PyTorch running-statistics step: the batch mean of the instance
     /// means and of the unbiased instance variances, blended with momentum.
     public static func runningUpdate(

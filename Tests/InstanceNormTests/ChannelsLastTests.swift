@@ -46,6 +46,7 @@ func channelsFirst<T>(_ values: [T], _ shape: InstanceNormShape) -> [T] {
                 #expect(last.instanceSums == first.instanceSums, "instance sums, \(label)")
             }
         }
+        check(Float16.self)
         check(Float.self)
         check(Double.self)
     }

@@ -75,3 +75,13 @@ struct Inputs<T: InstanceNormScalar> {
                                gamma: wideGamma, eps: eps))
     }
 }
+
+/// `Reference.outputTolerance` for storage T and its compute precision: 16
+/// ulps of T for Float and Double, one ulp of half (2⁻¹⁰) for Float16.
+func outputTolerance<T: InstanceNormScalar>(_: T.Type) -> Double {
+    Reference.outputTolerance(storageEpsilon: T.ulpOfOne.widened, computeEpsilon: T.Compute.ulpOfOne.widened)
+}
+
+/// 16 ulps of the compute precision: the bound for what the kernels keep in
+/// `Double` (statistics, dγ, dβ), which no store to T rounds.
+func computeTolerance<T: InstanceNormScalar>(_: T.Type) -> Double { 16 * T.Compute.ulpOfOne.widened }

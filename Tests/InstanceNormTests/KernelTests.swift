@@ -10,30 +10,37 @@ let referenceShapes: [[Int]] = [
 /// Compares forward and backward with the Double reference on the same data.
 ///
 /// Tolerance: every sum is accumulated in Double, so the only errors are the
-/// roundings of the per-value arithmetic in T (about four operations, each
-/// within half an ulp) and of the stored results: 16 ulps of T measured against
-/// the size of the data leaves room without hiding a real error (a wrong
-/// formula is off by O(1), an E[x²]−E[x]² variance by far more than this on the
-/// large-mean test below).
+/// roundings of the per-value arithmetic in T's compute precision (about four
+/// operations, each within half an ulp) and of the stored results: 16 ulps
+/// measured against the size of the data leaves room without hiding a real
+/// error (a wrong formula is off by O(1), an E[x²]−E[x]² variance by far more
+/// than this on the large-mean test below). Half storage rounds y and dx to
+/// half once more (`outputTolerance`; `HalfPrecision` checks them in half
+/// ulps); the statistics, dγ and dβ stay in Double (`computeTolerance`).
 func checkAgainstReference<T: InstanceNormScalar>(_: T.Type, dimensions: [Int], affine: Bool, seed: UInt64) {
     let eps = 1e-5
     let inputs = Inputs<T>(dimensions, affine: affine, seed: seed)
     let run = inputs.run(eps: eps)
     let (forward, backward) = inputs.reference(eps: eps)
-    let tolerance = 16 * T.ulpOfOne.widened
+    let tolerance = outputTolerance(T.self), statisticsTolerance = computeTolerance(T.self)
     let yScale = magnitude(forward.y, minimum: 1)
     #expect(maxScaledError(run.y, forward.y, scale: yScale) <= tolerance, "y \(T.self) \(dimensions)")
-    #expect(maxScaledError(run.statistics.map(\.mean), forward.mean, scale: 1) <= tolerance)
-    #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= tolerance)
+    #expect(maxScaledError(run.statistics.map(\.mean), forward.mean, scale: 1) <= statisticsTolerance)
+    #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= statisticsTolerance)
     let dxScale = magnitude(backward.dx, minimum: 1e-3)
     #expect(maxScaledError(run.dx, backward.dx, scale: dxScale) <= tolerance, "dx \(T.self) \(dimensions)")
     // dγ and dβ sum N·M terms of size ~1: judge them against the sum of |terms|.
     let sumScale = Double(inputs.shape.batch * inputs.shape.spatialCount)
-    #expect(maxScaledError(run.dgamma, backward.dgamma, scale: sumScale) <= tolerance)
-    #expect(maxScaledError(run.dbeta, backward.dbeta, scale: sumScale) <= tolerance)
+    #expect(maxScaledError(run.dgamma, backward.dgamma, scale: sumScale) <= statisticsTolerance)
+    #expect(maxScaledError(run.dbeta, backward.dbeta, scale: sumScale) <= statisticsTolerance)
 }
 
 @Suite struct AgainstReference {
+    @Test(arguments: referenceShapes, [false, true])
+    func float16(dimensions: [Int], affine: Bool) {
+        checkAgainstReference(Float16.self, dimensions: dimensions, affine: affine, seed: 10)
+    }
+
     @Test(arguments: referenceShapes, [false, true])
     func float(dimensions: [Int], affine: Bool) {
         checkAgainstReference(Float.self, dimensions: dimensions, affine: affine, seed: 11)
@@ -46,10 +53,18 @@ func checkAgainstReference<T: InstanceNormScalar>(_: T.Type, dimensions: [Int], 
 
     /// Mean 1e4, spread 1e-3: E[x²] − E[x]² in Float would return garbage
     /// (even a negative variance); a folded y = a·x + b would lose every digit.
+    /// Half cannot hold that spread (its ulp at 1e4 is 8), so it gets mean
+    /// 1e3, spread 1 (ulp 0.5): a condition of 1e3, which would leave
+    /// E[x²] − E[x]² in Float about 4 of its 24 bits.
     @Test(arguments: [[2, 3, 64], [1, 2, 15, 17]])
     func largeMeanTinySpread(dimensions: [Int]) {
+        let checks = [
+            ("Float16", largeMeanCheck(Float16.self, mean: 1e3, deviation: 1)),
+            ("Float", largeMeanCheck(Float.self, mean: 1e4, deviation: 1e-3)),
+            ("Double", largeMeanCheck(Double.self, mean: 1e4, deviation: 1e-3)),
+        ]
         for affine in [false, true] {
-            for (precision, check) in [("Float", largeMeanCheck(Float.self)), ("Double", largeMeanCheck(Double.self))] {
+            for (precision, check) in checks {
                 let (yError, dxError, tolerance) = check(dimensions, affine)
                 #expect(yError <= tolerance, "\(precision) y error \(yError)")
                 #expect(dxError <= tolerance, "\(precision) dx error \(dxError)")
@@ -58,18 +73,20 @@ func checkAgainstReference<T: InstanceNormScalar>(_: T.Type, dimensions: [Int], 
     }
 }
 
-func largeMeanCheck<T: InstanceNormScalar>(_: T.Type) -> ([Int], Bool) -> (Double, Double, Double) {
+func largeMeanCheck<T: InstanceNormScalar>(
+    _: T.Type, mean: Double, deviation: Double
+) -> ([Int], Bool) -> (Double, Double, Double) {
     { dimensions, affine in
-        let inputs = Inputs<T>(dimensions, affine: affine, seed: 7, mean: 1e4, deviation: 1e-3)
+        let inputs = Inputs<T>(dimensions, affine: affine, seed: 7, mean: mean, deviation: deviation)
         let run = inputs.run(eps: 1e-12)
         let (forward, backward) = inputs.reference(eps: 1e-12)
         return (
             maxScaledError(run.y, forward.y, scale: magnitude(forward.y, minimum: 1)),
             maxScaledError(run.dx, backward.dx, scale: magnitude(backward.dx, minimum: 1e-3)),
             // The outputs' condition number with respect to the mean is
-            // |μ|/σ = 1e7: an ulp of the mean in Double moves x̂ by 2e-9, in
-            // the reference as in the kernel. E[x²] − E[x]² in Double would be
-            // off by about ulp·μ²/σ² = 2e-2, far outside this bound.
-            16 * T.ulpOfOne.widened + 16 * Double.ulpOfOne * 1e4 / 1e-3)
+            // |μ|/σ (1e7 for Float): an ulp of the mean in Double moves x̂ by
+            // 2e-9, in the reference as in the kernel. E[x²] − E[x]² in Double
+            // would be off by about ulp·μ²/σ² = 2e-2, far outside this bound.
+            outputTolerance(T.self) + 16 * Double.ulpOfOne * mean / deviation)
     }
 }

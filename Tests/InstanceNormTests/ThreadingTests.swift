@@ -22,6 +22,7 @@ import Testing
                 #expect(run.dgamma == single.dgamma && run.dbeta == single.dbeta, "dgamma/dbeta, \(threads) threads")
             }
         }
+        check(Float16.self)
         check(Float.self)
         check(Double.self)
     }
@@ -34,10 +35,11 @@ import Testing
             #expect(cached.y == streamed.y)
             #expect(cached.dx == streamed.dx)
             let (forward, backward) = inputs.reference(eps: 1e-5)
-            let tolerance = 16 * T.ulpOfOne.widened
+            let tolerance = outputTolerance(T.self)
             #expect(maxScaledError(streamed.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= tolerance)
             #expect(maxScaledError(streamed.dx, backward.dx, scale: magnitude(backward.dx, minimum: 1e-3)) <= tolerance)
         }
+        check(Float16.self)
         check(Float.self)
         check(Double.self)
     }
@@ -57,9 +59,10 @@ import Testing
             let run = KernelRun(x: values, dy: dy, gamma: nil, beta: nil, shape: shape, eps: 1e-12, threads: threads)
             let wide = values.map(\.widened)
             let forward = Reference.forward(x: wide, batch: 1, channels: 1, spatialCount: 4000, eps: 1e-12)
-            #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= 16 * T.ulpOfOne.widened)
-            #expect(maxScaledError(run.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= 16 * T.ulpOfOne.widened)
+            #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= computeTolerance(T.self))
+            #expect(maxScaledError(run.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= outputTolerance(T.self))
         }
+        check(Float16.self)
         check(Float.self)
         check(Double.self)
     }
