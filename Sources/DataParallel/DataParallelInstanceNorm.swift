@@ -1,8 +1,11 @@
 import InstanceNorm
 import MPI
 
-/// A storage precision that the kernels run in and MPI can send.
-public typealias DataParallelScalar = InstanceNormScalar & MPIDatatypeConvertible
+/// A storage precision the layer runs in: `Float16`, `Float` or `Double`.
+///
+/// No tensor value crosses ranks (only `Double` sums and statistics do), so
+/// the storage type needs no MPI datatype; Open MPI 4 has none for half.
+public typealias DataParallelScalar = InstanceNormScalar
 
 /// InstanceNorm over a batch split across the ranks of a communicator.
 ///

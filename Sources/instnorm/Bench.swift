@@ -18,7 +18,7 @@ struct Bench: ParsableCommand {
     @Option(help: ArgumentHelp("Global shape N,C,S1[,S2,...] (at least one spatial dimension).", valueName: "N,C,H,W"))
     var shape: ShapeArgument = ShapeArgument(dimensions: [32, 64, 56, 56])
 
-    @Option(help: "Storage precision.")
+    @Option(help: "Storage precision (float16 is computed in float32; the floor's bytes follow the storage size).")
     var dtype: DType = .float32
 
     @Option(help: "Worker threads per rank (with mpirun, pass --bind-to none or --map-by slot:PE=T so they get cores).")
@@ -72,6 +72,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         let globalShape = try InstanceNormShape(dimensions: shape.dimensions)
         switch dtype {
+        case .float16: try BenchRun<Float16>(options: self, globalShape: globalShape).run()
         case .float32: try BenchRun<Float>(options: self, globalShape: globalShape).run()
         case .float64: try BenchRun<Double>(options: self, globalShape: globalShape).run()
         }
@@ -79,7 +80,7 @@ struct Bench: ParsableCommand {
 }
 
 enum DType: String, ExpressibleByArgument, CaseIterable {
-    case float32, float64
+    case float16, float32, float64
 }
 
 /// `StorePolicy` as a flag value.
