@@ -5,14 +5,16 @@
 /// The element types a `.npy` file may hold here: little-endian IEEE-754
 /// floats, the layout numpy writes on every common machine.
 ///
-/// Only these two are accepted because InstanceNormMPI computes in them;
-/// every other numpy dtype is refused by name rather than converted silently.
+/// Only these three are accepted because InstanceNormMPI stores tensors in
+/// them; every other numpy dtype is refused by name rather than converted
+/// silently.
 public enum NPYDType: Sendable, Equatable, CaseIterable {
-    case float32, float64
+    case float16, float32, float64
 
     /// Bytes per element.
     public var byteSize: Int {
         switch self {
+        case .float16: 2
         case .float32: 4
         case .float64: 8
         }
@@ -21,6 +23,7 @@ public enum NPYDType: Sendable, Equatable, CaseIterable {
     /// numpy's type string (`dtype.str`), as stored under `'descr'`.
     public var descr: String {
         switch self {
+        case .float16: "<f2"
         case .float32: "<f4"
         case .float64: "<f8"
         }
@@ -29,6 +32,7 @@ public enum NPYDType: Sendable, Equatable, CaseIterable {
     /// numpy's dtype name, for messages.
     public var name: String {
         switch self {
+        case .float16: "float16"
         case .float32: "float32"
         case .float64: "float64"
         }
@@ -40,7 +44,7 @@ public enum NPYDType: Sendable, Equatable, CaseIterable {
         self = match
     }
 
-    /// `'<f4' (float32), '<f8' (float64)`: what a refusal offers instead.
+    /// `'<f2' (float16), '<f4' (float32), '<f8' (float64)`: what a refusal offers instead.
     static var supportedList: String {
         allCases.map { "'\($0.descr)' (\($0.name))" }.joined(separator: ", ")
     }
@@ -85,6 +89,10 @@ public enum NPYDType: Sendable, Equatable, CaseIterable {
 /// must have exactly the in-memory layout of its dtype.
 public protocol NPYElement: BinaryFloatingPoint, Sendable {
     static var npyDType: NPYDType { get }
+}
+
+extension Float16: NPYElement {
+    public static var npyDType: NPYDType { .float16 }
 }
 
 extension Float: NPYElement {

@@ -82,6 +82,7 @@ enum NPYFuzz {
             let reader = try NPYReader(path: "/proc/self/fd/\(descriptor)")
             precondition(reader.header == header, "the reader and the parser disagree")
             let count = switch header.dtype {
+            case .float16: try reader.readAll(as: Float16.self).count
             case .float32: try reader.readAll(as: Float.self).count
             case .float64: try reader.readAll(as: Double.self).count
             }

@@ -16,7 +16,7 @@ struct Apply: ParsableCommand {
             rank has succeeded; a failed or terminated run leaves DIR as it was.
             """)
 
-    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), float32 or float64, C order.", valueName: "X.npy"))
+    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), float16, float32 or float64, C order.", valueName: "X.npy"))
     var input: String
 
     @Option(help: ArgumentHelp("The gradient dy of the same shape and dtype as x: also compute the backward.", valueName: "DY.npy"))
@@ -85,6 +85,7 @@ struct Apply: ParsableCommand {
         let communicator = Communicator.world
         let files = try communicator.agree(defaultExitCode: ToolExitCode.badInput) { try ApplyFiles(self) }
         switch files.dtype {
+        case .float16: try ApplyJob<Float16>(options: self, files: files, communicator: communicator).run()
         case .float32: try ApplyJob<Float>(options: self, files: files, communicator: communicator).run()
         case .float64: try ApplyJob<Double>(options: self, files: files, communicator: communicator).run()
         }

@@ -22,7 +22,7 @@ struct Refusal: CustomTestStringConvertible, Sendable {
     }
 }
 
-private let supported = "supported: '<f4' (float32), '<f8' (float64)"
+private let supported = "supported: '<f2' (float16), '<f4' (float32), '<f8' (float64)"
 
 /// Everything about the first bytes: magic, version, header length.
 private let preambleRefusals: [Refusal] = [
@@ -64,7 +64,7 @@ private let contentRefusals: [Refusal] = [
     Refusal("big-endian", dictionary: numpyDictionary(descr: "'>f4'"), "dtype '>f4' (big-endian float32) is not supported", supported),
     Refusal("native order", dictionary: numpyDictionary(descr: "'=f8'"), "dtype '=f8' (native-order float64) is not supported"),
     Refusal("int32", dictionary: numpyDictionary(descr: "'<i4'"), "dtype '<i4' (int32) is not supported", supported),
-    Refusal("float16", dictionary: numpyDictionary(descr: "'<f2'"), "dtype '<f2' (float16)"),
+    Refusal("big-endian float16", dictionary: numpyDictionary(descr: "'>f2'"), "dtype '>f2' (big-endian float16)", supported),
     Refusal("uint8", dictionary: numpyDictionary(descr: "'|u1'"), "dtype '|u1' (uint8)"),
     Refusal("complex64", dictionary: numpyDictionary(descr: "'<c8'"), "dtype '<c8' (complex64)"),
     Refusal("bool", dictionary: numpyDictionary(descr: "'|b1'"), "dtype '|b1' (bool)"),

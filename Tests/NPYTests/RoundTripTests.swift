@@ -5,6 +5,10 @@ import Testing
 private let shapes: [[Int]] = [[], [5], [2, 3, 4], [0, 3]]
 
 @Suite struct RoundTripTests {
+    @Test(arguments: shapes) func float16(shape: [Int]) throws {
+        try roundTrip(Float16.self, shape: shape)
+    }
+
     @Test(arguments: shapes) func float32(shape: [Int]) throws {
         try roundTrip(Float.self, shape: shape)
     }
@@ -31,6 +35,14 @@ private let shapes: [[Int]] = [[], [5], [2, 3, 4], [0, 3]]
             let fileSize = try fileSize(path)
             #expect(fileSize == reader.header.dataOffset + values.count * MemoryLayout<T>.size)
         }
+    }
+
+    /// A file numpy wrote (`np.save` of `np.arange(6, dtype='<f2').reshape(2, 3) * np.float16(0.375)`),
+    /// so the half layout is numpy's and not only our own writer's.
+    @Test func readsFloat16AsNumpyWroteIt() throws {
+        let (shape, values) = try NPY.read(FuzzRegressionTests.seeds + "/valid-f2-2x3", as: Float16.self)
+        #expect(shape == [2, 3])
+        #expect(values == [0, 0.375, 0.75, 1.125, 1.5, 1.875])
     }
 
     @Test func readsASliceAtAnOffset() throws {

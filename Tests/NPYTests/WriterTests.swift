@@ -2,6 +2,10 @@ import NPY
 import Testing
 
 @Suite struct WriterTests {
+    @Test func twoWritersFillDisjointHalvesFloat16() throws {
+        try twoWritersFillDisjointHalves(Float16.self)
+    }
+
     @Test func twoWritersFillDisjointHalvesFloat() throws {
         try twoWritersFillDisjointHalves(Float.self)
     }
