@@ -10,26 +10,43 @@ import Testing
 
 /// One training case: dtype and shape (N, C, S1, ...).
 struct TrainingCase: Sendable, CustomTestStringConvertible {
-    let float64: Bool
+    let dtype: NPYDType
     let dimensions: [Int]
     let seed: UInt64
 
-    var testDescription: String { "\(float64 ? "float64" : "float32") \(dimensions)" }
+    var testDescription: String { "\(dtype.name) \(dimensions)" }
+
+    /// The Swift type of the dtype, to open into a generic check.
+    var elementType: any NPYElement.Type { dtype.elementType }
+}
+
+extension NPYDType {
+    var elementType: any NPYElement.Type {
+        switch self {
+        case .float16: Float16.self
+        case .float32: Float.self
+        case .float64: Double.self
+        }
+    }
 }
 
 /// N = 7 splits unevenly over 2, 3 and 4 ranks; N = 2 leaves ranks without
 /// samples at np = 3, 4. One, two and three spatial dimensions.
 let trainingCases = [
-    TrainingCase(float64: false, dimensions: [7, 3, 5, 4], seed: 101),
-    TrainingCase(float64: false, dimensions: [2, 3, 11], seed: 102),
-    TrainingCase(float64: true, dimensions: [7, 2, 3, 2, 3], seed: 103),
-    TrainingCase(float64: true, dimensions: [2, 2, 6, 5], seed: 104),
+    TrainingCase(dtype: .float16, dimensions: [7, 3, 5, 4], seed: 100),
+    TrainingCase(dtype: .float32, dimensions: [7, 3, 5, 4], seed: 101),
+    TrainingCase(dtype: .float32, dimensions: [2, 3, 11], seed: 102),
+    TrainingCase(dtype: .float64, dimensions: [7, 2, 3, 2, 3], seed: 103),
+    TrainingCase(dtype: .float64, dimensions: [2, 2, 6, 5], seed: 104),
 ]
 
-/// 16 ulps of T measured against the size of the data: the tolerance of
-/// Tests/InstanceNormTests/KernelTests.swift (sums in Double, about four
-/// roundings in T per value plus the stored result's).
-func tolerance<T: NPYElement>(_: T.Type) -> Double { 16 * Double(T.ulpOfOne) }
+/// The tolerance of Tests/InstanceNormTests (`Reference.outputTolerance`):
+/// 16 ulps of the compute precision (T, or Float for Float16, whichever is
+/// wider), or one ulp of T where that is larger (half: the outputs' own rounding).
+func tolerance<T: NPYElement>(_: T.Type) -> Double {
+    Reference.outputTolerance(
+        storageEpsilon: Double(T.ulpOfOne), computeEpsilon: min(Double(T.ulpOfOne), Double(Float.ulpOfOne)))
+}
 
 extension InstnormCLI {
     @Suite struct MultiRank {
@@ -45,11 +62,7 @@ extension InstnormCLI {
         /// every np gives the single process's bytes, and np = 1 matches the reference.
         @Test(arguments: trainingCases)
         func trainingAtEveryRankCount(_ testCase: TrainingCase) async throws {
-            if testCase.float64 {
-                try await checkTraining(Double.self, testCase)
-            } else {
-                try await checkTraining(Float.self, testCase)
-            }
+            try await checkTraining(testCase.elementType, testCase)
         }
 
         func checkTraining<T: NPYElement>(_: T.Type, _ testCase: TrainingCase) async throws {
@@ -109,15 +122,12 @@ extension InstnormCLI {
 
         /// Evaluation mode normalizes with the running statistics and writes y only.
         @Test(arguments: [
-            TrainingCase(float64: false, dimensions: [7, 2, 9], seed: 201),  // np = 2
-            TrainingCase(float64: true, dimensions: [2, 3, 4, 3], seed: 202),  // np = 3: one rank idle
+            TrainingCase(dtype: .float32, dimensions: [7, 2, 9], seed: 201),  // np = 2
+            TrainingCase(dtype: .float64, dimensions: [2, 3, 4, 3], seed: 202),  // np = 3: one rank idle
+            TrainingCase(dtype: .float16, dimensions: [5, 3, 8], seed: 203),  // np = 2
         ])
         func evalMatchesReference(_ testCase: TrainingCase) async throws {
-            if testCase.float64 {
-                try await checkEval(Double.self, testCase, ranks: 3)
-            } else {
-                try await checkEval(Float.self, testCase, ranks: 2)
-            }
+            try await checkEval(testCase.elementType, testCase, ranks: testCase.dimensions[0] == 2 ? 3 : 2)
         }
 
         func checkEval<T: NPYElement>(_: T.Type, _ testCase: TrainingCase, ranks: Int) async throws {
