@@ -32,13 +32,14 @@ extension InstnormCLI {
         }
 
         /// bench --json --verify with threads, overlapped or blocking
-        /// allreduce: passes, and carries every key the docs promise with
-        /// values that make sense together.
-        @Test(arguments: [(1, "--overlap"), (2, "--overlap"), (3, "--no-overlap")])
-        func benchReportsTheFloor(ranks: Int, overlap: String) async throws {
+        /// allreduce, in float32 and float16: passes, and carries every key
+        /// the docs promise with values that make sense together.
+        @Test(arguments: [(1, "--overlap", "float32"), (2, "--overlap", "float32"), (3, "--no-overlap", "float32"),
+                          (2, "--overlap", "float16")])
+        func benchReportsTheFloor(ranks: Int, overlap: String, dtype: String) async throws {
             let result = try await Launcher.instnorm(ranks: ranks, [
                 "bench", "--shape", "3,4,33,31", "--threads", "2", "--iterations", "3", "--warmup", "1",
-                overlap, "--json", "--verify",
+                overlap, "--json", "--verify", "--dtype", dtype,
             ])
             try #require(!result.timedOut && result.exitCode == 0, "\(result.summary)")
             let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
@@ -48,6 +49,7 @@ extension InstnormCLI {
             #expect(report["shape"] as? [Int] == [3, 4, 33, 31])
             #expect(report["verified"] as? Bool == true)
             #expect(report["overlap"] as? Bool == (overlap == "--overlap"))
+            #expect(report["dtype"] as? String == dtype)
             for key in ["forward_ms", "backward_ms", "allreduce_ms", "exposed_allreduce_ms", "forward_gbps",
                         "backward_gbps", "forward_floor_fraction", "backward_floor_fraction",
                         "stream_copy_gbps", "stream_add_gbps"] {
@@ -57,11 +59,14 @@ extension InstnormCLI {
             let backward = try #require(report["backward_ms"] as? Double)
             let exposed = try #require(report["exposed_allreduce_ms"] as? Double)
             #expect(exposed <= backward, "the exposed wait is part of the backward")
-            // The achieved rate is bytes over time: check it against the times.
+            // The achieved rate is bytes over time, with the storage's bytes
+            // per value (x read, y written): check it against the times.
             let forwardRate = try #require(report["forward_gbps"] as? Double)
             let forward = try #require(report["forward_ms"] as? Double)
-            let bytes = 2.0 * 4 * Double(3 * 4 * 33 * 31)
+            let bytes = 2.0 * (dtype == "float16" ? 2 : 4) * Double(3 * 4 * 33 * 31)
             #expect(abs(forwardRate - bytes / (forward / 1000) / 1e9) <= 0.01 + 0.01 * forwardRate)
+            let backwardRate = try #require(report["backward_gbps"] as? Double)
+            #expect(abs(backwardRate - 1.5 * bytes / (backward / 1000) / 1e9) <= 0.01 + 0.01 * backwardRate)
         }
     }
 }
