@@ -5,11 +5,16 @@ The reference is PyTorch's torch.nn.functional.instance_norm (forward,
 autograd backward, running statistics) when torch is importable, and
 otherwise a float64 numpy implementation written here from the textbook
 formulas. Inputs are random .npy files of 1, 2 and 3 spatial dimensions in
-float32 and float64; the tool runs under mpirun at every rank count given.
+float16, float32 and float64; the tool runs under mpirun at every rank count
+given.
 
 Checks, for every case and rank count:
   * every output matches the reference: normwise relative error
-    max|out - ref| / max|ref| within 1e-5 (float32) or 1e-12 (float64);
+    max|out - ref| / max|ref| within 1e-3 (float16: one half ulp, twice the
+    rounding of the output), 1e-5 (float32) or 1e-12 (float64);
+  * float16 outputs are the reference rounded to half or its neighbour
+    (at most one half ulp from it), except values within 16 float32 ulps of
+    the scale of the reference, where the float32 arithmetic may decide;
   * y, dx, mean, invstd, running_mean, running_var are byte-identical to the
     single-rank output, and dgamma, dbeta within a few ulps of it.
 Exit status 0 when every check passed, 1 otherwise.
@@ -23,8 +28,10 @@ import tempfile
 
 import numpy as np
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
+TOLERANCE = {np.float16: 1e-3, np.float32: 1e-5, np.float64: 1e-12}
 CASES = [  # (shape, dtype, affine, grad, running, eval)
+    ((7, 3, 5, 4), np.float16, True, True, True, False),
+    ((3, 5, 9, 7), np.float16, True, False, True, True),
     ((7, 3, 5, 4), np.float32, True, True, True, False),
     ((7, 3, 5, 4), np.float64, True, True, True, False),
     ((2, 4, 33), np.float64, False, True, False, False),
@@ -102,6 +109,18 @@ def torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, evaluate)
     if rm is not None:
         out["running_mean"], out["running_var"] = rm.numpy(), rv.numpy()
     return out
+
+
+def half_ulps_off(got, expected):
+    """Per value: how many halves lie between `got` and `expected` rounded to
+    half, or 0 where |got - expected| is within 16 float32 ulps of the scale."""
+    def ordered(values):
+        bits = values.astype(np.float16).view(np.int16).astype(np.int32)
+        return np.where(bits < 0, -(bits & 0x7FFF), bits)
+    expected = expected.reshape(got.shape)
+    distance = np.abs(ordered(got) - ordered(expected.astype(np.float16)))
+    slack = 16 * np.finfo(np.float32).eps * max(np.abs(expected).max(), 1.0)
+    return np.where(np.abs(got.astype(np.float64) - expected) <= slack, 0, distance)
 
 
 def run_tool(tool, ranks, files, outdir, case_flags):
@@ -185,6 +204,8 @@ def main():
                     scale = max(np.abs(expected).max(), 1e-30)
                     error = np.abs(got.astype(np.float64) - expected.reshape(got.shape)).max() / scale
                     ok = got.dtype == dtype and error <= tolerance
+                    if dtype == np.float16:
+                        ok = ok and half_ulps_off(got, expected).max() <= 1
                     if single is not None:
                         if name in ("dgamma", "dbeta"):
                             ulps = np.abs(got - single[name]) / np.spacing(np.abs(single[name]).max().astype(dtype))
