@@ -5,8 +5,8 @@ The reference is PyTorch's torch.nn.functional.instance_norm (forward,
 autograd backward, running statistics) when torch is importable, and
 otherwise a float64 numpy implementation written here from the textbook
 formulas. Inputs are random .npy files of 1, 2 and 3 spatial dimensions in
-float16, float32 and float64; the tool runs under mpirun at every rank count
-given.
+float16, float32 and float64, channels first and (--layout nhwc) channels
+last; the tool runs under mpirun at every rank count given.
 
 Checks, for every case and rank count:
   * every output matches the reference: normwise relative error
@@ -39,6 +39,22 @@ CASES = [  # (shape, dtype, affine, grad, running, eval)
     ((3, 5, 9, 7), np.float64, True, False, True, True),
     ((6, 3, 1), np.float32, True, True, False, False),
 ]
+# Run with --layout nhwc: the files hold x and dy as (N, S..., C); y and dx
+# come back in that layout and are compared with the reference transposed.
+CHANNELS_LAST_CASES = [
+    ((5, 3, 4, 6), np.float16, True, True, True, False),
+    ((5, 3, 4, 6), np.float32, True, True, True, False),
+    ((3, 19, 17), np.float64, True, True, False, False),
+    ((4, 6, 5, 7), np.float64, True, False, True, True),
+]
+
+
+def to_last(a):
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))
+
+
+def to_first(a):
+    return np.ascontiguousarray(np.moveaxis(a, -1, 1))
 
 
 def child_environment():
@@ -153,7 +169,10 @@ def main():
     failures = 0
     work = tempfile.mkdtemp(prefix="instnorm-crosscheck-")
     try:
-        for index, (shape, dtype, affine, grad, running, evaluate) in enumerate(CASES):
+        cases = [case + ("nchw",) for case in CASES] + [case + ("nhwc",) for case in CHANNELS_LAST_CASES]
+        for index, (shape, dtype, affine, grad, running, evaluate, layout) in enumerate(cases):
+            stored = to_last if layout == "nhwc" else (lambda a: a)
+            loaded = to_first if layout == "nhwc" else (lambda a: a)
             eps, momentum = 1e-5, 0.1
             c = shape[1]
             x = (rng.standard_normal(shape) * rng.uniform(0.5, 3, size=(1, c) + (1,) * (len(shape) - 2))
@@ -163,12 +182,12 @@ def main():
             beta = rng.uniform(-0.5, 0.5, c).astype(dtype) if affine else None
             run_stats = (rng.uniform(-1, 1, c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)) if running else None
             files = {"x": f"{work}/x{index}.npy"}
-            np.save(files["x"], x)
-            flags = ["--eps", repr(eps)]
+            np.save(files["x"], stored(x))
+            flags = ["--eps", repr(eps), "--layout", layout]
             for name, value in (("grad", dy), ("weight", gamma), ("bias", beta)):
                 if value is not None:
                     files[name] = f"{work}/{name}{index}.npy"
-                    np.save(files[name], value)
+                    np.save(files[name], stored(value) if name == "grad" else value)
                     flags += [f"--{name}", files[name]]
             if run_stats is not None:
                 for name, value in zip(("running-mean", "running-var"), run_stats):
@@ -194,8 +213,11 @@ def main():
                 outdir = f"{work}/out{index}-p{p}"
                 run_tool(args.tool, p, files, outdir, flags)
                 outputs = {name: np.load(f"{outdir}/{name}.npy") for name in reference}
+                for name in ("y", "dx"):
+                    if name in outputs:
+                        outputs[name] = loaded(outputs[name])
                 produced = sorted(f[:-4] for f in os.listdir(outdir))
-                label = f"case {index} {shape} {np.dtype(dtype).name} P={p}"
+                label = f"case {index} {shape} {np.dtype(dtype).name} {layout} P={p}"
                 if produced != sorted(reference):
                     print(f"FAIL {label}: files {produced}, expected {sorted(reference)}")
                     failures += 1

@@ -38,6 +38,10 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     public let stores: StorePolicy
     /// How dγ, dβ are summed across ranks.
     public let reduction: ParameterGradientReduction
+    /// How x, y, dy, dx are laid out: (N, C, S…) or (N, S…, C). Either way
+    /// a rank's slice is whole samples, contiguous, and the results are the
+    /// same bits.
+    public let layout: TensorLayout
 
     /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}], in `Double`; allocated once, as are
     /// the per-instance sums (s1, s2) of this rank's and of every sample.
@@ -52,10 +56,12 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ///     false runs it after the backward, blocking.
     ///   - stores: how y and dx are written.
     ///   - reduction: how dγ, dβ are summed across ranks.
+    ///   - layout: how the tensors are laid out; `globalShape` is (N, C, S…)
+    ///     either way.
     public init(
         communicator: Communicator, globalShape: InstanceNormShape, eps: Double,
         threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic,
-        reduction: ParameterGradientReduction = .reproducible
+        reduction: ParameterGradientReduction = .reproducible, layout: TensorLayout = .channelsFirst
     ) {
         precondition(eps > 0, "eps must be positive")
         precondition(threads >= 1, "at least one thread")
@@ -66,6 +72,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         self.overlapsReduction = overlapsReduction
         self.stores = stores
         self.reduction = reduction
+        self.layout = layout
         partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
         samples = partition.samples(of: communicator.rank)
         localShape = globalShape.withBatch(samples.count)
@@ -75,7 +82,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         globalInstanceSums = TensorBuffer(repeating: 0, count: gathers ? 2 * globalShape.instanceCount : 0)
     }
 
-    /// The element range of this rank's slice within a global (N, C, S…) tensor.
+    /// The element range of this rank's slice within a global tensor (of
+    /// either layout: both keep a sample's values together).
     public var localElements: Range<Int> {
         let perSample = globalShape.channels * globalShape.spatialCount
         return samples.lowerBound * perSample ..< samples.upperBound * perSample
@@ -87,7 +95,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
         BatchKernel.forward(
-            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores)
+            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
+            layout: layout)
     }
 
     /// Evaluation-mode forward of the local slice with the running statistics; not collective.
@@ -98,7 +107,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ) {
         BatchKernel.forwardInference(
             y: y, x: x, runningMean: runningMean, runningVar: runningVar,
-            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores)
+            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
+            layout: layout)
     }
 
     /// Backward: dx of the local slice, and dγ, dβ of the global batch.
@@ -110,8 +120,10 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     /// while it writes them (Open MPI here has no progress thread), and the
     /// wait at the end is all that is left exposed.
     ///
-    /// - Returns: the seconds spent waiting for the collective after the dx
-    ///   pass (with `overlapsReduction` false: the whole blocking collective).
+    /// - Returns: the seconds from the end of the dx pass to dγ, dβ complete:
+    ///   the wait for the collective (with `overlapsReduction` false: the
+    ///   whole blocking collective) and, `.reproducible`, the sum in sample
+    ///   order. What the reduction adds to the step.
     @discardableResult
     public func backward(
         dx: UnsafeMutableBufferPointer<T>,
@@ -129,11 +141,11 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
             dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
             dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
             instanceSums: reduction == .reproducible ? localInstanceSums.elements : nil,
-            overlap: overlapsReduction ? collective.hooks : nil)
+            overlap: overlapsReduction ? collective.hooks : nil, layout: layout)
         let waitStart = MPI.wallTime()
         if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
-        let exposed = MPI.wallTime() - waitStart
         if reduction == .reproducible { sumGatheredInSampleOrder() }
+        let exposed = MPI.wallTime() - waitStart
         for channel in 0..<channels {
             dgamma[channel] = T(sums[channel])
             dbeta[channel] = T(sums[channels + channel])

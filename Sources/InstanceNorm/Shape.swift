@@ -80,3 +80,53 @@ public enum InstanceNormError: Error, Equatable, Sendable, CustomStringConvertib
         }
     }
 }
+
+extension InstanceNormShape {
+    /// Reads the shape from dimensions as stored in `layout`: (N, C, S1…Sk)
+    /// channels first, (N, S1…Sk, C) channels last.
+    public init(dimensions: [Int], layout: TensorLayout) throws(InstanceNormError) {
+        switch layout {
+        case .channelsFirst:
+            try self.init(dimensions: dimensions)
+        case .channelsLast:
+            guard dimensions.count >= 3 else {
+                throw .invalidShape(
+                    "expected (N, S1, ..., C) with at least one spatial dimension, got \(dimensions.count) dimension(s) \(dimensions)")
+            }
+            try self.init(batch: dimensions[0], channels: dimensions[dimensions.count - 1],
+                          spatial: Array(dimensions[1..<dimensions.count - 1]))
+        }
+    }
+
+    /// The dimensions as a tensor in `layout` stores them.
+    public func dimensions(in layout: TensorLayout) -> [Int] {
+        switch layout {
+        case .channelsFirst: dimensions
+        case .channelsLast: [batch] + spatial + [channels]
+        }
+    }
+
+    /// Where value `position` (0..<M) of instance (sample, channel) sits in
+    /// a tensor of this shape stored in `layout`.
+    @inlinable
+    public func offset(sample: Int, channel: Int, position: Int, in layout: TensorLayout) -> Int {
+        switch layout {
+        case .channelsFirst: (sample * channels + channel) * spatialCount + position
+        case .channelsLast: (sample * spatialCount + position) * channels + channel
+        }
+    }
+
+    /// The instance (n·C + c) and position of the value at `offset` in a
+    /// tensor of this shape stored in `layout`: the inverse of `offset`.
+    @inlinable
+    public func instanceAndPosition(ofOffset offset: Int, in layout: TensorLayout) -> (instance: Int, position: Int) {
+        let spatialCount = spatialCount
+        switch layout {
+        case .channelsFirst:
+            return (offset / spatialCount, offset % spatialCount)
+        case .channelsLast:
+            let sample = offset / (spatialCount * channels), row = offset / channels
+            return (sample * channels + offset % channels, row % spatialCount)
+        }
+    }
+}

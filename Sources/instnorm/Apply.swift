@@ -16,7 +16,7 @@ struct Apply: ParsableCommand {
             rank has succeeded; a failed or terminated run leaves DIR as it was.
             """)
 
-    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), float16, float32 or float64, C order.", valueName: "X.npy"))
+    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), or (N, S1, ..., C) with --layout nhwc; float16, float32 or float64, C order.", valueName: "X.npy"))
     var input: String
 
     @Option(help: ArgumentHelp("The gradient dy of the same shape and dtype as x: also compute the backward.", valueName: "DY.npy"))
@@ -48,6 +48,18 @@ struct Apply: ParsableCommand {
 
     @Option(help: "Worker threads per rank (the results do not depend on it).")
     var threads: Int = 1
+
+    @Option(help: """
+        Memory layout of x, dy and of y, dx: nchw = (N, C, S1, ...), nhwc = channels last, (N, S1, ..., C), \
+        normalized in place of the layout (no transposed copy) with the same results as nchw on the transposed data.
+        """)
+    var layout: Layout = .nchw
+
+    @Option(help: """
+        How dgamma, dbeta are summed over ranks: reproducible adds every sample's sums in sample order \
+        (the same bits at any rank count); allreduce sums each rank's samples, then over ranks.
+        """)
+    var reduction: Reduction = .reproducible
 
     @Flag(help: """
         Refuse NaN and infinity (exit 65), naming the first bad sample and channel: in the inputs, \

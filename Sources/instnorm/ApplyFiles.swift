@@ -15,12 +15,15 @@ struct ApplyFiles {
     let outputs: OutputDirectory
 
     var dtype: NPYDType { input.header.dtype }
+    let layout: TensorLayout
+    /// x's dimensions as stored, which y, dy, dx share.
+    var tensorDimensions: [Int] { input.header.shape }
 
     init(_ options: Apply) throws {
         let input = try NPYReader(path: options.input)
         let shape: InstanceNormShape
         do {
-            shape = try InstanceNormShape(dimensions: input.header.shape)
+            shape = try InstanceNormShape(dimensions: input.header.shape, layout: options.layout.tensorLayout)
         } catch {
             throw ToolError.badInput("\(options.input): \(error)")
         }
@@ -30,7 +33,8 @@ struct ApplyFiles {
         }
         self.input = input
         self.shape = shape
-        grad = try open(options.grad, shape: shape.dimensions)
+        layout = options.layout.tensorLayout
+        grad = try open(options.grad, shape: input.header.shape)
         weight = try open(options.weight, shape: [shape.channels])
         bias = try open(options.bias, shape: [shape.channels])
         runningMean = try open(options.runningMean, shape: [shape.channels])

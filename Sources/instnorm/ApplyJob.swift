@@ -42,7 +42,8 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             return inputs
         }
         let layer = DataParallelInstanceNorm<T>(
-            communicator: communicator, globalShape: shape, eps: options.eps, threads: options.threads)
+            communicator: communicator, globalShape: shape, eps: options.eps, threads: options.threads,
+            reduction: options.reduction.method, layout: files.layout)
         let outputs = try compute(layer, inputs)
         if options.checkFinite { try checkFinite(outputs, firstSample: samples.lowerBound) }
         try write(outputs)
@@ -65,12 +66,12 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         let (y, statistics) = forward
         let elementOffset = layer.localElements.lowerBound
         if options.eval {
-            return [OutputArray(name: "y.npy", shape: shape.dimensions, values: y, elementOffset: elementOffset)]
+            return [OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset)]
         }
         let instanceOffset = layer.samples.lowerBound * shape.channels
         let perInstanceShape = [shape.batch, shape.channels]
         var outputs = [
-            OutputArray(name: "y.npy", shape: shape.dimensions, values: y, elementOffset: elementOffset),
+            OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset),
             OutputArray(name: "mean.npy", shape: perInstanceShape,
                         values: TensorBuffer(statistics.array.map { T($0.mean) }), elementOffset: instanceOffset),
             OutputArray(name: "invstd.npy", shape: perInstanceShape,
@@ -128,7 +129,7 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: inputs.x.readOnly, statistics: statistics.readOnly, gamma: inputs.gamma?.readOnly)
         var outputs = [OutputArray(
-            name: "dx.npy", shape: shape.dimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
+            name: "dx.npy", shape: files.tensorDimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
         if options.affine {
             outputs += [
                 OutputArray(name: "dgamma.npy", shape: [channels], values: dgamma, elementOffset: nil),
@@ -147,8 +148,9 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             var first: (instance: Int, problem: String)?
             for output in outputs where output.elementOffset != nil {
                 let values = output.values.readOnly
-                let perInstance = output.shape.count == 2 ? 1 : shape.spatialCount
-                guard let bad = firstNonFinite(values, perInstance: perInstance), bad.instance < first?.instance ?? .max else { continue }
+                let found = output.shape.count == 2
+                    ? firstNonFinite(values, perInstance: 1) : firstNonFinite(values, shape: shape, layout: files.layout)
+                guard let bad = found, bad.instance < first?.instance ?? .max else { continue }
                 let sample = firstSample + bad.instance / channels, channel = bad.instance % channels
                 first = (bad.instance, "\(output.name) would hold \(bad.value) at sample \(sample), channel \(channel) "
                     + "although the inputs there are finite: their values overflow \(T.npyDType.name)")
@@ -291,11 +293,12 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
                     "\(file.path): non-finite value \(bad.value) at channel \(bad.instance); --check-finite refuses NaN and infinity")
             }
         }
-        let channels = files.shape.channels, spatialCount = files.shape.spatialCount
+        let channels = files.shape.channels
         var first: (instance: Int, element: Int, value: T, path: String)?
         let slices: [(NPYReader?, TensorBuffer<T>?)] = [(files.input, x), (files.grad, dy)]
         for case let (file?, values?) in slices {
-            guard let bad = firstNonFinite(values.readOnly, perInstance: spatialCount), bad.instance < first?.instance ?? .max else { continue }
+            guard let bad = firstNonFinite(values.readOnly, shape: files.shape, layout: files.layout),
+                  bad.instance < first?.instance ?? .max else { continue }
             first = (bad.instance, bad.element, bad.value, file.path)
         }
         guard let first else { return }
@@ -319,4 +322,15 @@ func firstNonFinite<T: BinaryFloatingPoint>(
 ) -> (instance: Int, element: Int, value: T)? {
     guard let index = values.firstIndex(where: { !$0.isFinite }) else { return nil }
     return (index / perInstance, index % perInstance, values[index])
+}
+
+/// The first non-finite value of a slice of whole samples of `shape` stored
+/// in `layout`: its instance within the slice, its position in that
+/// instance, the value.
+func firstNonFinite<T: BinaryFloatingPoint>(
+    _ values: UnsafeBufferPointer<T>, shape: InstanceNormShape, layout: TensorLayout
+) -> (instance: Int, element: Int, value: T)? {
+    guard let index = values.firstIndex(where: { !$0.isFinite }) else { return nil }
+    let (instance, position) = shape.instanceAndPosition(ofOffset: index, in: layout)
+    return (instance, position, values[index])
 }

@@ -30,6 +30,12 @@ struct Bench: ParsableCommand {
     @Option(help: "How y and dx are written: automatic streams them when the tensors a call touches exceed the last-level cache.")
     var stores: Stores = .automatic
 
+    @Option(help: "Memory layout of x, y, dy, dx: nchw = (N, C, S...), nhwc = (N, S..., C); --shape is N,C,S... either way.")
+    var layout: Layout = .nchw
+
+    @Option(help: "How dgamma, dbeta are summed over ranks: reproducible (in sample order, the same bits at any rank count) or allreduce.")
+    var reduction: Reduction = .reproducible
+
     @Option(help: "Timed iterations.")
     var iterations: Int = 20
 
@@ -81,6 +87,30 @@ struct Bench: ParsableCommand {
 
 enum DType: String, ExpressibleByArgument, CaseIterable {
     case float16, float32, float64
+}
+
+/// `TensorLayout` as a flag value, named as PyTorch and numpy users name it.
+enum Layout: String, ExpressibleByArgument, CaseIterable {
+    case nchw, nhwc
+
+    var tensorLayout: TensorLayout {
+        switch self {
+        case .nchw: .channelsFirst
+        case .nhwc: .channelsLast
+        }
+    }
+}
+
+/// `ParameterGradientReduction` as a flag value.
+enum Reduction: String, ExpressibleByArgument, CaseIterable {
+    case reproducible, allreduce
+
+    var method: ParameterGradientReduction {
+        switch self {
+        case .reproducible: .reproducible
+        case .allreduce: .allreduce
+        }
+    }
 }
 
 /// `StorePolicy` as a flag value.

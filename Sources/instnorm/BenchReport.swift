@@ -46,6 +46,13 @@ struct BenchReport {
         ]
     }
 
+    private var reductionText: String {
+        switch options.reduction {
+        case .reproducible: "gathering every instance's sums and adding them in sample order (the same bits at any rank count)"
+        case .allreduce: "an allreduce of the per-rank sums (the last bits depend on the rank count)"
+        }
+    }
+
     private var tableText: String {
         let partition = BatchPartition(batch: shape.batch, ranks: ranks)
         let perRank = Set(partition.counts).sorted().map(String.init).joined(separator: " or ")
@@ -56,8 +63,10 @@ struct BenchReport {
             "# memory bandwidth of this job (STREAM-like, ordinary stores, 3 arrays of \(bandwidth.arrayBytes >> 20) MiB per rank, all ranks at once): "
                 + "copy \(gigabytes(bandwidth.copy)) GB/s, add \(gigabytes(bandwidth.add)) GB/s",
             "# floor: forward moves \(2 * elementBytes) B/element against copy, backward \(3 * elementBytes) B/element against add",
-            "# allreduce of dgamma, dbeta: \(options.overlap ? "started as soon as the local sums exist, hidden behind the dx pass" : "blocking, after the dx pass"); "
-                + "its row is the wait of the last rank to finish its dx (part of backward); imbalance is how much longer the first rank waited",
+            "# layout \(options.layout.rawValue); dgamma, dbeta reduced by \(reductionText), "
+                + "\(options.overlap ? "started as soon as the local sums exist, hidden behind the dx pass" : "blocking, after the dx pass")",
+            "# allreduce row: what the reduction adds after the dx pass (wait for the collective\(options.reduction == .reproducible ? " + sum in sample order" : "")) "
+                + "on the last rank to finish its dx, part of backward; imbalance is how much longer the first rank waited",
             "# \(library)",
         ]
         if let verification {
@@ -89,6 +98,8 @@ struct BenchReport {
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),
             ("overlap", options.overlap ? "true" : "false"),
+            ("layout", quoted(options.layout.rawValue)),
+            ("reduction", quoted(options.reduction.rawValue)),
         ]
         for entry in rows {
             fields += [

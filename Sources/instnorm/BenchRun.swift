@@ -14,7 +14,8 @@ struct BenchRun<T: DataParallelScalar> {
         let bandwidth = try MemoryBandwidth.measure(threads: options.threads, communicator: communicator)
         let layer = DataParallelInstanceNorm<T>(
             communicator: communicator, globalShape: globalShape, eps: options.eps,
-            threads: options.threads, overlapsReduction: options.overlap, stores: options.stores.policy)
+            threads: options.threads, overlapsReduction: options.overlap, stores: options.stores.policy,
+            reduction: options.reduction.method, layout: options.layout.tensorLayout)
         let batch = SyntheticBatch<T>(layer: layer, seed: options.seed)
         var checksums = ChecksumTracker()
         let timings = try time(layer, batch, checksums: &checksums)

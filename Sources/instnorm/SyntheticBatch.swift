@@ -4,7 +4,8 @@ import InstanceNorm
 /// This rank's slice of a synthetic training batch, and every buffer one step
 /// needs, allocated once.
 ///
-/// Element g of the global x is a function of (seed, g) alone, so the data
+/// Element g of the global x (g counted in (N, C, S…) order) is a function
+/// of (seed, g) alone, so the data
 /// do not depend on how the batch is split: x has a per-channel offset and
 /// scale (so the statistics differ between instances), dy is uniform in
 /// [−1, 1), γ and β vary by channel.
@@ -23,8 +24,11 @@ final class SyntheticBatch<T: DataParallelScalar> {
         x = TensorBuffer(repeating: 0, count: count)
         dy = TensorBuffer(repeating: 0, count: count)
         for local in 0..<count {
-            let global = first + local
-            let channel = Double((global / spatialCount) % shape.channels)
+            // g counts in (N, C, S…) order whatever the layout, so a
+            // channels-last run holds the transposed data of a channels-first one.
+            let (instance, position) = layer.localShape.instanceAndPosition(ofOffset: local, in: layer.layout)
+            let global = first + instance * spatialCount + position
+            let channel = Double(instance % shape.channels)
             x.elements[local] = T(channel - 3 + (1 + channel / 8) * uniform(seed, 0, global))
             dy.elements[local] = T(uniform(seed, 1, global))
         }

@@ -31,10 +31,11 @@ struct Verification {
         let instances = layer.localShape.instanceCount
         var local = (forward: 0.0, backward: 0.0)
         var parameterSums = [Double](repeating: 0, count: 2 * shape.channels)
+        let offsets = InstanceOffsets(shape: layer.localShape, layout: layer.layout)
         for instance in 0..<instances {
             let channel = instance % shape.channels
-            let range = instance * spatialCount..<(instance + 1) * spatialCount
-            let x = batch.x.elements[range].map(\.widened), dy = batch.dy.elements[range].map(\.widened)
+            let x = offsets.values(of: instance, in: batch.x).map(\.widened)
+            let dy = offsets.values(of: instance, in: batch.dy).map(\.widened)
             let gamma = [batch.gamma.elements[channel].widened], beta = [batch.beta.elements[channel].widened]
             let backward = Reference.backward(
                 dy: dy, x: x, batch: 1, channels: 1, spatialCount: spatialCount, gamma: gamma, eps: layer.eps)
@@ -44,8 +45,8 @@ struct Verification {
             guard [0, instances / 2, instances - 1].contains(instance) else { continue }
             let forward = Reference.forward(
                 x: x, batch: 1, channels: 1, spatialCount: spatialCount, gamma: gamma, beta: beta, eps: layer.eps)
-            local.forward = max(local.forward, scaledError(Array(batch.y.elements[range]), forward.y))
-            local.backward = max(local.backward, scaledError(Array(batch.dx.elements[range]), backward.dx))
+            local.forward = max(local.forward, scaledError(offsets.values(of: instance, in: batch.y), forward.y))
+            local.backward = max(local.backward, scaledError(offsets.values(of: instance, in: batch.dx), backward.dx))
         }
         let communicator = layer.communicator
         let globalSums = try communicator.allreduce(parameterSums, .sum)
@@ -77,4 +78,17 @@ func scaledError<T: InstanceNormScalar>(_ actual: [T], _ expected: [Double]) -> 
         worst = max(worst, error)
     }
     return worst
+}
+
+/// The values of one instance of a tensor in either layout, in order.
+struct InstanceOffsets {
+    let shape: InstanceNormShape
+    let layout: TensorLayout
+
+    func values<T>(of instance: Int, in tensor: TensorBuffer<T>) -> [T] {
+        let sample = instance / shape.channels, channel = instance % shape.channels
+        return (0..<shape.spatialCount).map {
+            tensor.elements[shape.offset(sample: sample, channel: channel, position: $0, in: layout)]
+        }
+    }
 }
