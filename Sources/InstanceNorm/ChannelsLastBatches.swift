@@ -19,6 +19,10 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
 
     @inlinable var sampleLength: Int { rows * channels }
 
+    /// How far ahead of its reads a reduction prefetches: far enough to
+    /// cover the memory latency at full speed.
+    @inlinable var chunkPrefetchDistance: Int { (16 << 10) / MemoryLayout<T>.stride }
+
     @inlinable func split(threads: Int) -> WorkSplit { WorkSplit(units: shape.batch, length: rows, threads: threads) }
 
     /// Per sample and channel, the sums of the terms `makeTerms(sample)`
@@ -29,12 +33,13 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
         prepare: @Sendable (Int, ChannelsLastScratch<T>) -> Terms,
         store: @Sendable (Int, Int, Double, Double) -> Void
     ) where Terms.Scalar == T {
-        let channels = channels, rows = rows
+        let channels = channels, rows = rows, chunkPrefetchDistance = chunkPrefetchDistance
         if !split.splitsInstances {
             split.run { worker in
                 let scratch = ChannelsLastScratch<T>(channels: channels)
                 for sample in split.instances(of: worker) {
-                    scratch.chunkedSums(prepare(sample, scratch), rows: rows)
+                    let plan = PrefetchPlan(positions: 0..<rows * channels, distance: chunkPrefetchDistance)
+                    scratch.chunkedSums(prepare(sample, scratch), rows: rows, prefetch: plan)
                     for channel in 0..<channels {
                         store(sample, channel, scratch.totalFirst[channel], scratch.totalSecond[channel])
                     }
@@ -42,7 +47,7 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
             }
             return
         }
-        let chunks = split.chunksPerInstance
+        let chunks = split.chunksPerInstance, distance = chunkPrefetchDistance
         let partials = UnsafeMutableBufferPointer<Double>.allocate(capacity: 2 * shape.batch * chunks * channels)
         defer { partials.deallocate() }
         let shared = SharedBuffer(partials)
@@ -50,8 +55,10 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
             let scratch = ChannelsLastScratch<T>(channels: channels)
             for chunk in split.chunks(of: worker) {
                 let (sample, range) = split.elements(ofChunk: chunk)
-                channelsLastChunkSums(prepare(sample, scratch), rows: range, scratch: scratch,
-                                      first: scratch.first, second: scratch.second)
+                let terms = prepare(sample, scratch), positions = range.lowerBound * channels..<range.upperBound * channels
+                scratch.prefetch(terms, positions.lowerBound..<min(positions.lowerBound + distance, positions.upperBound))
+                channelsLastChunkSums(terms, rows: range, prefetch: PrefetchPlan(positions: positions, distance: distance),
+                                      scratch: scratch, first: scratch.first, second: scratch.second)
                 for channel in 0..<channels {
                     shared.base[2 * (chunk * channels + channel)] = scratch.first[channel]
                     shared.base[2 * (chunk * channels + channel) + 1] = scratch.second[channel]
@@ -72,7 +79,7 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// Writes `out` over every sample with the operation `makeOperation`
     /// gives for the sample (after it has tiled its constants).
-    @inlinable func write<Operation: ElementwiseOperation>(
+    @inlinable func write<Operation: TiledOperation>(
         _ split: WorkSplit, _ out: UnsafeMutableBufferPointer<T>,
         prepare: @Sendable (Int, ChannelsLastScratch<T>) -> Operation
     ) where Operation.Scalar == T {
@@ -82,7 +89,7 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
             let scratch = ChannelsLastScratch<T>(channels: channels)
             split.forEachPiece(of: worker) { sample, rows in
                 let operation = prepare(sample, scratch)
-                writeElementwise(
+                writeTiled(
                     shared.base + sample * sampleLength, rows.lowerBound * channels..<rows.upperBound * channels,
                     streaming: streaming, operation)
             }
