@@ -37,40 +37,56 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
         }
     }
 
-    /// `sampleSums` of every sample with the workers sharing each sample's
-    /// chunks of rows (split mode), the chunks' sums added in chunk order.
+    /// Whether the workers share each sample, chunk by chunk, rather than
+    /// take whole samples: when there are fewer samples than workers.
+    /// (Sharing the samples of a large batch as well, so that the workers
+    /// hold one sample at a time, not one each, measured slower, also for
+    /// samples of 8 and 16 MiB.)
+    @inlinable func sharesSamples(_ split: WorkSplit) -> Bool { split.splitsInstances }
+
+    /// `sampleSums` of one sample with the workers sharing its chunks of
+    /// rows (`SharedSample.rows`): the chunks' sums added in chunk order, as
+    /// `chunkedSums` adds them on one worker.
     @inlinable func sharedSums<Terms: LaneTerms>(
-        _ split: WorkSplit,
-        prepare: @Sendable (Int, ChannelsLastScratch<T>) -> Terms,
-        store: @Sendable (Int, Int, Double, Double) -> Void
+        _ sample: Int, _ shared: SharedSample<T>,
+        prepare: @Sendable (Int, ChannelsLastScratch<T>) -> Terms, store: (Int, Int, Double, Double) -> Void
     ) where Terms.Scalar == T {
-        let channels = channels, chunks = split.chunksPerInstance, distance = chunkPrefetchDistance
-        let partials = UnsafeMutableBufferPointer<Double>.allocate(capacity: 2 * shape.batch * chunks * channels)
-        defer { partials.deallocate() }
-        let shared = SharedBuffer(partials)
-        split.run { worker in
-            let scratch = ChannelsLastScratch<T>(channels: channels)
-            for chunk in split.chunks(of: worker) {
-                let (sample, range) = split.elements(ofChunk: chunk)
-                let terms = prepare(sample, scratch), positions = range.lowerBound * channels..<range.upperBound * channels
-                scratch.prefetch(terms, positions.lowerBound..<min(positions.lowerBound + distance, positions.upperBound))
-                channelsLastChunkSums(terms, rows: range, prefetch: PrefetchPlan(positions: positions, distance: distance),
+        let batch = self, channels = channels, distance = chunkPrefetchDistance
+        shared.split.run { worker in
+            let scratch = shared.scratches[worker], rows = shared.rows(of: worker)
+            guard !rows.isEmpty else { return }
+            let terms = prepare(sample, scratch), positions = rows.lowerBound * channels..<rows.upperBound * channels
+            scratch.prefetch(terms, positions.lowerBound..<min(positions.lowerBound + distance, positions.upperBound))
+            for start in stride(from: rows.lowerBound, to: rows.upperBound, by: reductionChunk) {
+                channelsLastChunkSums(terms, rows: start..<min(start + reductionChunk, batch.rows),
+                                      prefetch: PrefetchPlan(positions: positions, distance: distance),
                                       scratch: scratch, first: scratch.first, second: scratch.second)
+                let partial = shared.partials.base + 2 * (start / reductionChunk) * channels
                 for channel in 0..<channels {
-                    shared.base[2 * (chunk * channels + channel)] = scratch.first[channel]
-                    shared.base[2 * (chunk * channels + channel) + 1] = scratch.second[channel]
+                    partial[channel] = scratch.first[channel]
+                    partial[channels + channel] = scratch.second[channel]
                 }
             }
         }
-        for sample in 0..<shape.batch {
-            for channel in 0..<channels {
-                var total = (0.0, 0.0)
-                for chunk in sample * chunks..<(sample + 1) * chunks {
-                    total.0 += partials[2 * (chunk * channels + channel)]
-                    total.1 += partials[2 * (chunk * channels + channel) + 1]
-                }
-                store(sample, channel, total.0, total.1)
+        for channel in 0..<channels {
+            var total = (0.0, 0.0)
+            for chunk in 0..<shared.chunks {
+                total.0 += shared.partials.base[2 * chunk * channels + channel]
+                total.1 += shared.partials.base[(2 * chunk + 1) * channels + channel]
             }
+            store(sample, channel, total.0, total.1)
+        }
+    }
+
+    /// Writes one sample of `out` with the workers sharing its rows.
+    @inlinable func sharedWrite<Operation: TiledOperation>(
+        _ sample: Int, _ shared: SharedSample<T>, _ out: SharedBuffer<T>,
+        prepare: @Sendable (Int, ChannelsLastScratch<T>) -> Operation
+    ) where Operation.Scalar == T {
+        shared.split.run { worker in
+            let rows = shared.rows(of: worker)
+            guard !rows.isEmpty else { return }
+            writeSample(sample, rows: rows, out, shared.scratches[worker], prepare: prepare)
         }
     }
 
@@ -149,6 +165,36 @@ struct ChannelsLastBatch<T: InstanceNormScalar>: @unchecked Sendable {
     }
 }
 
+/// The per-worker state of samples shared by the workers (see
+/// `ChannelsLastBatch.sharesSamples`). The samples are taken one at a time,
+/// each written right after its sums; each worker sums and writes a run of
+/// whole chunks of the sample's rows, and leaves its chunks' sums (C first
+/// sums, then C second sums, per chunk) in `partials`.
+@usableFromInline
+struct SharedSample<T: InstanceNormScalar>: @unchecked Sendable {
+    @usableFromInline let split: WorkSplit
+    @usableFromInline let rowCount, chunks: Int
+    @usableFromInline let scratches: [ChannelsLastScratch<T>]
+    @usableFromInline let partials: SharedBuffer<Double>
+
+    @inlinable init(_ batch: ChannelsLastBatch<T>, _ split: WorkSplit) {
+        self.split = split
+        rowCount = batch.rows
+        chunks = chunkCount(spatialCount: batch.rows)
+        scratches = (0..<split.workers).map { _ in ChannelsLastScratch<T>(channels: batch.channels) }
+        partials = SharedBuffer(.allocate(capacity: 2 * chunks * batch.channels))
+    }
+
+    /// Frees `partials`; call once the call is done with the samples.
+    @inlinable func deallocate() { partials.base.deallocate() }
+
+    /// The rows of one worker: a balanced run of whole chunks.
+    @inlinable func rows(of worker: Int) -> Range<Int> {
+        let mine = balancedRange(chunks, worker, split.workers)
+        return min(mine.lowerBound * reductionChunk, rowCount)..<min(mine.upperBound * reductionChunk, rowCount)
+    }
+}
+
 /// How far ahead of its sums a worker's prefetch stream may run, over all
 /// inputs: with the sample being reduced and written, within the 1 MiB L2.
 @usableFromInline let channelsLastStreamBytes = 512 << 10
@@ -169,14 +215,18 @@ extension BatchKernel {
         let normalize = normalizeOperations(batch, x: x, gamma: gamma, beta: beta) { passes.saved.base[$0] }
         let (firstTerms, storeFirst) = (passes.firstTerms, passes.storeFirst)
         let (secondTerms, storeSecond) = (passes.secondTerms, passes.storeSecond)
-        if split.splitsInstances {
-            batch.sharedSums(split, prepare: firstTerms, store: storeFirst)
-            if passes.centers.elements.contains(where: { !$0.isNaN }) {
-                batch.sharedSums(split, prepare: secondTerms, store: storeSecond)
+        let output = SharedBuffer(y)
+        if batch.sharesSamples(split) {
+            let shared = SharedSample(batch, split)
+            defer { shared.deallocate() }
+            for sample in 0..<shape.batch {
+                batch.sharedSums(sample, shared, prepare: firstTerms, store: storeFirst)
+                if passes.needsSecondPass(sample) {
+                    batch.sharedSums(sample, shared, prepare: secondTerms, store: storeSecond)
+                }
+                batch.sharedWrite(sample, shared, output, prepare: normalize)
             }
-            batch.write(split, y, prepare: normalize)
         } else {
-            let output = SharedBuffer(y)
             split.run { worker in
                 let scratch = ChannelsLastScratch<T>(channels: shape.channels)
                 for sample in split.instances(of: worker) {
@@ -185,8 +235,7 @@ extension BatchKernel {
                     if passes.needsSecondPass(sample) {
                         batch.sampleSums(sample, scratch, prefetch: .none, prepare: secondTerms, store: storeSecond)
                     }
-                    batch.writeSample(sample, rows: 0..<shape.spatialCount, output, scratch,
-                                      prepare: normalize)
+                    batch.writeSample(sample, rows: 0..<shape.spatialCount, output, scratch, prepare: normalize)
                 }
             }
         }
@@ -323,38 +372,60 @@ extension BatchKernel {
         let batch = ChannelsLastBatch<T>(shape: shape, streaming: stores.streams(dx, tensors: 3))
         let split = batch.split(threads: threads)
         let passes = GradientPasses(batch, dy: dy, x: x, statistics: statistics, gamma: gamma)
-        let output = SharedBuffer(dx), (terms, store, operation) = (passes.terms, passes.store, passes.operation)
-        let tails = (0..<split.workers).map { worker in
-            split.splitsInstances ? 0..<0 : batch.tail(of: split.instances(of: worker), elements: overlap?.tailElements ?? 0)
+        let output = SharedBuffer(dx)
+        let waiting = batch.sharesSamples(split)
+            ? sharedSampleGradients(batch, split, passes, output, tail: overlap?.tailElements ?? 0)
+            : wholeSampleGradients(batch, split, passes, output, tail: overlap?.tailElements ?? 0)
+        passes.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums)
+        overlap?.sumsReady()
+        let operation = passes.operation
+        split.run { worker in
+            batch.write(waiting[worker], output, progress: worker == 0 ? overlap : nil, prepare: operation)
         }
-        // The sums, and the dx of every sample outside the tails.
-        if split.splitsInstances {
-            batch.sharedSums(split, prepare: terms, store: store)
-        } else {
-            split.run { worker in
-                let scratch = ChannelsLastScratch<T>(channels: shape.channels)
-                for sample in split.instances(of: worker) {
-                    let plan = batch.prefetchPlan(sample, of: split.instances(of: worker), arrays: 2)
-                    batch.sampleSums(sample, scratch, prefetch: plan, prepare: terms, store: store)
-                    if !tails[worker].contains(sample) {
-                        batch.writeSample(sample, rows: 0..<shape.spatialCount, output, scratch, prepare: operation)
-                    }
+        if batch.streaming { instnorm_store_fence() }
+    }
+}
+
+extension BatchKernel {
+    /// The backward's sums of every sample, and the dx of all but each
+    /// worker's last samples (enough for `tail` values); returns, per worker,
+    /// the (sample, rows) whose dx waits for `sumsReady`.
+    @inlinable
+    static func wholeSampleGradients<T: InstanceNormScalar>(
+        _ batch: ChannelsLastBatch<T>, _ split: WorkSplit, _ passes: GradientPasses<T>, _ output: SharedBuffer<T>,
+        tail: Int
+    ) -> [[(sample: Int, rows: Range<Int>)]] {
+        let (terms, store, operation) = (passes.terms, passes.store, passes.operation)
+        let tails = (0..<split.workers).map { batch.tail(of: split.instances(of: $0), elements: tail) }
+        split.run { worker in
+            let scratch = ChannelsLastScratch<T>(channels: batch.channels)
+            for sample in split.instances(of: worker) {
+                let plan = batch.prefetchPlan(sample, of: split.instances(of: worker), arrays: 2)
+                batch.sampleSums(sample, scratch, prefetch: plan, prepare: terms, store: store)
+                if !tails[worker].contains(sample) {
+                    batch.writeSample(sample, rows: 0..<batch.rows, output, scratch, prepare: operation)
                 }
             }
         }
-        passes.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums)
-        overlap?.sumsReady()
-        // The dx of the tails (of everything, when samples are split).
-        split.run { worker in
-            var pieces: [(sample: Int, rows: Range<Int>)] = []
-            if split.splitsInstances {
-                split.forEachPiece(of: worker) { pieces.append(($0, $1)) }
-            } else {
-                pieces = tails[worker].map { ($0, 0..<shape.spatialCount) }
-            }
-            batch.write(pieces, output, progress: worker == 0 ? overlap : nil, prepare: operation)
+        return tails.map { $0.map { ($0, 0..<batch.rows) } }
+    }
+
+    /// As `wholeSampleGradients`, with the workers sharing each sample; the
+    /// dx of the batch's last samples (enough for `tail` values) waits.
+    @inlinable
+    static func sharedSampleGradients<T: InstanceNormScalar>(
+        _ batch: ChannelsLastBatch<T>, _ split: WorkSplit, _ passes: GradientPasses<T>, _ output: SharedBuffer<T>,
+        tail: Int
+    ) -> [[(sample: Int, rows: Range<Int>)]] {
+        let (terms, store, operation) = (passes.terms, passes.store, passes.operation)
+        let shared = SharedSample(batch, split)
+        defer { shared.deallocate() }
+        let waiting = batch.tail(of: 0..<batch.shape.batch, elements: tail)
+        for sample in 0..<batch.shape.batch {
+            batch.sharedSums(sample, shared, prepare: terms, store: store)
+            if !waiting.contains(sample) { batch.sharedWrite(sample, shared, output, prepare: operation) }
         }
-        if batch.streaming { instnorm_store_fence() }
+        return (0..<split.workers).map { worker in waiting.map { ($0, shared.rows(of: worker)) } }
     }
 }
 

@@ -131,12 +131,13 @@ func expectSameBits<T: InstanceNormScalar>(
         }
     }
 
-    /// With `BackwardOverlap`, each worker's last samples wait for
+    /// With `BackwardOverlap`, each worker's last samples (or, when the
+    /// workers share samples, the batch's last samples) wait for
     /// `sumsReady`: the bits stay the same, `sumsReady` runs once with dγ,
     /// dβ final, and `progress` runs while the waiting samples are written.
-    @Test(arguments: [1, 2, 3])
-    func overlapKeepsBits(threads: Int) throws {
-        let inputs = Inputs<Float>([5, 6, 20, 21], affine: true, seed: 79)
+    @Test(arguments: [([5, 6, 20, 21], 1), ([5, 6, 20, 21], 2), ([5, 6, 20, 21], 3), ([2, 3, 2100], 3)])
+    func overlapKeepsBits(dimensions: [Int], threads: Int) throws {
+        let inputs = Inputs<Float>(dimensions, affine: true, seed: 79)
         let shape = inputs.shape
         let first = inputs.run(eps: 1e-5)
         let last = KernelRun(
