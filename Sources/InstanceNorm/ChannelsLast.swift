@@ -346,7 +346,7 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
 /// `scalar` compute the channels-first operation's expression, so the bits
 /// match it and do not depend on where the vector loop starts or ends.
 @usableFromInline
-protocol TiledOperation {
+protocol TiledOperation: SendableMetatype {
     associatedtype Scalar: InstanceNormScalar
     associatedtype Constants
     var period: Int { get }
