@@ -236,13 +236,8 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     @usableFromInline let upperHalf: UnsafeMutablePointer<Double>
 
     @inlinable init(channels: Int) {
-        let lanes = T.Vector.scalarCount
         self.channels = channels
-        blockLength = 2 * lanes * channels
-        var (a, b) = (channels, 2 * lanes)
-        while b != 0 { (a, b) = (b, a % b) }
-        period = channels / a * 2 * lanes
-        slotLength = 2 * period + lanes
+        (blockLength, period, slotLength) = Self.lengths(channels: channels)
         firstLanes = .allocate(capacity: blockLength)
         secondLanes = .allocate(capacity: blockLength)
         slots = .allocate(capacity: 5 * slotLength)
@@ -251,6 +246,24 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
         totalFirst = .allocate(capacity: channels)
         totalSecond = .allocate(capacity: channels)
         upperHalf = .allocate(capacity: channels)
+    }
+
+    /// 2L·C, lcm(C, 2L) and 2·lcm(C, 2L) + L: see the properties.
+    @inlinable static func lengths(channels: Int) -> (blockLength: Int, period: Int, slotLength: Int) {
+        let lanes = T.Vector.scalarCount
+        var (a, b) = (channels, 2 * lanes)
+        while b != 0 { (a, b) = (b, a % b) }
+        let period = channels / a * 2 * lanes
+        return (2 * lanes * channels, period, 2 * period + lanes)
+    }
+
+    /// The bytes one scratch allocates: 2·2L·C + 5·(2·lcm(C, 2L) + L) values
+    /// of the compute type and 5·C doubles. Up to 320·C values when C shares
+    /// no factor with 2L, which a caller short of memory must plan for.
+    @inlinable static func bytes(channels: Int) -> Int {
+        let (blockLength, _, slotLength) = lengths(channels: channels)
+        return (2 * blockLength + 5 * slotLength) * MemoryLayout<T.Compute>.stride
+            + 5 * channels * MemoryLayout<Double>.stride
     }
 
     deinit {

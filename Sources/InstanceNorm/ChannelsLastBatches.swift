@@ -200,6 +200,14 @@ struct SharedSample<T: InstanceNormScalar>: @unchecked Sendable {
 @usableFromInline let channelsLastStreamBytes = 512 << 10
 
 extension BatchKernel {
+    /// Working memory a channels-last call allocates besides its tensors,
+    /// per worker thread: lane accumulators and tiled per-channel constants
+    /// (see `ChannelsLastScratch`), for a caller that checks memory first.
+    /// Grows with C alone, up to about 320·C values of the compute type.
+    public static func channelsLastScratchBytes<T: InstanceNormScalar>(channels: Int, as _: T.Type) -> Int {
+        ChannelsLastScratch<T>.bytes(channels: channels)
+    }
+
     /// The channels-last forward (see `forward`): per sample, the one-pass
     /// sums of every channel, a second pass when a channel's first value
     /// was an outlier, then y.

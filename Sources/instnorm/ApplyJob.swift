@@ -56,7 +56,9 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         let forward = try communicator.agree(defaultExitCode: ToolExitCode.resources) {
             try Memory.reserve(
                 Memory.bytes((localCount * (inputs.dy == nil ? 1 : 2), elementSize), (localInstances, statisticsSize + 2 * elementSize),
-                             (2 * shape.instanceCount, MemoryLayout<Double>.stride)),
+                             (2 * shape.instanceCount, MemoryLayout<Double>.stride),
+                             (files.layout == .channelsLast ? options.threads : 0,
+                              BatchKernel.channelsLastScratchBytes(channels: shape.channels, as: T.self))),
                 for: "this rank's outputs")
             if Failpoint.computing.fires() {
                 throw ToolError.resources("cannot allocate the outputs of this rank: Cannot allocate memory \(Failpoint.computing.note)")

@@ -49,7 +49,9 @@ struct BenchRun<T: DataParallelScalar> {
         let instances = samples.count * globalShape.channels
         let bytes = Memory.bytes(
             (4 * instances, globalShape.spatialCount * MemoryLayout<T>.stride),
-            (instances, MemoryLayout<InstanceStatistics>.stride), (6 * globalShape.channels, MemoryLayout<Double>.stride))
+            (instances, MemoryLayout<InstanceStatistics>.stride), (6 * globalShape.channels, MemoryLayout<Double>.stride),
+            (options.layout == .nhwc ? options.threads : 0,
+             BatchKernel.channelsLastScratchBytes(channels: globalShape.channels, as: T.self)))
         try communicator.agree(defaultExitCode: ToolExitCode.resources) {
             try Memory.reserve(bytes, for: "this rank's synthetic batch (samples \(samples.lowerBound)..<\(samples.upperBound))")
             if Failpoint.computing.fires() {
