@@ -78,17 +78,13 @@ func gradientChunkSums<T: InstanceNormScalar>(
 /// One value of an elementwise output, as a vector or as a scalar, in the
 /// compute precision (`writeElementwise` rounds it to storage): the two must
 /// compute the same expression, so the bits do not depend on where the
-/// vector loop starts or ends.
-///
-/// `tiled` is the index modulo `period` (when the period is not 0): the
-/// channels-last operations read their per-channel constants from arrays
-/// tiled with that period, so the vector loop needs no division per vector.
+/// vector loop starts or ends. (The channels-last outputs, whose constants
+/// vary by channel, are `TiledOperation`s.)
 @usableFromInline
 protocol ElementwiseOperation {
     associatedtype Scalar: InstanceNormScalar
-    var period: Int { get }
-    func vector(at index: Int, tiled: Int) -> Scalar.Vector
-    func scalar(at index: Int, tiled: Int) -> Scalar.Compute
+    func vector(at index: Int) -> Scalar.Vector
+    func scalar(at index: Int) -> Scalar.Compute
 }
 
 /// out[i] = operation(i) for i in range, in vectors; with `streaming` the
@@ -100,34 +96,25 @@ func writeElementwise<Operation: ElementwiseOperation>(
 ) {
     typealias T = Operation.Scalar
     let lanes = T.Vector.scalarCount
-    let period = operation.period
     var index = range.lowerBound
-    var tiled = period > 0 ? index % period : 0
-    @inline(__always) func advance(_ step: Int) {
-        index += step
-        if period > 0 {
-            tiled += step
-            if tiled >= period { tiled -= period }
-        }
-    }
     if streaming {
         while index < range.upperBound && Int(bitPattern: out + index) & 63 != 0 {
-            out[index] = T(rounding: operation.scalar(at: index, tiled: tiled))
-            advance(1)
+            out[index] = T(rounding: operation.scalar(at: index))
+            index += 1
         }
         while index + lanes <= range.upperBound {
-            T.streamStore(operation.vector(at: index, tiled: tiled), to: out + index)
-            advance(lanes)
+            T.streamStore(operation.vector(at: index), to: out + index)
+            index += lanes
         }
     } else {
         while index + lanes <= range.upperBound {
-            storeVector(operation.vector(at: index, tiled: tiled), out, index)
-            advance(lanes)
+            storeVector(operation.vector(at: index), out, index)
+            index += lanes
         }
     }
     while index < range.upperBound {
-        out[index] = T(rounding: operation.scalar(at: index, tiled: tiled))
-        advance(1)
+        out[index] = T(rounding: operation.scalar(at: index))
+        index += 1
     }
 }
 
@@ -149,15 +136,13 @@ struct NormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
         offsetVector = Scalar.Vector(repeating: offset)
     }
 
-    @inlinable var period: Int { 0 }
-
     @inlinable @inline(__always)
-    func vector(at index: Int, tiled _: Int) -> Scalar.Vector {
+    func vector(at index: Int) -> Scalar.Vector {
         offsetVector.addingProduct(loadVector(x, index) - meanVector, scaleVector)
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled _: Int) -> Scalar.Compute {
+    func scalar(at index: Int) -> Scalar.Compute {
         offset.addingProduct(x[index].computed - meanHigh, scale)
     }
 }
@@ -186,16 +171,14 @@ struct InputGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation 
         offsetVector = Scalar.Vector(repeating: offset)
     }
 
-    @inlinable var period: Int { 0 }
-
     @inlinable @inline(__always)
-    func vector(at index: Int, tiled _: Int) -> Scalar.Vector {
+    func vector(at index: Int) -> Scalar.Vector {
         offsetVector.addingProduct(centeredScaleVector, loadVector(x, index) - meanVector)
             .addingProduct(gradientScaleVector, loadVector(dy, index) - meanDyVector)
     }
 
     @inlinable @inline(__always)
-    func scalar(at index: Int, tiled _: Int) -> Scalar.Compute {
+    func scalar(at index: Int) -> Scalar.Compute {
         offset.addingProduct(centeredScale, x[index].computed - meanHigh)
             .addingProduct(gradientScale, dy[index].computed - meanDy)
     }
