@@ -4,21 +4,11 @@ import Testing
 
 /// (N, C, M) channels first → (N, M, C) channels last, and back.
 func channelsLast<T>(_ values: [T], _ shape: InstanceNormShape) -> [T] {
-    let (channels, positions) = (shape.channels, shape.spatialCount)
-    return (0..<values.count).map { index in
-        let (sample, rest) = index.quotientAndRemainder(dividingBy: channels * positions)
-        let (position, channel) = rest.quotientAndRemainder(dividingBy: channels)
-        return values[(sample * channels + channel) * positions + position]
-    }
+    channelsLast(values, channels: shape.channels, positions: shape.spatialCount)
 }
 
 func channelsFirst<T>(_ values: [T], _ shape: InstanceNormShape) -> [T] {
-    let (channels, positions) = (shape.channels, shape.spatialCount)
-    return (0..<values.count).map { index in
-        let (instance, position) = index.quotientAndRemainder(dividingBy: positions)
-        let (sample, channel) = instance.quotientAndRemainder(dividingBy: channels)
-        return values[(sample * positions + position) * channels + channel]
-    }
+    channelsFirst(values, channels: shape.channels, positions: shape.spatialCount)
 }
 
 /// Expects a channels-last run on the transposed inputs to give the bits of

@@ -27,7 +27,7 @@ extension InstnormCLI {
             let batch = inputs.batch, channels = inputs.channels, spatialCount = inputs.spatialCount
             let lastDimensions = [batch] + inputs.dimensions.dropFirst(2) + [channels]
             func toLast(_ values: [T]) -> [T] {
-                channelsLast(values, batch: batch, channels: channels, spatialCount: spatialCount)
+                channelsLast(values, channels: channels, positions: spatialCount)
             }
             try await withTemporaryDirectory { folder in
                 try FileManager.default.createDirectory(atPath: folder + "/last", withIntermediateDirectories: false)
@@ -123,20 +123,6 @@ extension InstnormCLI {
             }
         }
     }
-}
-
-/// (N, C, M) values, C order, rearranged as (N, M, C).
-func channelsLast<T>(_ values: [T], batch: Int, channels: Int, spatialCount: Int) -> [T] {
-    var result = values
-    for sample in 0..<batch {
-        for channel in 0..<channels {
-            for position in 0..<spatialCount {
-                result[(sample * spatialCount + position) * channels + channel] =
-                    values[(sample * channels + channel) * spatialCount + position]
-            }
-        }
-    }
-    return result
 }
 
 /// Each value's sign, exponent and significand bits: equal only if the bits are.
