@@ -224,8 +224,12 @@ static int ascending(const void *l, const void *r) {
 
 static void measure(Variant *variants, int count, int rounds) {
     double *times = calloc((size_t)count * rounds, sizeof *times);
+    // Each round starts one variant later, so that no variant always runs
+    // right after the same other one (what a run leaves in the caches and
+    // the memory controller's queues moved a neighbour by up to 8%).
     for (int round = 0; round < rounds; round++)
-        for (int v = 0; v < count; v++) {
+        for (int step = 0; step < count; step++) {
+            int v = (round + step) % count;
             double start = seconds();
             variants[v].run();
             times[v * rounds + round] = seconds() - start;
