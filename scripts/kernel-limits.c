@@ -15,7 +15,8 @@
 // is a per-sample two-pass forward with all 2·64 channel sums in registers,
 // which the channels-first lane order (position p of a chunk into lane
 // p mod 16) cannot use; `nhwc_lane_order` keeps that order, with its 16·C
-// lane accumulators in L1, as a layout-independent result must.
+// lane accumulators in L1, as a layout-independent result must. Part 3 does
+// the same for the backward of the shape with the largest samples.
 //
 // Values are not checked here: these loops are yardsticks, not kernels.
 #include <immintrin.h>
@@ -211,6 +212,47 @@ __attribute__((noinline)) static void nhwc_lane_order(void) {
     _mm_sfence();
 }
 
+// Part 3: backward of (4, 8, 512·512), channels last against channels
+// first, with the channels-last sums in registers (two phases, C = 8: one
+// vector per row). A channels-last sample (x and dy, 16 MiB) must be read
+// whole before any dx, so its second pass reads from the L3 or memory,
+// where channels first re-reads one instance (2 MiB).
+
+static void backward_channels_first(size_t instances, size_t count) {
+    for (size_t n = 0; n < instances; n++) {
+        const float *xs = x + n * count, *dys = dy + n * count;
+        instance_sums(xs, dys, count, &sumDy[n], &sumDyX[n]);
+        __m256 k = _mm256_set1_ps(1), p = _mm256_set1_ps((float)(sumDyX[n] * 1e-9)), q = _mm256_set1_ps((float)(sumDy[n] * 1e-9));
+        for (size_t i = 0; i < count; i += 8) _mm256_stream_ps(dx + n * count + i, gradient(xs, dys, i, k, p, q));
+    }
+    _mm_sfence();
+}
+
+enum { WIDE_SAMPLES = 4, WIDE_CHANNELS = 8, WIDE_ROWS = 512 * 512 };
+
+__attribute__((noinline)) static void wide_nchw_backward(void) {
+    backward_channels_first(WIDE_SAMPLES * WIDE_CHANNELS, WIDE_ROWS);
+}
+
+__attribute__((noinline)) static void wide_nhwc_backward(void) {
+    const size_t length = (size_t)WIDE_ROWS * WIDE_CHANNELS;
+    for (size_t n = 0; n < WIDE_SAMPLES; n++) {
+        const float *xs = x + n * length, *dys = dy + n * length;
+        __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0;
+        for (size_t i = 0; i < length; i += 16) {
+            __m256 g0 = _mm256_load_ps(dys + i), g1 = _mm256_load_ps(dys + i + 8);
+            dy0 = _mm256_add_ps(dy0, g0);
+            dy1 = _mm256_add_ps(dy1, g1);
+            p0 = _mm256_fmadd_ps(g0, _mm256_load_ps(xs + i), p0);
+            p1 = _mm256_fmadd_ps(g1, _mm256_load_ps(xs + i + 8), p1);
+        }
+        __m256 k = _mm256_set1_ps(1), p = _mm256_mul_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(1e-9f));
+        __m256 q = _mm256_mul_ps(_mm256_add_ps(dy0, dy1), _mm256_set1_ps(1e-9f));
+        for (size_t i = 0; i < length; i += 8) _mm256_stream_ps(dx + n * length + i, gradient(xs, dys, i, k, p, q));
+    }
+    _mm_sfence();
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -297,5 +339,14 @@ int main(int argc, char **argv) {
     for (int v = 0; v < 3; v++)
         printf("%-26s %8.3f ms   %.2fx nchw_forward\n", forward[v].name, forward[v].median * 1e3,
                forward[v].median / forward[0].median);
+
+    if (E >= (size_t)WIDE_SAMPLES * WIDE_CHANNELS * WIDE_ROWS) {
+        Variant wide[] = {{"wide_nchw_backward", wide_nchw_backward, 0}, {"wide_nhwc_backward", wide_nhwc_backward, 0}};
+        measure(wide, 2, rounds);
+        printf("# part 3, backward (4, 8, 512, 512), channels last with its sums in registers\n");
+        for (int v = 0; v < 2; v++)
+            printf("%-26s %8.3f ms   %.2fx wide_nchw_backward\n", wide[v].name, wide[v].median * 1e3,
+                   wide[v].median / wide[0].median);
+    }
     return 0;
 }
