@@ -51,21 +51,27 @@ __attribute__((noinline)) static void stream_add(void) {
     for (size_t i = 0; i < streamCount; i++) c[i] = a[i] + b[i];
 }
 
+// As the library computes them: x centered on the mean, dy on its mean
+// (the subtractions keep large-mean instances accurate and cost 2-4%).
+static float centerX = 0.5f, centerDy = 0.25f;
+
 static inline void instance_sums(const float *xs, const float *dys, size_t count, double *s1, double *s2) {
-    __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0;
+    __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0, center = _mm256_set1_ps(centerX);
     for (size_t i = 0; i < count; i += 16) {
         __m256 g0 = _mm256_load_ps(dys + i), g1 = _mm256_load_ps(dys + i + 8);
         dy0 = _mm256_add_ps(dy0, g0);
         dy1 = _mm256_add_ps(dy1, g1);
-        p0 = _mm256_fmadd_ps(g0, _mm256_load_ps(xs + i), p0);
-        p1 = _mm256_fmadd_ps(g1, _mm256_load_ps(xs + i + 8), p1);
+        p0 = _mm256_fmadd_ps(g0, _mm256_sub_ps(_mm256_load_ps(xs + i), center), p0);
+        p1 = _mm256_fmadd_ps(g1, _mm256_sub_ps(_mm256_load_ps(xs + i + 8), center), p1);
     }
     *s1 = horizontal(_mm256_add_ps(dy0, dy1));
     *s2 = horizontal(_mm256_add_ps(p0, p1));
 }
 
 static inline __m256 gradient(const float *xs, const float *dys, size_t i, __m256 k, __m256 p, __m256 q) {
-    return _mm256_fmadd_ps(k, _mm256_load_ps(dys + i), _mm256_fmadd_ps(p, _mm256_load_ps(xs + i), q));
+    __m256 centeredDy = _mm256_sub_ps(_mm256_load_ps(dys + i), _mm256_set1_ps(centerDy));
+    __m256 centeredX = _mm256_sub_ps(_mm256_load_ps(xs + i), _mm256_set1_ps(centerX));
+    return _mm256_fmadd_ps(k, centeredDy, _mm256_fmadd_ps(p, centeredX, q));
 }
 
 __attribute__((noinline)) static void two_pass(void) {
@@ -83,8 +89,11 @@ __attribute__((target("avx512f"), noinline)) static void two_pass_64_byte_stores
         const float *xs = x + n * S, *dys = dy + n * S;
         instance_sums(xs, dys, S, &sumDy[n], &sumDyX[n]);
         __m512 k = _mm512_set1_ps(1), p = _mm512_set1_ps((float)(sumDyX[n] * 1e-6)), q = _mm512_set1_ps((float)(sumDy[n] * 1e-6));
-        for (size_t i = 0; i < S; i += 16)
-            _mm512_stream_ps(dx + n * S + i, _mm512_fmadd_ps(k, _mm512_load_ps(dys + i), _mm512_fmadd_ps(p, _mm512_load_ps(xs + i), q)));
+        __m512 meanDy = _mm512_set1_ps(centerDy), mean = _mm512_set1_ps(centerX);
+        for (size_t i = 0; i < S; i += 16) {
+            __m512 centeredDy = _mm512_sub_ps(_mm512_load_ps(dys + i), meanDy), centeredX = _mm512_sub_ps(_mm512_load_ps(xs + i), mean);
+            _mm512_stream_ps(dx + n * S + i, _mm512_fmadd_ps(k, centeredDy, _mm512_fmadd_ps(p, centeredX, q)));
+        }
     }
     _mm_sfence();
 }
@@ -110,8 +119,8 @@ __attribute__((noinline)) static void fused_next(void) {
             __m256 g0 = _mm256_load_ps(nextDy + i), g1 = _mm256_load_ps(nextDy + i + 8);
             dy0 = _mm256_add_ps(dy0, g0);
             dy1 = _mm256_add_ps(dy1, g1);
-            p0 = _mm256_fmadd_ps(g0, _mm256_load_ps(nextX + i), p0);
-            p1 = _mm256_fmadd_ps(g1, _mm256_load_ps(nextX + i + 8), p1);
+            p0 = _mm256_fmadd_ps(g0, _mm256_sub_ps(_mm256_load_ps(nextX + i), _mm256_set1_ps(centerX)), p0);
+            p1 = _mm256_fmadd_ps(g1, _mm256_sub_ps(_mm256_load_ps(nextX + i + 8), _mm256_set1_ps(centerX)), p1);
             _mm256_stream_ps(dx + n * S + i, gradient(xs, dys, i, k, p, q));
             _mm256_stream_ps(dx + n * S + i + 8, gradient(xs, dys, i + 8, k, p, q));
         }
