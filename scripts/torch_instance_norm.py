@@ -12,7 +12,7 @@ import torch
 parser = argparse.ArgumentParser()
 parser.add_argument("--shape", required=True)
 parser.add_argument("--threads", type=int, default=1)
-parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
 parser.add_argument("--iterations", type=int, default=20)
 parser.add_argument("--warmup", type=int, default=3)
 args = parser.parse_args()
