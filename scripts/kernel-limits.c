@@ -55,7 +55,9 @@ __attribute__((noinline)) static void stream_add(void) {
 // (the subtractions keep large-mean instances accurate and cost 2-4%).
 static float centerX = 0.5f, centerDy = 0.25f;
 
-static inline void instance_sums(const float *xs, const float *dys, size_t count, double *s1, double *s2) {
+// Per lane: Σ dy and Σ dy·(x − center) over count values, lane l summing
+// the values at l mod 8 (for channels last with C = 8, lane = channel).
+static inline void lane_sums(const float *xs, const float *dys, size_t count, __m256 *sumDyLanes, __m256 *productLanes) {
     __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0, center = _mm256_set1_ps(centerX);
     for (size_t i = 0; i < count; i += 16) {
         __m256 g0 = _mm256_load_ps(dys + i), g1 = _mm256_load_ps(dys + i + 8);
@@ -64,8 +66,15 @@ static inline void instance_sums(const float *xs, const float *dys, size_t count
         p0 = _mm256_fmadd_ps(g0, _mm256_sub_ps(_mm256_load_ps(xs + i), center), p0);
         p1 = _mm256_fmadd_ps(g1, _mm256_sub_ps(_mm256_load_ps(xs + i + 8), center), p1);
     }
-    *s1 = horizontal(_mm256_add_ps(dy0, dy1));
-    *s2 = horizontal(_mm256_add_ps(p0, p1));
+    *sumDyLanes = _mm256_add_ps(dy0, dy1);
+    *productLanes = _mm256_add_ps(p0, p1);
+}
+
+static inline void instance_sums(const float *xs, const float *dys, size_t count, double *s1, double *s2) {
+    __m256 sumDyLanes, productLanes;
+    lane_sums(xs, dys, count, &sumDyLanes, &productLanes);
+    *s1 = horizontal(sumDyLanes);
+    *s2 = horizontal(productLanes);
 }
 
 static inline __m256 gradient(const float *xs, const float *dys, size_t i, __m256 k, __m256 p, __m256 q) {
@@ -74,15 +83,18 @@ static inline __m256 gradient(const float *xs, const float *dys, size_t i, __m25
     return _mm256_fmadd_ps(k, centeredDy, _mm256_fmadd_ps(p, centeredX, q));
 }
 
-__attribute__((noinline)) static void two_pass(void) {
-    for (size_t n = 0; n < N * C; n++) {
-        const float *xs = x + n * S, *dys = dy + n * S;
-        instance_sums(xs, dys, S, &sumDy[n], &sumDyX[n]);
-        __m256 k = _mm256_set1_ps(1), p = _mm256_set1_ps((float)(sumDyX[n] * 1e-6)), q = _mm256_set1_ps((float)(sumDy[n] * 1e-6));
-        for (size_t i = 0; i < S; i += 8) _mm256_stream_ps(dx + n * S + i, gradient(xs, dys, i, k, p, q));
+// Per instance: the sums from memory, then dx from L1 with streaming stores.
+static void backward_channels_first(size_t instances, size_t count) {
+    for (size_t n = 0; n < instances; n++) {
+        const float *xs = x + n * count, *dys = dy + n * count;
+        instance_sums(xs, dys, count, &sumDy[n], &sumDyX[n]);
+        __m256 k = _mm256_set1_ps(1), p = _mm256_set1_ps((float)(sumDyX[n] * 1e-9)), q = _mm256_set1_ps((float)(sumDy[n] * 1e-9));
+        for (size_t i = 0; i < count; i += 8) _mm256_stream_ps(dx + n * count + i, gradient(xs, dys, i, k, p, q));
     }
     _mm_sfence();
 }
+
+__attribute__((noinline)) static void two_pass(void) { backward_channels_first(N * C, S); }
 
 __attribute__((target("avx512f"), noinline)) static void two_pass_64_byte_stores(void) {
     for (size_t n = 0; n < N * C; n++) {
@@ -227,16 +239,6 @@ __attribute__((noinline)) static void nhwc_lane_order(void) {
 // whole before any dx, so its second pass reads from the L3 or memory,
 // where channels first re-reads one instance (2 MiB).
 
-static void backward_channels_first(size_t instances, size_t count) {
-    for (size_t n = 0; n < instances; n++) {
-        const float *xs = x + n * count, *dys = dy + n * count;
-        instance_sums(xs, dys, count, &sumDy[n], &sumDyX[n]);
-        __m256 k = _mm256_set1_ps(1), p = _mm256_set1_ps((float)(sumDyX[n] * 1e-9)), q = _mm256_set1_ps((float)(sumDy[n] * 1e-9));
-        for (size_t i = 0; i < count; i += 8) _mm256_stream_ps(dx + n * count + i, gradient(xs, dys, i, k, p, q));
-    }
-    _mm_sfence();
-}
-
 enum { WIDE_SAMPLES = 4, WIDE_CHANNELS = 8, WIDE_ROWS = 512 * 512 };
 
 __attribute__((noinline)) static void wide_nchw_backward(void) {
@@ -247,16 +249,10 @@ __attribute__((noinline)) static void wide_nhwc_backward(void) {
     const size_t length = (size_t)WIDE_ROWS * WIDE_CHANNELS;
     for (size_t n = 0; n < WIDE_SAMPLES; n++) {
         const float *xs = x + n * length, *dys = dy + n * length;
-        __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0;
-        for (size_t i = 0; i < length; i += 16) {
-            __m256 g0 = _mm256_load_ps(dys + i), g1 = _mm256_load_ps(dys + i + 8);
-            dy0 = _mm256_add_ps(dy0, g0);
-            dy1 = _mm256_add_ps(dy1, g1);
-            p0 = _mm256_fmadd_ps(g0, _mm256_load_ps(xs + i), p0);
-            p1 = _mm256_fmadd_ps(g1, _mm256_load_ps(xs + i + 8), p1);
-        }
-        __m256 k = _mm256_set1_ps(1), p = _mm256_mul_ps(_mm256_add_ps(p0, p1), _mm256_set1_ps(1e-9f));
-        __m256 q = _mm256_mul_ps(_mm256_add_ps(dy0, dy1), _mm256_set1_ps(1e-9f));
+        __m256 sumDyLanes, productLanes;
+        lane_sums(xs, dys, length, &sumDyLanes, &productLanes);
+        __m256 k = _mm256_set1_ps(1), p = _mm256_mul_ps(productLanes, _mm256_set1_ps(1e-9f));
+        __m256 q = _mm256_mul_ps(sumDyLanes, _mm256_set1_ps(1e-9f));
         for (size_t i = 0; i < length; i += 8) _mm256_stream_ps(dx + n * length + i, gradient(xs, dys, i, k, p, q));
     }
     _mm_sfence();
