@@ -177,9 +177,7 @@ public enum BatchKernel {
         if split.splitsInstances {
             batch.chunkSumsSplit(split)
         } else {
-            split.run { worker in
-                for instance in split.instances(of: worker) { batch.sums(instance, writeDx: !tails[worker].contains(instance)) }
-            }
+            split.run { worker in batch.sumsAndDx(of: split.instances(of: worker), tail: tails[worker]) }
         }
         batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta)
         if let instanceSums {

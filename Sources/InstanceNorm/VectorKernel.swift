@@ -47,16 +47,44 @@ func shiftedChunkSums<T: InstanceNormScalar>(
     return (sum, sumSquares)
 }
 
+/// Work done in the loop of `gradientChunkSums`, one step of two vectors at
+/// a time: the fused backward writes another instance's dx there
+/// (`BackwardBatch.sumsWritingDx`), so that reads and streaming stores
+/// interleave. A companion must not touch the dy and x being summed; the
+/// sums are the same bits with or without it.
+@usableFromInline
+protocol SumsCompanion {
+    /// Called before the step that reads values index ..< index + 2·lanes.
+    mutating func step(at index: Int)
+}
+
+@usableFromInline
+struct NoCompanion: SumsCompanion {
+    @inlinable init() {}
+    @inlinable @inline(__always) mutating func step(at index: Int) {}
+}
+
 /// Σ dy and Σ dy·(x − center) over one chunk.
 @inlinable
 func gradientChunkSums<T: InstanceNormScalar>(
     _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute
+) -> (sumDy: Double, sumDyCentered: Double) {
+    var none = NoCompanion()
+    return gradientChunkSums(dy, x, range, center: center, alongside: &none)
+}
+
+/// Σ dy and Σ dy·(x − center) over one chunk, with `companion` stepping along.
+@inlinable @inline(__always)
+func gradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
+    alongside companion: inout Companion
 ) -> (sumDy: Double, sumDyCentered: Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
     var dySum0 = T.Vector(), dySum1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
+        companion.step(at: index)
         let gradient0 = loadVector(dy, index), gradient1 = loadVector(dy, index + lanes)
         dySum0 += gradient0
         dySum1 += gradient1

@@ -44,6 +44,48 @@ import Testing
         check(Double.self)
     }
 
+    /// Streamed instances of 8-64 KiB take the fused backward (dx of one
+    /// instance written while the next is summed); it must give the bits of
+    /// the plain order, with instances that start off a 64-byte boundary
+    /// (M = 4111), chains of one to six instances per worker, and with the
+    /// overlap's tail instances left out of the chains.
+    @Test(arguments: [1, 2, 4])
+    func fusedBackwardKeepsBits(threads: Int) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let inputs = Inputs<T>([2, 3, 4111], affine: true, seed: 53)
+            let shape = inputs.shape
+            let plain = inputs.run(eps: 1e-5, threads: threads, stores: .cached)
+            let fused = inputs.run(eps: 1e-5, threads: threads, stores: .streaming)
+            // Compared first: a failing #expect would print both arrays whole.
+            let sameDx = fused.dx == plain.dx
+            #expect(sameDx, "\(T.self), \(threads) threads")
+            #expect(fused.dgamma == plain.dgamma && fused.dbeta == plain.dbeta && fused.instanceSums == plain.instanceSums)
+            let backward = inputs.reference(eps: 1e-5).backward
+            #expect(maxScaledError(fused.dx, backward.dx, scale: magnitude(backward.dx, minimum: 1e-3))
+                    <= outputTolerance(T.self))
+
+            let dx = TensorBuffer<T>(repeating: .nan, count: shape.elementCount)
+            let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
+            let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.channels)
+            let x = TensorBuffer(inputs.x), dy = TensorBuffer(inputs.dy)
+            let statistics = TensorBuffer(plain.statistics), gamma = TensorBuffer(inputs.gamma!)
+            let ready = EventLog()
+            let overlap = BackwardOverlap(
+                tailElements: 5000, progressInterval: 1000,
+                sumsReady: { ready.append(dgamma.array == plain.dgamma ? "ready" : "early") }, progress: {})
+            BatchKernel.backward(
+                dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements, dy: dy.readOnly, x: x.readOnly,
+                statistics: statistics.readOnly, gamma: gamma.readOnly, shape: shape, threads: threads,
+                stores: .streaming, overlap: overlap)
+            let sameDxWithOverlap = dx.array == plain.dx
+            #expect(sameDxWithOverlap, "with overlap: \(T.self), \(threads) threads")
+            #expect(ready.entries == ["ready"])
+        }
+        check(Float16.self)
+        check(Float.self)
+        check(Double.self)
+    }
+
     /// A first value far from the rest makes the one-pass variance about it
     /// cancel; the kernel must notice and take a second pass, on one thread
     /// and with the instance split across threads.
