@@ -1,15 +1,19 @@
 // What the kernels' schedules can reach on this machine, measured side by
-// side in one run: the reasoning behind the speed targets that are not met.
+// side in one run: the reasoning behind the kernels' schedules, and behind
+// the speed targets that are not met.
 // Not part of the library or of the tests; built and run by
 // scripts/kernel-limits. Float32, one thread, AVX2 (x86-64-v3), tensors of
 // (N, 64, S) with N·64·S values each (default the bench's 64,64,56,56).
 //
 // Part 1, backward, channels first: the traffic is read x, dy, write dx
-// (12 B per value, the floor against STREAM add). The library's schedule is
-// `two_pass`: per instance, the sums Σdy, Σdy·x from memory, then dx from L1
+// (12 B per value, the floor against STREAM add). `two_pass` is the plain
+// schedule: per instance, the sums Σdy, Σdy·x from memory, then dx from L1
 // with streaming stores. `single_pass` writes dx from x, dy with no sums:
 // the ceiling of this traffic on one core. `fused_next` overlaps the two
-// passes (dx of instance i in the same loop as the sums of i + 1).
+// passes (dx of instance i in the same loop as the sums of i + 1), and
+// `fused_prefetch_l2` does so with the summed lines prefetched into L2 12 KiB
+// ahead: the library's schedule since the fused backward (the plain
+// `two_pass` remains its schedule below 8 KiB per instance).
 //
 // Part 2, forward, channels last against channels first: `nhwc_registers`
 // is a per-sample two-pass forward with all 2·64 channel sums in registers,
@@ -116,7 +120,9 @@ __attribute__((noinline)) static void single_pass(void) {
     _mm_sfence();
 }
 
-__attribute__((noinline)) static void fused_next(void) {
+// dx of instance n in the loop that sums instance n + 1; with `prefetch`, the
+// summed lines are asked for into L2 12 KiB ahead (the library's schedule).
+static inline __attribute__((always_inline)) void fused(int prefetch) {
     instance_sums(x, dy, S, &sumDy[0], &sumDyX[0]);
     for (size_t n = 0; n < N * C; n++) {
         const float *xs = x + n * S, *dys = dy + n * S;
@@ -128,6 +134,10 @@ __attribute__((noinline)) static void fused_next(void) {
         const float *nextX = xs + S, *nextDy = dys + S;
         __m256 dy0 = _mm256_setzero_ps(), dy1 = dy0, p0 = dy0, p1 = dy0;
         for (size_t i = 0; i < S; i += 16) {
+            if (prefetch) {
+                _mm_prefetch((const char *)(nextX + i + 3072), _MM_HINT_T1);
+                _mm_prefetch((const char *)(nextDy + i + 3072), _MM_HINT_T1);
+            }
             __m256 g0 = _mm256_load_ps(nextDy + i), g1 = _mm256_load_ps(nextDy + i + 8);
             dy0 = _mm256_add_ps(dy0, g0);
             dy1 = _mm256_add_ps(dy1, g1);
@@ -141,6 +151,10 @@ __attribute__((noinline)) static void fused_next(void) {
     }
     _mm_sfence();
 }
+
+__attribute__((noinline)) static void fused_next(void) { fused(0); }
+
+__attribute__((noinline)) static void fused_prefetch_l2(void) { fused(1); }
 
 __attribute__((noinline)) static void sums_only(void) {
     for (size_t n = 0; n < N * C; n++) instance_sums(x + n * S, dy + n * S, S, &sumDy[n], &sumDyX[n]);
@@ -319,10 +333,11 @@ int main(int argc, char **argv) {
 
     Variant backward[] = {
         {"stream_add", stream_add, 0}, {"two_pass", two_pass, 0}, {"single_pass", single_pass, 0},
-        {"fused_next", fused_next, 0}, {"sums_only", sums_only, 0}, {"streaming_writes_only", streaming_writes_only, 0},
+        {"fused_next", fused_next, 0}, {"fused_prefetch_l2", fused_prefetch_l2, 0}, {"sums_only", sums_only, 0},
+        {"streaming_writes_only", streaming_writes_only, 0},
         {"two_pass_64_byte_stores", two_pass_64_byte_stores, 0},
     };
-    int backwardCount = __builtin_cpu_supports("avx512f") ? 7 : 6;
+    int backwardCount = __builtin_cpu_supports("avx512f") ? 8 : 7;
     measure(backward, backwardCount, rounds);
     double add = 24.0 * streamCount / backward[0].median;
     printf("# float32 (%zu, %d, %zu), one thread, %d alternating rounds, medians\n", N, C, S, rounds);
@@ -331,11 +346,11 @@ int main(int argc, char **argv) {
     for (int v = 1; v < backwardCount; v++) {
         double fraction = 12.0 * E / backward[v].median / add;
         printf("%-26s %8.3f ms", backward[v].name, backward[v].median * 1e3);
-        if (v < 4 || v == 6) printf("   %4.0f%% of the backward floor", 100 * fraction);
+        if (v < 5 || v == 7) printf("   %4.0f%% of the backward floor", 100 * fraction);
         printf("\n");
     }
     printf("%-26s %8.3f ms   (sums_only + streaming_writes_only: the passes one after the other)\n", "sum of the two passes",
-           (backward[4].median + backward[5].median) * 1e3);
+           (backward[5].median + backward[6].median) * 1e3);
 
     Variant forward[] = {{"nchw_forward", nchw_forward, 0}, {"nhwc_registers", nhwc_registers, 0},
                          {"nhwc_lane_order", nhwc_lane_order, 0}};
