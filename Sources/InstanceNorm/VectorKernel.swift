@@ -118,6 +118,15 @@ protocol ElementwiseOperation {
     func scalar(at index: Int) -> Scalar.Compute
 }
 
+/// The first index of `range` at which out + index sits on a 64-byte
+/// boundary, or its end: where streaming stores start (a value of T never
+/// straddles the boundary, since T's stride divides 64).
+@inlinable @inline(__always)
+func streamingStart<T>(_ out: UnsafeMutablePointer<T>, _ range: Range<Int>) -> Int {
+    let bytesBefore = (64 - Int(bitPattern: out + range.lowerBound) & 63) & 63
+    return min(range.lowerBound + bytesBefore / MemoryLayout<T>.stride, range.upperBound)
+}
+
 /// out[i] = operation(i) for i in range, in vectors; with `streaming` the
 /// vectors are written with non-temporal stores from the first 64-byte
 /// boundary on, so the output's cache lines are never read.
@@ -129,7 +138,8 @@ func writeElementwise<Operation: ElementwiseOperation>(
     let lanes = T.Vector.scalarCount
     var index = range.lowerBound
     if streaming {
-        while index < range.upperBound && Int(bitPattern: out + index) & 63 != 0 {
+        let vectorsStart = streamingStart(out, range)
+        while index < vectorsStart {
             out[index] = T(rounding: operation.scalar(at: index))
             index += 1
         }
