@@ -25,8 +25,11 @@ let package = Package(
         .library(name: "InstanceNorm", targets: ["InstanceNorm"]),
         /// `.npy` reading and writing, including one rank's slice of the batch.
         .library(name: "NPY", targets: ["NPY"]),
-        /// A thin Swift face over Open MPI.
+        /// A thin Swift face over Open MPI, with the reproducible allreduce.
         .library(name: "MPI", targets: ["MPI"]),
+        /// Sums of doubles that give the same bits in any order: exact
+        /// integer bins, rounded once (no MPI; the MPI module sends them).
+        .library(name: "ReproducibleSum", targets: ["ReproducibleSum"]),
         /// InstanceNorm data-parallel over MPI ranks.
         .library(name: "DataParallel", targets: ["DataParallel"]),
         /// A plain double-precision InstanceNorm, written for clarity: the
@@ -42,7 +45,8 @@ let package = Package(
         .target(name: "InstanceNorm", dependencies: ["_InstanceNormShims"], swiftSettings: kernelSettings),
         .target(name: "InstanceNormReference"),
         .target(name: "NPY"),
-        .target(name: "MPI", dependencies: ["CMPI"]),
+        .target(name: "ReproducibleSum"),
+        .target(name: "MPI", dependencies: ["CMPI", "ReproducibleSum"]),
         .target(
             name: "DataParallel",
             dependencies: ["InstanceNorm", "MPI", "NPY"],
@@ -76,6 +80,7 @@ let package = Package(
             swiftSettings: kernelSettings),
         .testTarget(name: "NPYTests", dependencies: ["NPY"]),
         .testTarget(name: "MPITests", dependencies: ["MPI"]),
+        .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
             dependencies: ["instnorm", "NPY", "TestSupport"]),

@@ -23,11 +23,16 @@ public final class Request {
     /// Arguments MPI reads until the operation completes (the counts of a
     /// non-blocking gather); freed once it has.
     private let owned: UnsafeMutableRawBufferPointer?
+    /// An object whose memory MPI reads and writes until the operation
+    /// completes (the words of a reproducible allreduce), kept alive until then.
+    private let retained: AnyObject?
 
-    init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil) {
+    init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil,
+         retaining retained: AnyObject? = nil) {
         self.handle = handle
         self.startedBy = call
         self.owned = owned
+        self.retained = retained
     }
 
     /// True until the operation has been seen to complete by `test()` or

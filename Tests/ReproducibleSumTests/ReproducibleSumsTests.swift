@@ -1,0 +1,128 @@
+import ReproducibleSum
+import Testing
+import TestSupport
+
+/// The reproducible sum against an exact reference (Shewchuk's partials,
+/// `correctlyRoundedSum`) and closed forms, and its independence of the
+/// order and grouping of the addends.
+struct ReproducibleSumsTests {
+    /// One sum of `values`, added one by one.
+    func sum(_ values: [Double]) -> Double {
+        let sums = ReproducibleSums(count: 1)
+        for value in values { sums.add(value, to: 0) }
+        return sums.sum(at: 0)
+    }
+
+    /// Values of random sign spanning `binades` binades around 1, each with
+    /// a full 53-bit significand.
+    func spread(_ count: Int, binades: Int, seed: UInt64) -> [Double] {
+        var generator = SeededGenerator(seed: seed)
+        return (0..<count).map { _ in
+            let significand = Double.random(in: 1..<2, using: &generator)
+            let exponent = Int.random(in: -binades / 2...binades / 2, using: &generator)
+            return (Bool.random(using: &generator) ? 1 : -1) * Double(sign: .plus, exponent: exponent, significand: significand)
+        }
+    }
+
+    @Test(arguments: [(1, 0), (7, 4), (1000, 60), (1000, 130), (5000, 20)])
+    func correctlyRoundedAgainstTheExactSum(count: Int, binades: Int) {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            let values = spread(count, binades: binades, seed: seed)
+            let expected = correctlyRoundedSum(values)
+            #expect(sum(values).bitPattern == expected.bitPattern, "seed \(seed): \(sum(values)) vs \(expected)")
+        }
+    }
+
+    /// Sums that cancel to a small remainder lose no digit: plain
+    /// summation in any order gets most of these wrong.
+    @Test func cancellationKeepsEveryDigit() {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            var values = spread(500, binades: 100, seed: seed)
+            values += values.map { -$0 }
+            let remainder = Double(seed) * 0x1p-70
+            values.append(remainder)
+            var generator = SeededGenerator(seed: seed)
+            values.shuffle(using: &generator)
+            #expect(sum(values) == remainder)
+            #expect(sum(values.dropLast().map { $0 }) == correctlyRoundedSum(Array(values.dropLast())))
+        }
+    }
+
+    /// Ties round to even; anything past the tie, however small and
+    /// wherever it sits among the addends, rounds away from it.
+    @Test func tiesRoundToEvenAndTheStickyBitCounts() {
+        let halfUlp = 0x1p-53
+        #expect(sum([1, halfUlp]) == 1)
+        #expect(sum([1 + 2 * halfUlp, halfUlp]) == 1 + 4 * halfUlp)
+        #expect(sum([0x1p-120, 1, halfUlp]) == 1 + 2 * halfUlp)
+        #expect(sum([1, halfUlp, -0x1p-120]) == 1)
+        #expect(sum([-1, -halfUlp, -0x1p-120]) == -(1 + 2 * halfUlp))
+        #expect(sum([0x1p-1074, 0x1p-1074, 0x1p-1074]) == 3 * .leastNonzeroMagnitude)
+    }
+
+    /// The same words, so the same result, for every order and grouping:
+    /// addends dealt to parts in many ways, each part summed alone, then
+    /// merged in shuffled order (what ranks and a reduction tree do).
+    @Test func wordsDoNotDependOnOrderOrGrouping() {
+        let values = spread(2000, binades: 300, seed: 7) + [1e300, -1e300, 0x1p-1070, .leastNonzeroMagnitude, 0, -0.0]
+        let whole = ReproducibleSums(count: 1)
+        for value in values { whole.add(value, to: 0) }
+        var generator = SeededGenerator(seed: 11)
+        for parts in [1, 2, 3, 8, 64] {
+            var shuffled = values
+            shuffled.shuffle(using: &generator)
+            let partial = (0..<parts).map { _ in ReproducibleSums(count: 1) }
+            for (index, value) in shuffled.enumerated() { partial[(index * 7) % parts].add(value, to: 0) }
+            let merged = ReproducibleSums(count: 1)
+            for part in partial.shuffled(using: &generator) { merged.add(part) }
+            #expect(Array(merged.words) == Array(whole.words), "\(parts) parts")
+            #expect(merged.addendCount(at: 0) == values.count)
+        }
+    }
+
+    @Test func nonFiniteAddendsFollowFloatingPointAddition() {
+        #expect(sum([1, .infinity, 2]) == .infinity)
+        #expect(sum([-.infinity, 1e308, 1e308]) == -.infinity)
+        #expect(sum([.infinity, -.infinity]).isNaN)
+        #expect(sum([1, .nan]).isNaN)
+        #expect(sum([.infinity, .nan]).isNaN)
+        // Finite addends whose exact sum exceeds the largest double.
+        #expect(sum([.greatestFiniteMagnitude, .greatestFiniteMagnitude]) == .infinity)
+        #expect(sum([-.greatestFiniteMagnitude, -.greatestFiniteMagnitude]) == -.infinity)
+        #expect(sum([.greatestFiniteMagnitude, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]) == .greatestFiniteMagnitude)
+    }
+
+    @Test func emptyZeroAndSubnormalSums() {
+        #expect(sum([]) == 0)
+        #expect(sum([0, -0.0]) == 0)
+        #expect(sum([.leastNonzeroMagnitude, -.leastNonzeroMagnitude]) == 0)
+        #expect(sum([.leastNormalMagnitude, -.leastNonzeroMagnitude]) == .leastNormalMagnitude.nextDown)
+        #expect(sum(Array(repeating: 0x1p-1074, count: 1 << 12)) == 0x1p-1062)
+        #expect(sum([-0x1p-1074, 2]) == 2)
+    }
+
+    /// The documented bound: addends within 2^108 of the largest are kept
+    /// exactly, wherever the largest sits against the 32-bit bins (every
+    /// alignment is tried); far below it, their bits are dropped (the same
+    /// way for every order, see the test above).
+    @Test func theWindowKeepsAddendsWithin2To108OfTheLargest() {
+        for shift in -40..<40 {
+            let large = Double(sign: .plus, exponent: 108 + shift, significand: 0x1.fffffffffffffp0)
+            let small = Double(sign: .plus, exponent: shift, significand: 0x1.fffffffffffffp0)
+            #expect(sum([large, small, -large]) == small, "shift \(shift)")
+            #expect(sum([-large, -small, large]) == -small, "shift \(shift)")
+        }
+        #expect(sum([0x1p200, 1, -0x1p200]) == 0)
+    }
+
+    @Test func independentSumsStayApart() {
+        let sums = ReproducibleSums(count: 3)
+        let values: [Double] = [1, -2, 0.5]
+        for _ in 0..<4 { values.withUnsafeBufferPointer { sums.add($0) } }
+        sums.add(1e-30, to: 1)
+        #expect(sums.sums() == [4, -8 + 1e-30, 2])
+        sums.removeAll()
+        #expect(sums.sums() == [0, 0, 0])
+        #expect(sums.addendCount(at: 2) == 0)
+    }
+}
