@@ -49,12 +49,12 @@ let package = Package(
         .target(name: "MPI", dependencies: ["CMPI", "ReproducibleSum"]),
         .target(
             name: "DataParallel",
-            dependencies: ["InstanceNorm", "MPI", "NPY"],
+            dependencies: ["InstanceNorm", "MPI", "NPY", "ReproducibleSum"],
             swiftSettings: kernelSettings),
         .executableTarget(
             name: "instnorm",
             dependencies: [
-                "DataParallel", "InstanceNorm", "InstanceNormReference", "MPI", "NPY",
+                "DataParallel", "InstanceNorm", "InstanceNormReference", "MPI", "NPY", "ReproducibleSum",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: kernelSettings),

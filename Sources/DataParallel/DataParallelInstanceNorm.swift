@@ -1,5 +1,6 @@
 import InstanceNorm
 import MPI
+import ReproducibleSum
 
 /// A storage precision the layer runs in: `Float16`, `Float` or `Double`.
 ///
@@ -14,9 +15,9 @@ public typealias DataParallelScalar = InstanceNormScalar
 ///
 /// - dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c): the sum over n is exactly the
 ///   sum over ranks (see `ParameterGradientReduction` for how it is formed);
-/// - the running statistics, a mean over the global batch: the per-instance
-///   statistics are gathered and summed in sample order on every rank, so
-///   every rank ends with the bits one process holding the whole batch gets.
+/// - the running statistics, a mean over the global batch: every rank adds
+///   its instances' statistics to `ReproducibleSums`, and one allreduce of
+///   them gives every rank the bits one process holding the whole batch gets.
 ///
 /// Every method here is collective where it says so: every rank must call it,
 /// also a rank with no samples.
@@ -44,9 +45,11 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     public let layout: TensorLayout
 
     /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}], in `Double`; allocated once, as are
-    /// the per-instance sums (s1, s2) of this rank's and of every sample.
+    /// the buffers of the reduction: this rank's per-instance sums (s1, s2),
+    /// the exact sums sent by `.reproducible`, every sample's sums for `.gather`.
     private let parameterGradientSums: TensorBuffer<Double>
     private let localInstanceSums: TensorBuffer<Double>
+    private let exactSums: ReproducibleSums
     private let globalInstanceSums: TensorBuffer<Double>
 
     /// - Parameters:
@@ -77,9 +80,24 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         samples = partition.samples(of: communicator.rank)
         localShape = globalShape.withBatch(samples.count)
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * globalShape.channels)
-        let gathers = reduction == .reproducible
-        localInstanceSums = TensorBuffer(repeating: 0, count: gathers ? 2 * localShape.instanceCount : 0)
-        globalInstanceSums = TensorBuffer(repeating: 0, count: gathers ? 2 * globalShape.instanceCount : 0)
+        localInstanceSums = TensorBuffer(repeating: 0, count: reduction == .allreduce ? 0 : 2 * localShape.instanceCount)
+        exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * globalShape.channels : 0)
+        globalInstanceSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.instanceCount : 0)
+    }
+
+    /// The bytes of the dγ, dβ reduction's collective on this rank per
+    /// backward: what it puts in (its own buffer) and what it gets back.
+    /// How the MPI library moves them (ring, tree) multiplies both by a
+    /// small factor; the point is how they grow with N and P.
+    public var reductionBytes: (sent: Int, received: Int) {
+        let channels = globalShape.channels, word = MemoryLayout<Double>.stride
+        switch reduction {
+        case .reproducible:
+            let bytes = 2 * channels * ReproducibleSums.wordsPerSum * MemoryLayout<Int64>.stride
+            return (bytes, bytes)
+        case .allreduce: return (2 * channels * word, 2 * channels * word)
+        case .gather: return (2 * localShape.instanceCount * word, 2 * globalShape.instanceCount * word)
+        }
     }
 
     /// The element range of this rank's slice within a global tensor (of
@@ -112,7 +130,8 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     }
 
     /// Backward: dx of the local slice, and dγ, dβ of the global batch.
-    /// Collective (one allgatherv of 2·N·C doubles, or one allreduce of 2·C).
+    /// Collective: one allreduce of 2·C reproducible sums (16·C words), of
+    /// 2·C doubles, or one allgatherv of 2·N·C doubles (see `reduction`).
     ///
     /// The collective is hidden: it starts, non-blocking, as soon as this
     /// rank's sums exist, which is before the dx of the last instances of
@@ -122,8 +141,9 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     ///
     /// - Returns: the seconds from the end of the dx pass to dγ, dβ complete:
     ///   the wait for the collective (with `overlapsReduction` false: the
-    ///   whole blocking collective) and, `.reproducible`, the sum in sample
-    ///   order. What the reduction adds to the step.
+    ///   whole blocking collective) and what turns its result into dγ, dβ
+    ///   (rounding the exact sums, or adding the gathered ones in sample
+    ///   order). What the reduction adds to the step.
     @discardableResult
     public func backward(
         dx: UnsafeMutableBufferPointer<T>,
@@ -140,11 +160,15 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
             dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<channels]),
             dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
             dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
-            instanceSums: reduction == .reproducible ? localInstanceSums.elements : nil,
+            instanceSums: reduction == .allreduce ? nil : localInstanceSums.elements,
             overlap: overlapsReduction ? collective.hooks : nil, layout: layout)
         let waitStart = MPI.wallTime()
         if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
-        if reduction == .reproducible { sumGatheredInSampleOrder() }
+        switch reduction {
+        case .reproducible: exactSums.round(into: sums)
+        case .gather: sumGatheredInSampleOrder()
+        case .allreduce: break
+        }
         let exposed = MPI.wallTime() - waitStart
         for channel in 0..<channels {
             dgamma[channel] = T(sums[channel])
@@ -159,9 +183,23 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         case .allreduce:
             return try communicator.iallreduce(parameterGradientSums.elements, .sum)
         case .reproducible:
+            addLocalSums(to: exactSums)
+            return try communicator.iallreduce(exactSums)
+        case .gather:
             return try communicator.iallgatherv(
                 localInstanceSums.readOnly, into: globalInstanceSums.elements,
                 counts: partition.counts.map { 2 * $0 * globalShape.channels })
+        }
+    }
+
+    /// This rank's addends of dγ_c = Σ_n s2(n,c) (sum c) and dβ_c = Σ_n s1(n,c)
+    /// (sum C + c), one per instance.
+    private func addLocalSums(to sums: ReproducibleSums) {
+        let channels = globalShape.channels, instanceSums = localInstanceSums.elements
+        sums.removeAll()
+        for instance in 0..<localShape.instanceCount {
+            sums.add(instanceSums[2 * instance + 1], to: instance % channels)
+            sums.add(instanceSums[2 * instance], to: channels + instance % channels)
         }
     }
 
@@ -178,39 +216,29 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     }
 
     /// One training step's update of the running statistics (PyTorch's
-    /// semantics, see `RunningStatistics`), identical on every rank and equal
-    /// to the single-process result bit for bit. Collective (one allgatherv
-    /// of 2·N·C doubles). Needs M ≥ 2 and N ≥ 1.
+    /// semantics, see `RunningStatistics`), identical on every rank and the
+    /// same bits at every rank count: Σ_n μ(n,c) and Σ_n σ²(n,c)·M/(M−1) are
+    /// reproducible sums. Collective (one allreduce of 2·C reproducible
+    /// sums). Needs M ≥ 2 and N ≥ 1.
     public func updateRunningStatistics(
         runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
     ) throws {
-        let global = try gatherStatistics(statistics)
-        let sums = global.withUnsafeBufferPointer {
-            RunningStatistics.channelSums($0, channels: globalShape.channels, spatialCount: globalShape.spatialCount)
+        precondition(statistics.count == localShape.instanceCount)
+        precondition(globalShape.spatialCount >= 2, "the unbiased variance needs at least two values per instance")
+        let channels = globalShape.channels
+        let besselCorrection = Double(globalShape.spatialCount) / Double(globalShape.spatialCount - 1)
+        let sums = ReproducibleSums(count: 2 * channels)
+        for (instance, instanceStatistics) in statistics.enumerated() {
+            sums.add(instanceStatistics.mean, to: instance % channels)
+            sums.add(instanceStatistics.variance * besselCorrection, to: channels + instance % channels)
         }
+        try communicator.allreduce(sums)
+        let totals = sums.sums()
         RunningStatistics.update(
             runningMean: runningMean, runningVar: runningVar,
-            meanSum: sums.meanSum, unbiasedVarianceSum: sums.unbiasedVarianceSum,
+            meanSum: Array(totals[0..<channels]), unbiasedVarianceSum: Array(totals[channels...]),
             batch: globalShape.batch, momentum: momentum)
-    }
-
-    /// Every rank's (mean, variance) per instance, in global instance order.
-    private func gatherStatistics(
-        _ statistics: UnsafeBufferPointer<InstanceStatistics>
-    ) throws -> [InstanceStatistics] {
-        precondition(statistics.count == localShape.instanceCount)
-        let local = statistics.flatMap { [$0.mean, $0.variance] }
-        let counts = partition.counts.map { 2 * $0 * globalShape.channels }
-        var gathered = [Double](repeating: 0, count: 2 * globalShape.instanceCount)
-        try local.withUnsafeBufferPointer { send in
-            try gathered.withUnsafeMutableBufferPointer { receive in
-                try communicator.allgatherv(send, into: receive, counts: counts)
-            }
-        }
-        return (0..<globalShape.instanceCount).map { instance in
-            InstanceStatistics(mean: gathered[2 * instance], variance: gathered[2 * instance + 1], eps: eps)
-        }
     }
 }
 
@@ -218,19 +246,21 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
 ///
 /// Floating-point addition is not associative, so a sum split differently
 /// across ranks ends in different last bits: PyTorch, DDP, Horovod and NCCL
-/// all give rank-count-dependent gradients. Here every instance's (s1, s2)
-/// is already a per-sample partial sum, computed from that sample's data
-/// alone in a fixed order (see `InstanceKernel`), so gathering them and
-/// adding them in sample order on every rank reproduces the single-process
-/// sum exactly, at the cost of sending 2·N·C doubles instead of 2·C. That
-/// costs nothing measurable here (the gather is hidden behind the dx pass
-/// like the allreduce was, and the N·C additions are a rounding error of the
-/// backward's N·C·M), so it is the default.
-public enum ParameterGradientReduction: Sendable, Equatable {
-    /// Gather every instance's sums; add them in sample order on every
-    /// rank: the same bits for every rank and thread count.
+/// all give rank-count-dependent gradients. Every instance's (s1, s2) is a
+/// per-sample partial sum, computed from that sample's data alone in a fixed
+/// order (see `InstanceKernel`); what differs between the modes is how those
+/// N·C addends per parameter are added.
+public enum ParameterGradientReduction: String, Sendable, Equatable, CaseIterable {
+    /// Each rank adds its instances' sums exactly to `ReproducibleSums`, and
+    /// one allreduce of 16·C words combines them: the exact sum rounded once,
+    /// the same bits for every rank and thread count, with traffic that
+    /// does not grow with the batch. The default.
     case reproducible
-    /// Each rank sums its own samples; one allreduce of 2·C numbers finishes
-    /// them: the last bits depend on the rank count.
+    /// Each rank sums its own samples in `Double`; one allreduce of 2·C
+    /// doubles finishes them: the last bits depend on the rank count.
     case allreduce
+    /// Every rank gathers every instance's sums (2·N·C doubles) and adds
+    /// them in sample order: the same bits for every rank count, with
+    /// traffic that grows with the global batch. Kept for comparison.
+    case gather
 }

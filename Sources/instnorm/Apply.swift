@@ -56,8 +56,9 @@ struct Apply: ParsableCommand {
     var layout: Layout = .nchw
 
     @Option(help: """
-        How dgamma, dbeta are summed over ranks: reproducible adds every sample's sums in sample order \
-        (the same bits at any rank count); allreduce sums each rank's samples, then over ranks.
+        How dgamma, dbeta are summed over ranks: reproducible sums every sample's sums exactly and rounds once \
+        (the same bits at any rank count); allreduce sums each rank's samples, then over ranks; gather adds \
+        every sample's sums in sample order on every rank.
         """)
     var reduction: Reduction = .reproducible
 

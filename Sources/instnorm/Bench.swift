@@ -33,7 +33,11 @@ struct Bench: ParsableCommand {
     @Option(help: "Memory layout of x, y, dy, dx: nchw = (N, C, S...), nhwc = (N, S..., C); --shape is N,C,S... either way.")
     var layout: Layout = .nchw
 
-    @Option(help: "How dgamma, dbeta are summed over ranks: reproducible (in sample order, the same bits at any rank count) or allreduce.")
+    @Option(help: """
+        How dgamma, dbeta are summed over ranks: reproducible (exact integer sums in one allreduce of 16·C words, \
+        the same bits at any rank count), allreduce (plain double sums, the bits depend on the rank count) \
+        or gather (every sample's sums to every rank, added in sample order).
+        """)
     var reduction: Reduction = .reproducible
 
     @Option(help: "Timed iterations.")
@@ -103,14 +107,9 @@ enum Layout: String, ExpressibleByArgument, CaseIterable {
 
 /// `ParameterGradientReduction` as a flag value.
 enum Reduction: String, ExpressibleByArgument, CaseIterable {
-    case reproducible, allreduce
+    case reproducible, allreduce, gather
 
-    var method: ParameterGradientReduction {
-        switch self {
-        case .reproducible: .reproducible
-        case .allreduce: .allreduce
-        }
-    }
+    var method: ParameterGradientReduction { ParameterGradientReduction(rawValue: rawValue)! }
 }
 
 /// `StorePolicy` as a flag value.

@@ -15,6 +15,8 @@ struct BenchReport {
     let library: String
     let verification: Verification?
     let checksum: ChecksumResult?
+    /// The dγ, dβ collective's bytes on rank 0, which holds the most samples.
+    let reductionBytes: (sent: Int, received: Int)
 
     func print(json: Bool) {
         Console.output(json ? jsonText : tableText)
@@ -48,8 +50,9 @@ struct BenchReport {
 
     private var reductionText: String {
         switch options.reduction {
-        case .reproducible: "gathering every instance's sums and adding them in sample order (the same bits at any rank count)"
+        case .reproducible: "an allreduce of exact integer sums, rounded once (the same bits at any rank count)"
         case .allreduce: "an allreduce of the per-rank sums (the last bits depend on the rank count)"
+        case .gather: "gathering every instance's sums and adding them in sample order (the same bits at any rank count)"
         }
     }
 
@@ -65,7 +68,8 @@ struct BenchReport {
             "# floor: forward moves \(2 * elementBytes) B/element against copy, backward \(3 * elementBytes) B/element against add",
             "# layout \(options.layout.rawValue); dgamma, dbeta reduced by \(reductionText), "
                 + "\(options.overlap ? "started as soon as the local sums exist, hidden behind the dx pass" : "blocking, after the dx pass")",
-            "# allreduce row: what the reduction adds after the dx pass (wait for the collective\(options.reduction == .reproducible ? " + sum in sample order" : "")) "
+            "# reduction traffic per rank and backward: \(reductionBytes.sent) B sent, \(reductionBytes.received) B received",
+            "# allreduce row: what the reduction adds after the dx pass (wait for the collective\(options.reduction == .allreduce ? "" : " + the final sum")) "
                 + "on the last rank to finish its dx, part of backward; imbalance is how much longer the first rank waited",
             "# \(library)",
         ]
@@ -100,6 +104,9 @@ struct BenchReport {
             ("overlap", options.overlap ? "true" : "false"),
             ("layout", quoted(options.layout.rawValue)),
             ("reduction", quoted(options.reduction.rawValue)),
+            ("reduction_bytes_per_rank", "\(reductionBytes.sent + reductionBytes.received)"),
+            ("reduction_sent_bytes_per_rank", "\(reductionBytes.sent)"),
+            ("reduction_received_bytes_per_rank", "\(reductionBytes.received)"),
         ]
         for entry in rows {
             fields += [

@@ -25,7 +25,7 @@ struct BenchRun<T: DataParallelScalar> {
             let report = BenchReport(
                 options: options, shape: globalShape, ranks: communicator.size, elementBytes: MemoryLayout<T>.stride,
                 timings: timings, bandwidth: bandwidth, library: MPI.libraryVersion, verification: verification,
-                checksum: checksum)
+                checksum: checksum, reductionBytes: layer.reductionBytes)
             report.print(json: options.json)
         }
         if let verification, !verification.passed {

@@ -17,7 +17,7 @@ struct Instnorm: ParsableCommand {
             64 usage error, 65 bad input file, 70 MPI failure, 71 out of memory, 74 I/O failure.
             """,
         version: "0.1.0",
-        subcommands: [Bench.self, Apply.self],
+        subcommands: [Bench.self, Apply.self, Collectives.self],
         defaultSubcommand: Bench.self)
 }
 

@@ -97,9 +97,10 @@ extension InstnormCLI {
         }
     }
 
-    /// `--reduction allreduce` sums dγ, dβ per rank, then over ranks: the
-    /// same values as the reproducible sum up to rounding, and with one rank
-    /// (the same order of additions) the same bits.
+    /// `--reduction allreduce` sums dγ, dβ per rank, then over ranks, and
+    /// `gather` in sample order: with one rank (the same order of additions)
+    /// the same bits; split over ranks, and the exact sums of
+    /// `reproducible`, the same values up to rounding.
     @Suite struct AllreduceReduction {
         @Test func closeToTheReproducibleSum() async throws {
             try await withTemporaryDirectory { folder in
@@ -108,16 +109,19 @@ extension InstnormCLI {
                 let arguments = { (output: String) in
                     ApplyInputs<Double>.trainingArguments(inputs: folder, output: folder + output, eps: 1e-5, momentum: 0.1)
                 }
-                try await Launcher.apply(ranks: 1, arguments("/reproducible"))
+                try await Launcher.apply(ranks: 3, arguments("/reproducible"))
+                try await Launcher.apply(ranks: 1, arguments("/gather") + ["--reduction", "gather"])
                 try await Launcher.apply(ranks: 1, arguments("/allreduce1") + ["--reduction", "allreduce"])
                 try await Launcher.apply(ranks: 3, arguments("/allreduce3") + ["--reduction", "allreduce"])
                 for name in ["dgamma.npy", "dbeta.npy"] {
-                    #expect(bytes(folder + "/allreduce1/" + name) == bytes(folder + "/reproducible/" + name))
-                    let expected = try readOutput(folder + "/reproducible/" + name, as: Double.self, shape: [5])
-                    let split = try readOutput(folder + "/allreduce3/" + name, as: Double.self, shape: [5])
-                    let scale = expected.map(abs).max()! + 1
-                    for (value, reference) in zip(split, expected) {
-                        #expect(abs(value - reference) <= 1e-13 * scale, "\(name): \(value) vs \(reference)")
+                    #expect(bytes(folder + "/allreduce1/" + name) == bytes(folder + "/gather/" + name))
+                    let expected = try readOutput(folder + "/gather/" + name, as: Double.self, shape: [5])
+                    for other in ["/allreduce3/", "/reproducible/"] {
+                        let values = try readOutput(folder + other + name, as: Double.self, shape: [5])
+                        let scale = expected.map(abs).max()! + 1
+                        for (value, reference) in zip(values, expected) {
+                            #expect(abs(value - reference) <= 1e-13 * scale, "\(other)\(name): \(value) vs \(reference)")
+                        }
                     }
                 }
             }

@@ -1,0 +1,99 @@
+import ArgumentParser
+import DataParallel
+import InstanceNorm
+import MPI
+import ReproducibleSum
+
+/// `instnorm collectives`: the latency of the collectives the library uses,
+/// over a sweep of message sizes, as the OSU micro-benchmarks measure them;
+/// the input of `scripts/scaling-model`.
+struct Collectives: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Time the library's collectives (allreduce, reproducible allreduce, allgatherv) over message sizes.",
+        discussion: """
+            For each collective and size: a barrier, then --iterations calls back to back; a rank's time \
+            per call is the average over them, the call's time the maximum over ranks; the row gives the \
+            median, min and max over --rounds. Sizes are the bytes of one rank's buffer: the 2·C doubles \
+            of allreduce, the 64-byte sums of reproducible (8 words each), and for allgatherv the bytes \
+            every rank receives, split as evenly over the ranks as the batch is.
+            """)
+
+    @Option(help: ArgumentHelp("Message sizes in bytes, comma separated.", valueName: "B,B,..."))
+    var sizes: ShapeArgument = ShapeArgument(dimensions: [64, 512, 4096, 32768, 262_144, 2_097_152])
+
+    @Option(help: "Calls per round (fewer for messages over 64 KiB: a round is kept near this many KiB·calls).")
+    var iterations: Int = 200
+
+    @Option(help: "Rounds per size; the median is reported.")
+    var rounds: Int = 5
+
+    @Flag(help: "One JSON object per line instead of the table.")
+    var json = false
+
+    func validate() throws {
+        guard sizes.dimensions.allSatisfy({ $0 >= 64 && $0 % 64 == 0 }) else {
+            throw ValidationError("--sizes \(sizes): every size must be a multiple of 64 bytes, at least 64")
+        }
+        guard iterations >= 1 else { throw ValidationError("--iterations must be >= 1, got \(iterations)") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be >= 1, got \(rounds)") }
+    }
+
+    func run() throws {
+        let communicator = Communicator.world
+        if communicator.rank == 0 && !json {
+            Console.output("# instnorm collectives: \(communicator.size) ranks; \(MPI.libraryVersion)")
+            Console.output("# microseconds per call (max over ranks of each rank's average), median / min / max over \(rounds) rounds")
+            Console.output(["collective", "bytes", "median_us", "min_us", "max_us"].map { rightAligned($0, 13) }.joined())
+        }
+        for kind in CollectiveKind.allCases {
+            for bytes in sizes.dimensions {
+                let calls = max(1, min(iterations, iterations * 65536 / bytes))
+                let call = try kind.prepare(bytes: bytes, communicator: communicator)
+                try call()  // warm-up: connections, the op's creation
+                var perCall: [Double] = []
+                for _ in 0..<rounds {
+                    try communicator.barrier()
+                    let start = MPI.wallTime()
+                    for _ in 0..<calls { try call() }
+                    perCall.append(try communicator.allreduce((MPI.wallTime() - start) / Double(calls), .max))
+                }
+                guard communicator.rank == 0 else { continue }
+                let summary = Summary(perCall)
+                let micro = { (seconds: Double) in fixed(seconds * 1e6, 2) }
+                if json {
+                    Console.output("{\"collective\": \"\(kind.rawValue)\", \"ranks\": \(communicator.size), \"bytes\": \(bytes), "
+                        + "\"median_us\": \(micro(summary.median)), \"min_us\": \(micro(summary.minimum)), \"max_us\": \(micro(summary.maximum))}")
+                } else {
+                    Console.output([kind.rawValue, "\(bytes)", micro(summary.median), micro(summary.minimum), micro(summary.maximum)]
+                        .map { rightAligned($0, 13) }.joined())
+                }
+            }
+        }
+    }
+}
+
+/// The collectives of the three `--reduction` modes.
+enum CollectiveKind: String, CaseIterable {
+    case allreduce, reproducible, allgatherv
+
+    /// One call of this collective on a buffer of `bytes`, its buffers
+    /// allocated once.
+    func prepare(bytes: Int, communicator: Communicator) throws -> () throws -> Void {
+        switch self {
+        case .allreduce:
+            let buffer = TensorBuffer<Double>(repeating: 1, count: bytes / 8)
+            return { try communicator.allreduce(buffer.elements, .sum) }
+        case .reproducible:
+            let sums = ReproducibleSums(count: bytes / (8 * ReproducibleSums.wordsPerSum))
+            for index in 0..<sums.count { sums.add(Double(index + communicator.rank), to: index) }
+            // The same words every call: the sums grow by the ranks' count
+            // of addends, far below the 2^31 a sum holds.
+            return { try communicator.allreduce(sums) }
+        case .allgatherv:
+            let counts = BatchPartition(batch: bytes / 8, ranks: communicator.size).counts
+            let send = TensorBuffer<Double>(repeating: 1, count: counts[communicator.rank])
+            let receive = TensorBuffer<Double>(repeating: 0, count: bytes / 8)
+            return { try communicator.allgatherv(send.readOnly, into: receive.elements, counts: counts) }
+        }
+    }
+}
