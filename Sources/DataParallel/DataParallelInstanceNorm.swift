@@ -1,3 +1,4 @@
+import Dispatch
 import InstanceNorm
 import MPI
 import ReproducibleSum
@@ -193,14 +194,26 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     }
 
     /// This rank's addends of dγ_c = Σ_n s2(n,c) (sum c) and dβ_c = Σ_n s1(n,c)
-    /// (sum C + c), one per instance.
+    /// (sum C + c), one per instance. Each worker thread takes a run of
+    /// channels: their sums are disjoint cache lines, and the result does not
+    /// depend on who adds what.
     private func addLocalSums(to sums: ReproducibleSums) {
-        let channels = globalShape.channels, instanceSums = localInstanceSums.elements
         sums.removeAll()
-        for instance in 0..<localShape.instanceCount {
-            sums.add(instanceSums[2 * instance + 1], to: instance % channels)
-            sums.add(instanceSums[2 * instance], to: channels + instance % channels)
+        let channels = globalShape.channels, samples = localShape.batch
+        let instanceSums = SendablePointer(localInstanceSums.elements.baseAddress!)
+        let workers = min(threads, channels)
+        let addRun = { @Sendable (worker: Int) in
+            let run = channels * worker / workers..<channels * (worker + 1) / workers
+            for sample in 0..<samples {
+                for channel in run {
+                    let instance = sample * channels + channel
+                    sums.add(instanceSums.pointer[2 * instance + 1], to: channel)
+                    sums.add(instanceSums.pointer[2 * instance], to: channels + channel)
+                }
+            }
         }
+        if workers == 1 { return addRun(0) }
+        DispatchQueue.concurrentPerform(iterations: workers, execute: addRun)
     }
 
     /// dγ_c = Σ_n s2(n,c), dβ_c = Σ_n s1(n,c) over the gathered sums, added
@@ -263,4 +276,10 @@ public enum ParameterGradientReduction: String, Sendable, Equatable, CaseIterabl
     /// them in sample order: the same bits for every rank count, with
     /// traffic that grows with the global batch. Kept for comparison.
     case gather
+}
+
+/// A pointer that may cross into worker closures, which read it only.
+struct SendablePointer<Pointee>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Pointee>
+    init(_ pointer: UnsafeMutablePointer<Pointee>) { self.pointer = pointer }
 }

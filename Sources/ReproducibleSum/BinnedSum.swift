@@ -21,7 +21,7 @@
 ///
 ///     [0]  top: the window's highest bin, or `emptyTop` (no nonzero finite addend)
 ///     [1]  flags in bits 0-2 (NaN, +∞, −∞ seen) | number of addends << 8
-///     [2…7] limbs: limb k holds bin top − k
+///     [2…7] limbs: limb j holds bin top − 5 + j
 ///
 /// What is kept: every bit at or above 2^(32·(top − 5) − 1074). The top
 /// bin starts at most 31 bits below the largest addend's leading bit, so
@@ -60,21 +60,36 @@ enum BinnedSum {
             return
         }
         // |value| = significand·2^(lowBit − 1074); subnormals have no hidden bit.
-        let significand = biasedExponent == 0 ? fraction : fraction | 1 << 52
+        let significand = fraction | UInt64(biasedExponent != 0 ? 1 : 0) << 52
         guard significand != 0 else { return }
         let lowBit = max(biasedExponent, 1) - 1
         let highBit = lowBit + 63 - Int64(significand.leadingZeroBitCount)
-        raiseTop(of: sum, to: highBit >> 5)
-        // The digits of bins lowBin, lowBin + 1, lowBin + 2.
-        let lowBin = lowBit >> 5
+        if highBit >> 5 > sum[0] { raiseTop(of: sum, to: highBit >> 5) }
+        // Where the value's lowest bit falls in the window, counted from
+        // the window's lowest bit.
+        let offset = lowBit - Int64(binBits) * (sum[0] - Int64(limbs - 1))
+        guard offset >= 0 else { return addStraddlingTheWindow(significand, lowBit, negative: bits >> 63 != 0, to: sum) }
+        // Three digits from bin offset/32 up; the value ends at or below
+        // the top bin, so a digit past it is 0 and may go to the top limb.
+        let lowLimb = Int(offset >> 5)
+        let shift = UInt64(offset & 31)
+        let low = significand &<< shift, high = (significand >> 1) &>> (63 - shift)  // the 84-bit significand·2^shift
+        let sign = Int64(bitPattern: bits) >> 63  // 0 or −1: x ↦ (x ^ sign) − sign negates when −1
+        let limbs = sum + 2
+        limbs[lowLimb] &+= (Int64(low & 0xFFFF_FFFF) ^ sign) &- sign
+        limbs[min(lowLimb + 1, Self.limbs - 1)] &+= (Int64(low >> 32) ^ sign) &- sign
+        limbs[min(lowLimb + 2, Self.limbs - 1)] &+= (Int64(high) ^ sign) &- sign
+    }
+
+    /// The digits of a value whose lowest bits lie below the window: those
+    /// in it are added, the others dropped.
+    @usableFromInline
+    static func addStraddlingTheWindow(_ significand: UInt64, _ lowBit: Int64, negative: Bool, to sum: UnsafeMutablePointer<Int64>) {
+        let lowBin = lowBit >> 5, baseBin = sum[0] - Int64(limbs - 1)
         let aligned = UInt128(significand) << (lowBit & 31)
-        let negative = bits >> 63 != 0
-        let top = sum[0]
-        for digitIndex in 0..<Int64(3) {
-            let limb = top - (lowBin + digitIndex)
-            guard limb >= 0 && limb < limbs else { continue }
+        for digitIndex in 0..<Int64(3) where lowBin + digitIndex >= baseBin && lowBin + digitIndex <= sum[0] {
             let digit = Int64(truncatingIfNeeded: (aligned >> (32 * digitIndex)) & 0xFFFF_FFFF)
-            sum[2 + Int(limb)] &+= negative ? -digit : digit
+            sum[2 + Int(lowBin + digitIndex - baseBin)] &+= negative ? -digit : digit
         }
     }
 
@@ -90,8 +105,8 @@ enum BinnedSum {
             return
         }
         let shift = Int(top - current)
-        for limb in stride(from: limbs - 1, through: 0, by: -1) {
-            sum[2 + limb] = limb >= shift ? sum[2 + limb - shift] : 0
+        for limb in 0..<limbs {
+            sum[2 + limb] = limb + shift < limbs ? sum[2 + limb + shift] : 0
         }
     }
 
@@ -106,7 +121,7 @@ enum BinnedSum {
         raiseTop(of: target, to: source[0])
         let shift = Int(target[0] - source[0])
         for limb in min(shift, limbs)..<limbs {
-            target[2 + limb] &+= source[2 + limb - shift]
+            target[2 + limb - shift] &+= source[2 + limb]
         }
     }
 
@@ -152,7 +167,7 @@ enum BinnedSum {
 }
 
 /// A 256-bit unsigned integer, as much as the six limbs of a sum can make:
-/// |Σ limb_k·2^(32·(5 − k))| < 2^63·2^161.
+/// |Σ limb_j·2^(32·j)| < 2^63·2^161.
 @usableFromInline
 struct WideInteger {
     /// Little-endian 64-bit words.
@@ -160,7 +175,7 @@ struct WideInteger {
 
     @inlinable init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
 
-    /// Σ limbs[k]·2^(32·(limbs.count − 1 − k)) as a sign and a magnitude.
+    /// Σ limbs[j]·2^(32·j) as a sign and a magnitude.
     @inlinable
     static func combining(limbs: UnsafeBufferPointer<Int64>) -> (negative: Bool, magnitude: WideInteger) {
         // Carries propagated from the lowest limb up, 32 bits at a time;
@@ -168,7 +183,7 @@ struct WideInteger {
         var value = WideInteger(words: (0, 0, 0, 0))
         var carry: Int128 = 0
         for digit in 0..<8 {
-            if digit < limbs.count { carry += Int128(limbs[limbs.count - 1 - digit]) }
+            if digit < limbs.count { carry += Int128(limbs[digit]) }
             value[digit / 2] |= UInt64(UInt32(truncatingIfNeeded: carry)) << (32 * UInt64(digit % 2))
             carry >>= 32
         }
