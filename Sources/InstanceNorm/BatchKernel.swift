@@ -12,11 +12,25 @@ import _InstanceNormShims
 /// worker thread while the calling thread waits, never concurrently with
 /// anything else that calls it: hence `@unchecked Sendable`.
 public struct BackwardOverlap: @unchecked Sendable {
+    /// Values per worker whose dx is written after `sumsReady`, while the
+    /// reduction is in flight: the work that hides it.
     public var tailElements: Int
+    /// How many dx values a worker writes between two calls of `progress`.
     public var progressInterval: Int
+    /// Called once, on the calling thread, as soon as dγ, dβ (and the
+    /// per-instance sums) of this batch are complete.
     public var sumsReady: () -> Void
+    /// Called on one worker thread every `progressInterval` values of the
+    /// tails' dx pass, to advance a non-blocking collective.
     public var progress: () -> Void
 
+    /// Hooks with the given tail size and polling interval.
+    ///
+    /// - Parameters:
+    ///   - tailElements: values per worker left for after `sumsReady`.
+    ///   - progressInterval: dx values written between two `progress` calls.
+    ///   - sumsReady: called once when dγ, dβ are complete.
+    ///   - progress: called periodically from one worker during the tails.
     public init(
         tailElements: Int = 1 << 18, progressInterval: Int = 1 << 14,
         sumsReady: @escaping () -> Void, progress: @escaping () -> Void
@@ -47,7 +61,9 @@ public enum BatchKernel {
     ///   - y: (N, C, S…) output.
     ///   - statistics: (N, C) output: mean, biased variance, invstd per instance.
     ///   - x: (N, C, S…) input.
-    ///   - gamma, beta: (C,) affine parameters, or nil for γ = 1, β = 0.
+    ///   - gamma: (C,) scale γ, or nil for γ = 1.
+    ///   - beta: (C,) shift β, or nil for β = 0.
+    ///   - shape: (N, C, S…) of x and y, whatever their layout.
     ///   - eps: ε > 0, added to the variance.
     ///   - threads: worker threads, ≥ 1.
     ///   - stores: how y is written.
@@ -87,6 +103,19 @@ public enum BatchKernel {
 
     /// Evaluation-mode forward: every instance of channel c normalized with the
     /// running mean and variance of c, y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
+    ///
+    /// - Parameters:
+    ///   - y: (N, C, S…) output.
+    ///   - x: (N, C, S…) input.
+    ///   - runningMean: (C,) running mean of each channel.
+    ///   - runningVar: (C,) running (unbiased) variance of each channel.
+    ///   - gamma: (C,) scale γ, or nil for γ = 1.
+    ///   - beta: (C,) shift β, or nil for β = 0.
+    ///   - shape: (N, C, S…) of x and y, whatever their layout.
+    ///   - eps: ε > 0, added to the running variance.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how y is written.
+    ///   - layout: channels first or last for x and y.
     @inlinable
     @_specialize(where T == Float16)
     @_specialize(where T == Float)
@@ -134,9 +163,13 @@ public enum BatchKernel {
     ///
     /// - Parameters:
     ///   - dx: (N, C, S…) output.
-    ///   - dgamma, dbeta: (C,) outputs, overwritten.
-    ///   - dy, x: (N, C, S…) inputs; statistics: (N, C) from `forward`.
+    ///   - dgamma: (C,) output dγ, overwritten.
+    ///   - dbeta: (C,) output dβ, overwritten.
+    ///   - dy: (N, C, S…) input, the gradient of the loss with respect to y.
+    ///   - x: (N, C, S…) input, the forward's.
+    ///   - statistics: (N, C) from `forward`.
     ///   - gamma: (C,) or nil for γ = 1.
+    ///   - shape: (N, C, S…) of x, dy and dx, whatever their layout.
     ///   - threads: worker threads, ≥ 1.
     ///   - stores: how dx is written.
     ///   - instanceSums: (N, C, 2) output, s1 and s2 of every instance,

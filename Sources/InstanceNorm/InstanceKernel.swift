@@ -9,12 +9,14 @@ public struct InstanceStatistics: Equatable, Sendable {
     /// r = 1 / sqrt(σ² + ε).
     public var invstd: Double
 
+    /// Statistics with every field given.
     public init(mean: Double, variance: Double, invstd: Double) {
         self.mean = mean
         self.variance = variance
         self.invstd = invstd
     }
 
+    /// Statistics whose invstd is computed: r = 1 / sqrt(`variance` + `eps`).
     public init(mean: Double, variance: Double, eps: Double) {
         self.init(mean: mean, variance: variance, invstd: 1 / (variance + eps).squareRoot())
     }
@@ -43,7 +45,7 @@ public struct InstanceStatistics: Equatable, Sendable {
 ///     s1 = Σ dy_m               s2 = Σ dy_m·x̂_m
 ///     dx_m = γ·r·(dy_m − s1/M − x̂_m·s2/M)
 ///
-/// The derivation is in README.md. Values are read in the storage precision
+/// The derivation is in docs/numerics-and-reproducibility.md. Values are read in the storage precision
 /// `T` and computed in `T.Compute` (see `InstanceNormScalar`); every sum is
 /// finished in `Double`, chunk by chunk in a fixed order, so the result does
 /// not depend on who calls. No kernel forms E[x²] − E[x]²: the variance is a
@@ -118,8 +120,14 @@ public enum InstanceKernel {
     /// (with μ = 1e4, σ = 1e-3 in Float, a·x ≈ 1e7 has an ulp of 1). y is
     /// rounded to `T` once, when it is stored.
     ///
-    /// - Parameter streaming: write y with non-temporal stores (for outputs
-    ///   larger than the last-level cache: see `StorePolicy`).
+    /// - Parameters:
+    ///   - y: the instance's M output values.
+    ///   - x: the instance's M input values.
+    ///   - statistics: the instance's statistics (from `moments(of:)`).
+    ///   - gamma: γ of the instance's channel.
+    ///   - beta: β of the instance's channel.
+    ///   - streaming: write y with non-temporal stores (for outputs
+    ///     larger than the last-level cache: see `StorePolicy`).
     @inlinable
     public static func normalize<T: InstanceNormScalar>(
         _ y: UnsafeMutableBufferPointer<T>,
@@ -180,8 +188,17 @@ public enum InstanceKernel {
     /// Centering dy on m̄ and x on μ_hi keeps the terms small, so an instance
     /// of one value (M = 1) or a constant dy gives dx = 0 exactly.
     ///
-    /// - Parameter spatialCount: M, when the buffers hold only part of the
-    ///   instance (a thread's share); the buffers' length otherwise.
+    /// - Parameters:
+    ///   - dx: the output values (the instance, or a part of it).
+    ///   - dy: the gradient with respect to y at the same positions.
+    ///   - x: the forward's input at the same positions.
+    ///   - statistics: the instance's statistics.
+    ///   - gamma: γ of the instance's channel.
+    ///   - sumDy: s1 of the whole instance (from `gradientSums`).
+    ///   - sumDyXHat: s2 of the whole instance.
+    ///   - spatialCount: M, when the buffers hold only part of the
+    ///     instance (a thread's share); the buffers' length otherwise.
+    ///   - streaming: write dx with non-temporal stores.
     @inlinable
     public static func inputGradient<T: InstanceNormScalar>(
         _ dx: UnsafeMutableBufferPointer<T>,

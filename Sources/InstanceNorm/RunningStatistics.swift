@@ -14,7 +14,10 @@ public enum RunningStatistics {
     /// in sample order n = 0, 1, …: the same statistics in the same order give
     /// the same bits, however they were gathered.
     ///
-    /// - Parameter statistics: (N, C) per-instance statistics.
+    /// - Parameters:
+    ///   - statistics: (N, C) per-instance statistics.
+    ///   - channels: C.
+    ///   - spatialCount: M ≥ 2, the values per instance.
     public static func channelSums(
         _ statistics: UnsafeBufferPointer<InstanceStatistics>, channels: Int, spatialCount: Int
     ) -> (meanSum: [Double], unbiasedVarianceSum: [Double]) {

@@ -48,15 +48,19 @@ public protocol InstanceNormComputeScalar: InstanceNormScalar, SIMDScalar where 
 }
 
 extension InstanceNormComputeScalar {
+    /// The value itself: a compute type computes in its own precision.
     @inlinable @inline(__always) public var computed: Self { self }
 
+    /// `value` itself: storing a compute type rounds nothing.
     @inlinable @inline(__always) public init(rounding value: Self) { self = value }
 
+    /// `Lanes.scalarCount` values from `address` (any alignment), copied.
     @inlinable @inline(__always)
     public static func loadVector(from address: UnsafePointer<Self>) -> Lanes {
         UnsafeRawPointer(address).loadUnaligned(as: Lanes.self)
     }
 
+    /// Stores `vector` at `address` (any alignment), copied.
     @inlinable @inline(__always)
     public static func storeVector(_ vector: Lanes, to address: UnsafeMutablePointer<Self>) {
         UnsafeMutableRawPointer(address).storeBytes(of: vector, as: Lanes.self)

@@ -56,6 +56,7 @@ public struct InstanceNormShape: Hashable, Sendable, CustomStringConvertible {
         return try! InstanceNormShape(batch: batch, channels: channels, spatial: spatial)
     }
 
+    /// `"(N, C, S1, …)"`, for example `"(32, 64, 56, 56)"`.
     public var description: String { "(" + dimensions.map(String.init).joined(separator: ", ") + ")" }
 
     static func checkedProduct(_ values: [Int]) -> Int? {
@@ -71,9 +72,12 @@ public struct InstanceNormShape: Hashable, Sendable, CustomStringConvertible {
 
 /// A problem with the arguments of a kernel call, worded for the user.
 public enum InstanceNormError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The dimensions cannot describe an InstanceNorm input; the message says why.
     case invalidShape(String)
+    /// Another argument is out of range; the message says which and why.
     case invalidArgument(String)
 
+    /// The message alone.
     public var description: String {
         switch self {
         case .invalidShape(let message), .invalidArgument(let message): message

@@ -14,11 +14,13 @@ public final class TensorBuffer<Element>: @unchecked Sendable {
             start: allocation.bindMemory(to: Element.self, capacity: count), count: count)
     }
 
+    /// A buffer of `count` copies of `value`.
     public convenience init(repeating value: Element, count: Int) {
         self.init(uninitializedCount: count)
         elements.initialize(repeating: value)
     }
 
+    /// A buffer holding a copy of `values`.
     public convenience init(_ values: [Element]) {
         self.init(uninitializedCount: values.count)
         _ = elements.initialize(from: values)
@@ -29,7 +31,10 @@ public final class TensorBuffer<Element>: @unchecked Sendable {
         allocation.deallocate()
     }
 
+    /// The number of elements.
     public var count: Int { elements.count }
+    /// The elements as a read-only buffer (for the kernels' inputs); valid while the buffer lives.
     public var readOnly: UnsafeBufferPointer<Element> { UnsafeBufferPointer(elements) }
+    /// A copy of the elements.
     public var array: [Element] { Array(elements) }
 }

@@ -4,20 +4,40 @@
 ///
 /// Tensors are flat arrays in C order, (batch, channels, spatialCount).
 public enum Reference {
+    /// The outputs of a training-mode forward.
     public struct Forward {
+        /// (N, C, M) normalized output.
         public var y: [Double]
         /// (N, C) per-instance mean, biased variance and invstd.
         public var mean: [Double]
+        /// (N, C) per-instance biased variance σ².
         public var variance: [Double]
+        /// (N, C) per-instance 1 / sqrt(σ² + ε).
         public var invstd: [Double]
     }
 
+    /// The outputs of a backward.
     public struct Backward {
+        /// (N, C, M) gradient with respect to x.
         public var dx: [Double]
+        /// (C,) gradient with respect to γ: Σ_n Σ_m dy·x̂.
         public var dgamma: [Double]
+        /// (C,) gradient with respect to β: Σ_n Σ_m dy.
         public var dbeta: [Double]
     }
 
+    /// Training-mode forward: every instance normalized with its own mean
+    /// and biased variance (a refined mean, then a two-pass variance),
+    /// y = γ·(x − μ)/sqrt(σ² + ε) + β.
+    ///
+    /// - Parameters:
+    ///   - x: (batch, channels, spatialCount) input, C order.
+    ///   - batch: N.
+    ///   - channels: C.
+    ///   - spatialCount: M, the values per instance.
+    ///   - gamma: (C,) scale, or nil for γ = 1.
+    ///   - beta: (C,) shift, or nil for β = 0.
+    ///   - eps: ε, added to the variance.
     public static func forward(
         x: [Double], batch: Int, channels: Int, spatialCount: Int,
         gamma: [Double]? = nil, beta: [Double]? = nil, eps: Double
@@ -46,6 +66,8 @@ public enum Reference {
     }
 
     /// dx = γ·r·(dy − mean(dy) − x̂·mean(dy·x̂)), dβ = Σ dy, dγ = Σ dy·x̂.
+    ///
+    /// Recomputes the forward's statistics from `x` first.
     public static func backward(
         dy: [Double], x: [Double], batch: Int, channels: Int, spatialCount: Int,
         gamma: [Double]? = nil, eps: Double

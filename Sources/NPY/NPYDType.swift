@@ -9,6 +9,8 @@
 /// them; every other numpy dtype is refused by name rather than converted
 /// silently.
 public enum NPYDType: Sendable, Equatable, CaseIterable {
+    /// IEEE binary16, binary32, binary64: `'<f2'`, `'<f4'`, `'<f8'` in the
+    /// header, 2, 4 and 8 bytes per element.
     case float16, float32, float64
 
     /// Bytes per element.
@@ -88,17 +90,21 @@ public enum NPYDType: Sendable, Equatable, CaseIterable {
 /// Reads and writes copy the element bytes unchanged, so a conforming type
 /// must have exactly the in-memory layout of its dtype.
 public protocol NPYElement: BinaryFloatingPoint, Sendable {
+    /// The dtype a file of this type's elements declares.
     static var npyDType: NPYDType { get }
 }
 
 extension Float16: NPYElement {
+    /// `.float16` (`'<f2'`).
     public static var npyDType: NPYDType { .float16 }
 }
 
 extension Float: NPYElement {
+    /// `.float32` (`'<f4'`).
     public static var npyDType: NPYDType { .float32 }
 }
 
 extension Double: NPYElement {
+    /// `.float64` (`'<f8'`).
     public static var npyDType: NPYDType { .float64 }
 }

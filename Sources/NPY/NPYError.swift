@@ -10,6 +10,7 @@ public struct NPYError: Error, CustomStringConvertible, Equatable, Sendable {
     /// What is wrong with it, without the path.
     public let problem: String
 
+    /// An error about the file at `path`.
     public init(path: String, problem: String) {
         self.path = path
         self.problem = problem

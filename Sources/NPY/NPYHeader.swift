@@ -4,6 +4,8 @@
 /// Version 3.0 differs from 2.0 only in allowing UTF-8 field names in
 /// structured dtypes, which a float array never has, so it is not read.
 public enum NPYFormatVersion: Sendable, Equatable, CaseIterable, CustomStringConvertible {
+    /// 1.0 stores the header length in 2 bytes (headers up to 65535 bytes),
+    /// 2.0 in 4 bytes.
     case v1_0, v2_0
 
     /// The version whose bytes in the file are `major`.0, or nil.
@@ -48,6 +50,7 @@ public enum NPYFormatVersion: Sendable, Equatable, CaseIterable, CustomStringCon
 /// The spaces pad the header so the data starts at a multiple of 64 bytes,
 /// which keeps every element aligned when the file is mapped or read in place.
 public struct NPYHeader: Sendable, Equatable, CustomStringConvertible {
+    /// The element type.
     public var dtype: NPYDType
     /// Dimensions in C order; `[]` is a scalar (one element).
     public var shape: [Int]

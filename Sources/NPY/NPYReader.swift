@@ -5,7 +5,9 @@ import Glibc
 /// The file is never opened for writing, so a reader cannot damage an input.
 /// Reads are positioned (`pread`), so one reader may serve several threads.
 public final class NPYReader: Sendable {
+    /// The file, as the caller named it.
     public let path: String
+    /// The file's header, checked against the file's size.
     public let header: NPYHeader
     private let file: SystemFile
 

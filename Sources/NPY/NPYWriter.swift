@@ -10,7 +10,9 @@ import Glibc
 /// `@unchecked Sendable`: `write` and `sync` may run on several threads at
 /// once, but `close` must not run concurrently with them.
 public final class NPYWriter: @unchecked Sendable {
+    /// The file, as the caller named it.
     public let path: String
+    /// The header written at the start of the file.
     public let header: NPYHeader
     /// nil once closed.
     private var file: SystemFile?
