@@ -6,9 +6,12 @@ public struct AgreedFailure: Error, CustomStringConvertible, Sendable {
     public let rank: Int
     /// The communicator's size, to decide whether naming the rank helps.
     public let ranks: Int
+    /// What went wrong, as the failing rank described it.
     public let message: String
+    /// The process exit code every rank ends with.
     public let exitCode: Int32
 
+    /// A failure of `rank` out of `ranks`, to end every rank with `exitCode`.
     public init(rank: Int, ranks: Int, message: String, exitCode: Int32) {
         self.rank = rank
         self.ranks = ranks
@@ -21,6 +24,7 @@ public struct AgreedFailure: Error, CustomStringConvertible, Sendable {
 
 /// A local failure that carries the process exit code it should end with.
 public protocol ExitCodeProviding: Error {
+    /// The exit code of a process that ends with this error (sysexits-style: 64 usage, 65 bad input, ...).
     var exitCode: Int32 { get }
 }
 
@@ -34,7 +38,9 @@ extension Communicator {
     /// same `AgreedFailure`. This is a collective call: every rank must make it.
     /// An `MPIError` thrown by `body` is rethrown at once, unsettled.
     ///
-    /// - Parameter defaultExitCode: the code for errors that carry none.
+    /// - Parameters:
+    ///   - defaultExitCode: the code for errors that carry none.
+    ///   - body: this rank's share of the work; what it throws is this rank's failure.
     public func agree<Result>(
         defaultExitCode: Int32 = 1, _ body: () throws -> Result
     ) throws -> Result {

@@ -2,9 +2,12 @@
 /// ⌈N/P⌉ samples, the others ⌊N/P⌋, in rank order. A rank may own none (N < P);
 /// it still joins every collective.
 public struct BatchPartition: Equatable, Sendable {
+    /// N, the global batch size.
     public let batch: Int
+    /// P, the number of ranks.
     public let ranks: Int
 
+    /// The split of `batch` ≥ 0 samples over `ranks` ≥ 1 ranks.
     public init(batch: Int, ranks: Int) {
         precondition(batch >= 0 && ranks >= 1)
         self.batch = batch

@@ -23,10 +23,13 @@ public typealias DataParallelScalar = InstanceNormScalar
 /// Every method here is collective where it says so: every rank must call it,
 /// also a rank with no samples.
 public final class DataParallelInstanceNorm<T: DataParallelScalar> {
+    /// The ranks that share the batch; every collective method runs on it.
     public let communicator: Communicator
+    /// (N, C, S…) of the whole batch, whatever the layout of the buffers.
     public let globalShape: InstanceNormShape
     /// This rank's slice: (samples.count, C, S…).
     public let localShape: InstanceNormShape
+    /// How the batch is split over the ranks.
     public let partition: BatchPartition
     /// The global sample indices this rank holds.
     public let samples: Range<Int>
@@ -54,6 +57,9 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
     private let globalInstanceSums: TensorBuffer<Double>
 
     /// - Parameters:
+    ///   - communicator: the ranks that share the batch (every rank calls this with the same shape).
+    ///   - globalShape: (N, C, S…) of the whole batch; this rank gets its balanced share of N.
+    ///   - eps: ε > 0, added to the variance.
     ///   - threads: worker threads inside this rank (the results do not depend on it).
     ///   - overlapsReduction: start the allreduce of dγ, dβ as soon as the
     ///     local sums exist and finish it behind the dx pass (the default);

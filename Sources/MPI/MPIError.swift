@@ -16,6 +16,7 @@ public struct MPIError: Error, CustomStringConvertible, Sendable {
     /// before calling MPI, followed by the reason.
     public let message: String
 
+    /// A failure of `call` with MPI error `code`, described by `message`.
     public init(call: String, code: Int32, message: String) {
         self.call = call
         self.code = code

@@ -5,7 +5,9 @@ public enum ReductionOperation: Sendable {
     /// Σ over ranks. For floating point the order of the additions is MPI's
     /// choice; it may differ between runs at different rank counts.
     case sum
+    /// The largest value over ranks.
     case max
+    /// The smallest value over ranks.
     case min
     /// Nonzero where every rank has a nonzero value, else 0. Test the result
     /// against 0, not 1: with one rank MPI hands the value back unchanged.

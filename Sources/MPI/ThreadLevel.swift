@@ -1,13 +1,15 @@
 import CMPI
 
 /// How many threads of a rank may call MPI, in the order MPI ranks them.
-///
-/// - `single`: the process has one thread.
-/// - `funneled`: only the thread that initialised MPI calls it.
-/// - `serialized`: any thread, one at a time.
-/// - `multiple`: any thread, at any time.
 public enum ThreadLevel: Int, Comparable, CaseIterable, Sendable {
-    case single, funneled, serialized, multiple
+    /// The process has one thread.
+    case single
+    /// Only the thread that initialised MPI calls it.
+    case funneled
+    /// Any thread, one at a time.
+    case serialized
+    /// Any thread, at any time.
+    case multiple
 
     public static func < (lhs: ThreadLevel, rhs: ThreadLevel) -> Bool {
         lhs.rawValue < rhs.rawValue
