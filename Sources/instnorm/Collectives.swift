@@ -45,6 +45,7 @@ struct Collectives: ParsableCommand {
             Console.output("# microseconds per call (max over ranks of each rank's average), median / min / max over \(rounds) rounds")
             Console.output(["collective", "bytes", "median_us", "min_us", "max_us"].map { rightAligned($0, 13) }.joined())
         }
+        if communicator.rank == 0 { printLocalCosts() }
         for kind in CollectiveKind.allCases {
             for bytes in sizes.dimensions {
                 let calls = max(1, min(iterations, iterations * 65536 / bytes))
@@ -68,6 +69,43 @@ struct Collectives: ParsableCommand {
                         .map { rightAligned($0, 13) }.joined())
                 }
             }
+        }
+    }
+}
+
+extension Collectives {
+    /// What the modes cost outside the collective, per value, on one core:
+    /// an exact deposit into `ReproducibleSums` (reproducible), the final
+    /// rounding of one sum, and one `Double` addition in sample order
+    /// (gather adds every sample's sums; allreduce its own). Best of five.
+    func printLocalCosts() {
+        let addends = 1 << 20, sumCount = 512
+        // Random signs and sizes over 16 binades.
+        let values = TensorBuffer<Double>((0..<addends).map { index in
+            uniform(1, 0, index) * Double(sign: .plus, exponent: Int(8 * uniform(1, 1, index)), significand: 1)
+        })
+        let sums = ReproducibleSums(count: sumCount)
+        let plain = TensorBuffer<Double>(repeating: 0, count: sumCount)
+        let costs: [(String, Int, () -> Void)] = [
+            ("deposit", addends, {
+                sums.removeAll()
+                for index in 0..<addends { sums.add(values.elements[index], to: index & (sumCount - 1)) }
+            }),
+            ("round", sumCount, { for index in 0..<sumCount { plain.elements[index] = sums.sum(at: index) } }),
+            ("add", addends, {
+                for index in 0..<addends { plain.elements[index & (sumCount - 1)] += values.elements[index] }
+            }),
+        ]
+        for (name, count, body) in costs {
+            var best = Double.infinity
+            for _ in 0..<5 {
+                let start = MPI.wallTime()
+                body()
+                best = min(best, MPI.wallTime() - start)
+            }
+            let nanoseconds = fixed(best / Double(count) * 1e9, 3)
+            Console.output(json ? "{\"cost\": \"\(name)\", \"ns_per_value\": \(nanoseconds), \"check\": \(plain.elements[0])}"
+                                : "# \(name): \(nanoseconds) ns per value (best of 5, one core)")
         }
     }
 }
