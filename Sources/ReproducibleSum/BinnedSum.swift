@@ -59,15 +59,17 @@ enum BinnedSum {
             sum[1] |= fraction != 0 ? nanFlag : value > 0 ? positiveInfinityFlag : negativeInfinityFlag
             return
         }
-        // |value| = significand·2^(lowBit − 1074); subnormals have no hidden bit.
-        let significand = fraction | UInt64(biasedExponent != 0 ? 1 : 0) << 52
+        // |value| = significand·2^(lowBit − 1074); subnormals have no hidden
+        // bit, normals have it at bit 52.
+        let normal = biasedExponent != 0
+        let significand = fraction | UInt64(normal ? 1 : 0) << 52
         guard significand != 0 else { return }
-        let lowBit = max(biasedExponent, 1) - 1
-        let highBit = lowBit + 63 - Int64(significand.leadingZeroBitCount)
+        let lowBit = normal ? biasedExponent &- 1 : 0
+        let highBit = normal ? lowBit &+ 52 : 63 &- Int64(significand.leadingZeroBitCount)
         if highBit >> 5 > sum[0] { raiseTop(of: sum, to: highBit >> 5) }
         // Where the value's lowest bit falls in the window, counted from
         // the window's lowest bit.
-        let offset = lowBit - Int64(binBits) * (sum[0] - Int64(limbs - 1))
+        let offset = lowBit &- Int64(binBits) &* (sum[0] &- Int64(limbs - 1))
         guard offset >= 0 else { return addStraddlingTheWindow(significand, lowBit, negative: bits >> 63 != 0, to: sum) }
         // Three digits from bin offset/32 up; the value ends at or below
         // the top bin, so a digit past it is 0 and may go to the top limb.
