@@ -203,9 +203,7 @@ public enum BatchKernel {
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)
-        let tails = (0..<split.workers).map { worker in
-            split.splitsInstances ? 0..<0 : batch.tail(of: split.instances(of: worker), elements: overlap?.tailElements ?? 0)
-        }
+        let tails = split.deferredTails(overlap)
         // Pass 1, and pass 2 of every instance outside the tails.
         if split.splitsInstances {
             batch.chunkSumsSplit(split)
@@ -221,25 +219,7 @@ public enum BatchKernel {
         }
         overlap?.sumsReady()
         // Pass 2 of the tails (or of everything, when instances are split).
-        split.run { worker in
-            var sinceProgress = 0
-            let pieces: (((Int, Range<Int>) -> Void) -> Void) = split.splitsInstances
-                ? { split.forEachPiece(of: worker, $0) }
-                : { body in for instance in tails[worker] { body(instance, 0..<shape.spatialCount) } }
-            pieces { instance, range in
-                var start = range.lowerBound
-                while start < range.upperBound {
-                    let end = min(start + (overlap?.progressInterval ?? range.count), range.upperBound)
-                    batch.inputGradient(instance, start..<end)
-                    sinceProgress += end - start
-                    if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
-                        overlap.progress()
-                        sinceProgress = 0
-                    }
-                    start = end
-                }
-            }
-        }
+        split.writeDeferred(tails: tails, overlap: overlap) { batch.inputGradient($0, $1) }
         if batch.streaming { instnorm_store_fence() }
     }
 
@@ -258,6 +238,47 @@ public enum BatchKernel {
 }
 
 extension WorkSplit {
+    /// Per worker, the last units of its run whose dx waits for
+    /// `overlap.sumsReady`: enough to hold `overlap.tailElements` values (at
+    /// least one unit when that is positive); none when units are split.
+    @inlinable
+    func deferredTails(_ overlap: BackwardOverlap?) -> [Range<Int>] {
+        (0..<workers).map { worker in
+            let units = instances(of: worker), elements = overlap?.tailElements ?? 0
+            guard !splitsInstances, elements > 0 else { return units.upperBound..<units.upperBound }
+            let count = min(units.count, (elements + spatialCount - 1) / spatialCount)
+            return units.upperBound - count..<units.upperBound
+        }
+    }
+
+    /// The dx pass after `overlap.sumsReady`: each worker's `tails` (whole
+    /// units), or every piece when units are split, written by
+    /// `write(unit, range)` in runs of `overlap.progressInterval` values;
+    /// worker 0 calls `overlap.progress` after each (MPI without a progress
+    /// thread advances a non-blocking collective only inside MPI calls).
+    @inlinable
+    func writeDeferred(tails: [Range<Int>], overlap: BackwardOverlap?, _ write: @Sendable (Int, Range<Int>) -> Void) {
+        run { worker in
+            var sinceProgress = 0
+            let pieces: (((Int, Range<Int>) -> Void) -> Void) = splitsInstances
+                ? { forEachPiece(of: worker, $0) }
+                : { body in for unit in tails[worker] { body(unit, 0..<spatialCount) } }
+            pieces { unit, range in
+                var start = range.lowerBound
+                while start < range.upperBound {
+                    let end = min(start + (overlap?.progressInterval ?? range.count), range.upperBound)
+                    write(unit, start..<end)
+                    sinceProgress += end - start
+                    if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
+                        overlap.progress()
+                        sinceProgress = 0
+                    }
+                    start = end
+                }
+            }
+        }
+    }
+
     /// Calls body(instance, element range) for each piece of work of one
     /// worker: its whole instances, or its chunks.
     @inlinable

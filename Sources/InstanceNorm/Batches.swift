@@ -60,39 +60,12 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     /// single-thread order), a second pass where `moments` would take one,
     /// then y in parallel.
     @inlinable func forwardSplit(_ split: WorkSplit) {
-        let shifts = (0..<shape.instanceCount).map { values($0)[0].computed }
-        let first = chunkSums(split, shifts)
-        var centers = [T.Compute?](repeating: nil, count: shape.instanceCount)
-        var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: shape.instanceCount)
-        for instance in 0..<shape.instanceCount {
-            let (sum, sumSquares) = first[instance]
-            if let result = InstanceKernel.momentsFromShiftedSums(sum, sumSquares, count: spatialCount, shift: shifts[instance]) {
-                moments[instance] = result
-            } else {
-                centers[instance] = InstanceKernel.secondPassCenter(sum, count: spatialCount, shift: shifts[instance])
-            }
-        }
-        if centers.contains(where: { $0 != nil }) {
-            let second = chunkSums(split, centers.enumerated().map { $0.element ?? shifts[$0.offset] }, only: centers.map { $0 != nil })
-            for (instance, center) in centers.enumerated() {
-                guard let center else { continue }
-                moments[instance] = InstanceKernel.momentsFromCenteredSums(
-                    second[instance].0, second[instance].1, count: spatialCount, center: center)
-            }
-        }
+        let base = x
+        let moments = split.splitMoments { UnsafePointer(base.base + $0 * split.spatialCount) }
         let perInstance = moments.map { InstanceStatistics(mean: $0.mean, variance: $0.variance, eps: eps) }
         for (instance, instanceStatistics) in perInstance.enumerated() { statistics!.base[instance] = instanceStatistics }
         split.run { worker in
             split.forEachPiece(of: worker) { instance, range in normalize(instance, range, perInstance[instance]) }
-        }
-    }
-
-    /// Σ (x − shift) and Σ (x − shift)² per instance: chunks in parallel,
-    /// combined in chunk order.
-    @inlinable func chunkSums(_ split: WorkSplit, _ shifts: [T.Compute], only included: [Bool]? = nil) -> [(Double, Double)] {
-        split.sumsInChunkOrder { instance, range in
-            guard included?[instance] ?? true else { return (0, 0) }
-            return shiftedChunkSums(values(instance).baseAddress!, range, shift: shifts[instance])
         }
     }
 }
@@ -131,14 +104,6 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     deinit { instanceSums.deallocate() }
-
-    /// The last instances of a worker's run whose dx waits for `sumsReady`:
-    /// enough to hold `elements` values (at least one when elements > 0).
-    @inlinable func tail(of instances: Range<Int>, elements: Int) -> Range<Int> {
-        guard elements > 0 else { return instances.upperBound..<instances.upperBound }
-        let count = min(instances.count, (elements + spatialCount - 1) / spatialCount)
-        return instances.upperBound - count..<instances.upperBound
-    }
 
     @inlinable func buffer(_ base: SharedBuffer<T>, _ instance: Int, _ range: Range<Int>) -> UnsafeMutableBufferPointer<T> {
         UnsafeMutableBufferPointer(start: base.base + instance * spatialCount + range.lowerBound, count: range.count)

@@ -85,6 +85,43 @@ extension WorkSplit {
     }
 }
 
+extension WorkSplit {
+    /// μ and σ² of every unit (`spatialCount` values from `values(unit)`),
+    /// from chunks shared by the workers and combined in chunk order, with
+    /// a second pass where `InstanceKernel.moments` would take one: the
+    /// bits that function gives on one thread.
+    @inlinable
+    func splitMoments<T: InstanceNormScalar>(
+        _ values: @Sendable (Int) -> UnsafePointer<T>
+    ) -> [(mean: Double, variance: Double)] {
+        let shifts = (0..<instanceCount).map { values($0)[0].computed }
+        func chunkSums(_ centers: [T.Compute], _ included: [Bool]?) -> [(Double, Double)] {
+            sumsInChunkOrder { unit, range in
+                guard included?[unit] ?? true else { return (0, 0) }
+                return shiftedChunkSums(values(unit), range, shift: centers[unit])
+            }
+        }
+        let first = chunkSums(shifts, nil)
+        var centers = [T.Compute?](repeating: nil, count: instanceCount)
+        var moments = [(mean: Double, variance: Double)](repeating: (0, 0), count: instanceCount)
+        for unit in 0..<instanceCount {
+            let (sum, sumSquares) = first[unit]
+            if let result = InstanceKernel.momentsFromShiftedSums(sum, sumSquares, count: spatialCount, shift: shifts[unit]) {
+                moments[unit] = result
+            } else {
+                centers[unit] = InstanceKernel.secondPassCenter(sum, count: spatialCount, shift: shifts[unit])
+            }
+        }
+        guard centers.contains(where: { $0 != nil }) else { return moments }
+        let second = chunkSums(centers.enumerated().map { $0.element ?? shifts[$0.offset] }, centers.map { $0 != nil })
+        for (unit, center) in centers.enumerated() {
+            guard let center else { continue }
+            moments[unit] = InstanceKernel.momentsFromCenteredSums(second[unit].0, second[unit].1, count: spatialCount, center: center)
+        }
+        return moments
+    }
+}
+
 @inlinable
 func chunkCount(spatialCount: Int) -> Int { (spatialCount + reductionChunk - 1) / reductionChunk }
 

@@ -129,7 +129,4 @@ extension InstnormCLI {
     }
 }
 
-/// Each value's sign, exponent and significand bits: equal only if the bits are.
-func bitPatterns<T: BinaryFloatingPoint>(_ values: [T]) -> [String] {
-    values.map { "\($0.sign) \($0.exponentBitPattern) \($0.significandBitPattern)" }
-}
+

@@ -17,3 +17,9 @@ public func channelsFirst<T>(_ values: [T], channels: Int, positions: Int) -> [T
         return values[(sample * positions + position) * channels + channel]
     }
 }
+
+/// Each value's sign, exponent and significand bits: equal only if the bits
+/// are (so NaN equals NaN, and 0 differs from −0).
+public func bitPatterns<T: BinaryFloatingPoint>(_ values: [T]) -> [String] {
+    values.map { "\($0.sign) \($0.exponentBitPattern) \($0.significandBitPattern)" }
+}

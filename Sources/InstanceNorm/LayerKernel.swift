@@ -1,0 +1,322 @@
+import _InstanceNormShims
+
+/// LayerNorm over a batch (N, …, D1…DK) held by one process: every row of
+/// D = D1·…·DK trailing values is normalized with its own statistics
+/// (those of `InstanceKernel.moments`) and γ, β of D entries each:
+///
+///     y_d = γ_d·x̂_d + β_d
+///     A = Σ_d γ_d·dy_d       S = Σ_d γ_d·dy_d·x̂_d
+///     dx_d = r·(γ_d·dy_d − A/D − x̂_d·S/D)
+///     dβ_d = Σ_rows dy_d     dγ_d = Σ_rows dy_d·x̂_d
+///
+/// The parameter gradients are summed per sample first (in `Double`, row
+/// after row), so that a sample's share does not depend on who computed
+/// it: those per-sample sums are the addends a reduction across ranks
+/// needs. Workers take whole rows in the forward and whole samples in the
+/// backward (no more workers than samples there).
+@usableFromInline
+final class LayerBatch<T: InstanceNormScalar>: @unchecked Sendable {
+    @usableFromInline let x: SharedBuffer<T>
+    @usableFromInline let gamma: SharedBuffer<T>
+    @usableFromInline let beta: SharedBuffer<T>
+    @usableFromInline let samples: Int
+    @usableFromInline let rowsPerSample: Int
+    @usableFromInline let rowLength: Int
+    @usableFromInline let streaming: Bool
+    /// γ = 1 and β = 0 when the caller has none.
+    @usableFromInline let defaults: UnsafeMutableBufferPointer<T>?
+
+    @inlinable
+    init(x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?, shape: NormShape, streaming: Bool) {
+        let length = shape.rowLength
+        if gamma == nil || beta == nil {
+            let defaults = UnsafeMutableBufferPointer<T>.allocate(capacity: 2 * length)
+            defaults[0..<length].initialize(repeating: 1)
+            defaults[length...].initialize(repeating: 0)
+            self.defaults = defaults
+        } else {
+            defaults = nil
+        }
+        self.x = SharedBuffer(x)
+        self.gamma = gamma.map { SharedBuffer($0) } ?? SharedBuffer(start: defaults!.baseAddress)
+        self.beta = beta.map { SharedBuffer($0) } ?? SharedBuffer(start: defaults!.baseAddress! + length)
+        samples = shape.batch
+        rowsPerSample = shape.rowsPerSample
+        rowLength = length
+        self.streaming = streaming
+    }
+
+    deinit { defaults?.deallocate() }
+
+    @inlinable var rows: Int { samples * rowsPerSample }
+
+    @inlinable func row(_ base: SharedBuffer<T>, _ row: Int) -> UnsafeMutablePointer<T> { base.base + row * rowLength }
+}
+
+// MARK: - Forward
+
+extension LayerBatch {
+    @inlinable
+    func forward(y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>?, eps: Double, threads: Int) {
+        let output = SharedBuffer(y), saved = statistics.map { SharedBuffer($0) }
+        let split = WorkSplit(units: rows, length: rowLength, threads: threads)
+        let write = { @Sendable (row: Int, range: Range<Int>, rowStatistics: InstanceStatistics) in
+            writeElementwise(
+                self.row(output, row), range, streaming: self.streaming,
+                LayerNormalizeOperation(
+                    x: self.row(self.x, row), gamma: self.gamma.base, beta: self.beta.base, statistics: rowStatistics))
+        }
+        if split.splitsInstances {
+            let moments = split.splitMoments { UnsafePointer(self.row(self.x, $0)) }
+            let perRow = moments.map { InstanceStatistics(mean: $0.mean, variance: $0.variance, eps: eps) }
+            for (row, rowStatistics) in perRow.enumerated() { saved?.base[row] = rowStatistics }
+            split.run { worker in split.forEachPiece(of: worker) { write($0, $1, perRow[$0]) } }
+        } else {
+            split.run { worker in
+                for row in split.instances(of: worker) {
+                    let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: self.row(self.x, row), count: self.rowLength))
+                    let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+                    saved?.base[row] = rowStatistics
+                    write(row, 0..<self.rowLength, rowStatistics)
+                }
+            }
+        }
+        if streaming { instnorm_store_fence() }
+    }
+}
+
+/// y = ((x − μ_hi)·r − μ_lo·r)·γ + β, γ and β per position in the row.
+@usableFromInline
+struct LayerNormalizeOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
+    @usableFromInline let x, gamma, beta: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, invstd, lowTerm: Scalar.Compute
+    @usableFromInline let meanVector, invstdVector, lowTermVector: Scalar.Vector
+
+    @inlinable
+    init(x: UnsafePointer<Scalar>, gamma: UnsafePointer<Scalar>, beta: UnsafePointer<Scalar>, statistics: InstanceStatistics) {
+        self.x = x
+        self.gamma = gamma
+        self.beta = beta
+        let (high, low) = statistics.splitMean(as: Scalar.self)
+        meanHigh = high
+        invstd = Scalar.Compute(statistics.invstd)
+        lowTerm = Scalar.Compute(-low * statistics.invstd)
+        meanVector = Scalar.Vector(repeating: meanHigh)
+        invstdVector = Scalar.Vector(repeating: invstd)
+        lowTermVector = Scalar.Vector(repeating: lowTerm)
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int) -> Scalar.Vector {
+        let xHat = lowTermVector.addingProduct(loadVector(x, index) - meanVector, invstdVector)
+        return loadVector(beta, index).addingProduct(xHat, loadVector(gamma, index))
+    }
+
+    @inlinable @inline(__always)
+    func scalar(at index: Int) -> Scalar.Compute {
+        let xHat = lowTerm.addingProduct(x[index].computed - meanHigh, invstd)
+        return beta[index].computed.addingProduct(xHat, gamma[index].computed)
+    }
+}
+
+// MARK: - Backward
+
+/// The sums of one LayerNorm backward: per row (A, S), per sample and
+/// position (Σ dy, Σ dy·x̂).
+@usableFromInline
+final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
+    @usableFromInline let batch: LayerBatch<T>
+    @usableFromInline let dx, dy: SharedBuffer<T>
+    @usableFromInline let statistics: UnsafeBufferPointer<InstanceStatistics>
+    /// (A, S) per row.
+    @usableFromInline let rowSums: UnsafeMutableBufferPointer<(Double, Double)>
+    /// (N, D, 2): per sample and position, Σ dy and Σ dy·x̂ over the sample's rows.
+    @usableFromInline let parameterSums: UnsafeMutableBufferPointer<Double>
+    @usableFromInline let ownsParameterSums: Bool
+
+    @inlinable
+    init(batch: LayerBatch<T>, dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>,
+         statistics: UnsafeBufferPointer<InstanceStatistics>, parameterSums: UnsafeMutableBufferPointer<Double>?) {
+        self.batch = batch
+        self.dx = SharedBuffer(dx)
+        self.dy = SharedBuffer(dy)
+        self.statistics = statistics
+        rowSums = .allocate(capacity: batch.rows)
+        rowSums.initialize(repeating: (0, 0))
+        ownsParameterSums = parameterSums == nil
+        self.parameterSums = parameterSums ?? .allocate(capacity: 2 * batch.samples * batch.rowLength)
+    }
+
+    deinit {
+        rowSums.deallocate()
+        if ownsParameterSums { parameterSums.deallocate() }
+    }
+
+    /// A, S of every row of `sample` and its (Σ dy, Σ dy·x̂) per position,
+    /// rows in order; dx of each row too when `writeDx`.
+    @inlinable func sums(ofSample sample: Int, writeDx: Bool) {
+        let length = batch.rowLength
+        let columns = parameterSums.baseAddress! + 2 * sample * length
+        columns.update(repeating: 0, count: 2 * length)
+        for row in sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample {
+            rowSums(row)
+            accumulateColumns(row, into: columns)
+            if writeDx { inputGradient(row, 0..<length) }
+        }
+    }
+
+    /// A = Σ γ·dy and S = Σ γ·dy·x̂ = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of one row.
+    @inlinable func rowSums(_ row: Int) {
+        let rowStatistics = statistics[row]
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        let gradients = batch.row(dy, row), values = batch.row(batch.x, row), gamma = batch.gamma.base
+        let (sumA, centered) = chunkedSums(batch.rowLength) {
+            weightedGradientChunkSums(gradients, values, gamma, $0, center: meanHigh)
+        }
+        rowSums[row] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
+    }
+
+    /// columns[2d] += dy_d and columns[2d + 1] += dy_d·x̂_d over one row,
+    /// x̂ in the compute precision, the sums in `Double`.
+    @inlinable func accumulateColumns(_ row: Int, into columns: UnsafeMutablePointer<Double>) {
+        let rowStatistics = statistics[row]
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        let invstd = T.Compute(rowStatistics.invstd), lowTerm = T.Compute(-meanLow * rowStatistics.invstd)
+        let gradients = batch.row(dy, row), values = batch.row(batch.x, row)
+        for position in 0..<batch.rowLength {
+            let gradient = gradients[position].computed
+            let xHat = lowTerm.addingProduct(values[position].computed - meanHigh, invstd)
+            columns[2 * position] += gradient.widened
+            columns[2 * position + 1] += (gradient * xHat).widened
+        }
+    }
+
+    /// dx over `range` of one row, about Ā = A/D rounded to the compute
+    /// precision, so that γ·dy − Ā is 0 where γ·dy equals its row's mean
+    /// (a row of one value gives dx = 0 exactly):
+    ///
+    ///     p = −r²·S/D     q = r·(Ā − A/D) − p·μ_lo     dx = r·(γ·dy − Ā) + p·(x − μ_hi) + q
+    @inlinable func inputGradient(_ row: Int, _ range: Range<Int>) {
+        let rowStatistics = statistics[row], invstd = rowStatistics.invstd
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        let count = Double(batch.rowLength), (sumA, sumS) = rowSums[row]
+        let meanWeighted = T.Compute(sumA / count)
+        let centeredScale = -invstd * invstd * sumS / count
+        let offset = invstd * (meanWeighted.widened - sumA / count) - centeredScale * meanLow
+        writeElementwise(
+            batch.row(dx, row), range, streaming: batch.streaming,
+            LayerGradientOperation(
+                dy: batch.row(dy, row), x: batch.row(batch.x, row), gamma: batch.gamma.base, meanHigh: meanHigh,
+                meanWeighted: meanWeighted, invstd: T.Compute(invstd), centeredScale: T.Compute(centeredScale),
+                offset: T.Compute(offset)))
+    }
+}
+
+/// Σ γ·dy and Σ γ·dy·(x − center) over one chunk of a row.
+@inlinable
+func weightedGradientChunkSums<T: InstanceNormScalar>(
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute
+) -> (Double, Double) {
+    let lanes = T.Vector.scalarCount
+    let centerVector = T.Vector(repeating: center)
+    var weighted0 = T.Vector(), weighted1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
+    var index = range.lowerBound
+    while index + 2 * lanes <= range.upperBound {
+        let gradient0 = loadVector(gamma, index) * loadVector(dy, index)
+        let gradient1 = loadVector(gamma, index + lanes) * loadVector(dy, index + lanes)
+        weighted0 += gradient0
+        weighted1 += gradient1
+        product0.addProduct(gradient0, loadVector(x, index) - centerVector)
+        product1.addProduct(gradient1, loadVector(x, index + lanes) - centerVector)
+        index += 2 * lanes
+    }
+    var sumA = T.Compute.widenedSum(weighted0) + T.Compute.widenedSum(weighted1)
+    var centered = T.Compute.widenedSum(product0) + T.Compute.widenedSum(product1)
+    while index < range.upperBound {
+        let gradient = gamma[index].computed * dy[index].computed
+        sumA += gradient.widened
+        centered += (gradient * (x[index].computed - center)).widened
+        index += 1
+    }
+    return (sumA, centered)
+}
+
+/// dx = r·(γ·dy − Ā) + p·(x − μ_hi) + q (see `LayerBackward.inputGradient`);
+/// γ·dy is rounded as in the row's sums.
+@usableFromInline
+struct LayerGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
+    @usableFromInline let dy, x, gamma: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, meanWeighted, invstd, centeredScale, offset: Scalar.Compute
+    @usableFromInline let meanVector, meanWeightedVector, invstdVector, centeredScaleVector, offsetVector: Scalar.Vector
+
+    @inlinable
+    init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, gamma: UnsafePointer<Scalar>, meanHigh: Scalar.Compute,
+         meanWeighted: Scalar.Compute, invstd: Scalar.Compute, centeredScale: Scalar.Compute, offset: Scalar.Compute) {
+        self.dy = dy
+        self.x = x
+        self.gamma = gamma
+        self.meanHigh = meanHigh
+        self.meanWeighted = meanWeighted
+        self.invstd = invstd
+        self.centeredScale = centeredScale
+        self.offset = offset
+        meanVector = Scalar.Vector(repeating: meanHigh)
+        meanWeightedVector = Scalar.Vector(repeating: meanWeighted)
+        invstdVector = Scalar.Vector(repeating: invstd)
+        centeredScaleVector = Scalar.Vector(repeating: centeredScale)
+        offsetVector = Scalar.Vector(repeating: offset)
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int) -> Scalar.Vector {
+        let weighted = loadVector(gamma, index) * loadVector(dy, index) - meanWeightedVector
+        return offsetVector.addingProduct(centeredScaleVector, loadVector(x, index) - meanVector)
+            .addingProduct(invstdVector, weighted)
+    }
+
+    @inlinable @inline(__always)
+    func scalar(at index: Int) -> Scalar.Compute {
+        let weighted = gamma[index].computed * dy[index].computed - meanWeighted
+        return offset.addingProduct(centeredScale, x[index].computed - meanHigh).addingProduct(invstd, weighted)
+    }
+}
+
+extension LayerBatch {
+    /// Backward of `forward`: dx; per sample and position (Σ dy, Σ dy·x̂)
+    /// into `parameterSums` (N, D, 2) before `overlap.sumsReady`; dγ, dβ
+    /// their sums in sample order.
+    @inlinable
+    func backward(
+        dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
+        dy: UnsafeBufferPointer<T>, statistics: UnsafeBufferPointer<InstanceStatistics>,
+        parameterSums: UnsafeMutableBufferPointer<Double>?, threads: Int, overlap: BackwardOverlap?
+    ) {
+        let work = LayerBackward(batch: self, dx: dx, dy: dy, statistics: statistics, parameterSums: parameterSums)
+        // Whole samples per worker: a sample's sums are added row after row by one thread.
+        let split = WorkSplit(units: samples, length: rowsPerSample * rowLength, threads: min(threads, max(samples, 1)))
+        let tails = split.deferredTails(overlap)
+        split.run { worker in
+            for sample in split.instances(of: worker) { work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample)) }
+        }
+        dgamma.update(repeating: 0)
+        dbeta.update(repeating: 0)
+        for sample in 0..<samples {
+            for position in 0..<rowLength {
+                dbeta[position] += work.parameterSums[2 * (sample * rowLength + position)]
+                dgamma[position] += work.parameterSums[2 * (sample * rowLength + position) + 1]
+            }
+        }
+        overlap?.sumsReady()
+        let length = rowLength, rowsPerSample = rowsPerSample
+        split.writeDeferred(tails: tails, overlap: overlap) { sample, range in
+            // A sample's range, cut at its rows.
+            var start = range.lowerBound
+            while start < range.upperBound {
+                let row = start / length, end = min((row + 1) * length, range.upperBound)
+                work.inputGradient(sample * rowsPerSample + row, start - row * length..<end - row * length)
+                start = end
+            }
+        }
+        if streaming { instnorm_store_fence() }
+    }
+}

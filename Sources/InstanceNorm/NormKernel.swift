@@ -1,0 +1,160 @@
+import _InstanceNormShims
+
+/// Forward and backward of every member of the normalization family
+/// (`Normalization`) over a batch held by one process, spread over
+/// `threads` workers; the same bits for every thread count.
+///
+/// InstanceNorm, and GroupNorm with G = C, run `BatchKernel` (so G = C gives
+/// InstanceNorm's bits); GroupNorm with G < C and LayerNorm run the same
+/// per-row pieces (`InstanceKernel.moments`, `InstanceKernel.normalize`,
+/// `InstanceKernel.gradientSums`, the streamed elementwise writer) over their
+/// own rows: a group of C/G channels, a layer-norm row of D values.
+///
+/// Buffers: x, y, dy, dx as `shape.dimensions` (channels last for instance
+/// and group norm with `layout: .channelsLast`); statistics (`shape.rowCount`
+/// rows: (N, C), (N, G) or x.shape[:-K]); γ, β, dγ, dβ of
+/// `shape.parameterCount` entries.
+public enum NormKernel {
+    /// Training-mode forward: every row normalized with its own statistics.
+    ///
+    /// - Parameters:
+    ///   - y: output, the shape of x.
+    ///   - statistics: output, mean, biased variance and invstd per row.
+    ///   - x: input.
+    ///   - gamma, beta: `shape.parameterCount` entries each, or nil for γ = 1, β = 0.
+    ///   - shape: the norm and x's logical dimensions.
+    ///   - eps: ε > 0, added to the variance.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how y is written.
+    ///   - layout: channels first or last (instance and group norm; layer norm is channels first).
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func forward<T: InstanceNormScalar>(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
+        shape: NormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic,
+        layout: TensorLayout = .channelsFirst
+    ) {
+        checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
+        switch route(shape, layout) {
+        case .instance(let channelShape):
+            BatchKernel.forward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: channelShape, eps: eps,
+                threads: threads, stores: stores, layout: layout)
+        case .group(let channelShape, let groups):
+            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups, streaming: stores.streams(y, tensors: 2))
+                .forward(y: y, statistics: statistics, beta: beta, eps: eps, threads: threads)
+        case .groupChannelsLast(let channelShape, let groups):
+            ChannelsLastGroups(shape: channelShape, groups: groups, threads: threads)
+                .forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps)
+        case .layer:
+            LayerBatch(x: x, gamma: gamma, beta: beta, shape: shape, streaming: stores.streams(y, tensors: 2))
+                .forward(y: y, statistics: statistics, eps: eps, threads: threads)
+        }
+    }
+
+    /// Backward of the training-mode forward.
+    ///
+    /// dγ, dβ receive this batch's Σ over samples, in `Double`, in sample
+    /// order; `parameterSums` (N, P, 2) receives each sample's share,
+    /// (Σ dy, Σ dy·x̂) per parameter, before `overlap.sumsReady` (for a
+    /// reduction across ranks that must not depend on how the batch is split).
+    ///
+    /// - Parameters:
+    ///   - dx: output, the shape of x.
+    ///   - dgamma, dbeta: `shape.parameterCount` outputs, overwritten.
+    ///   - dy, x: inputs; statistics: from `forward`.
+    ///   - gamma: `shape.parameterCount` entries, or nil for γ = 1.
+    ///   - parameterSums: 2·N·P outputs, or nil.
+    ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func backward<T: InstanceNormScalar>(
+        dx: UnsafeMutableBufferPointer<T>,
+        dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
+        dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
+        shape: NormShape, threads: Int = 1, stores: StorePolicy = .automatic,
+        parameterSums: UnsafeMutableBufferPointer<Double>? = nil,
+        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
+    ) {
+        checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
+        precondition(dy.count == x.count, "dy and x differ in size")
+        precondition(dgamma.count == shape.parameterCount && dbeta.count == shape.parameterCount)
+        precondition(parameterSums.map { $0.count == 2 * shape.batch * shape.parameterCount } ?? true,
+                     "parameterSums holds 2·N·P values")
+        switch route(shape, layout) {
+        case .instance(let channelShape):
+            BatchKernel.backward(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                shape: channelShape, threads: threads, stores: stores, instanceSums: parameterSums, overlap: overlap,
+                layout: layout)
+        case .group(let channelShape, let groups):
+            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups, streaming: stores.streams(dx, tensors: 3))
+                .backward(
+                    dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, segmentSums: parameterSums,
+                    threads: threads, overlap: overlap)
+        case .groupChannelsLast(let channelShape, let groups):
+            ChannelsLastGroups(shape: channelShape, groups: groups, threads: threads).backward(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                parameterSums: parameterSums, overlap: overlap)
+        case .layer:
+            LayerBatch(x: x, gamma: gamma, beta: nil, shape: shape, streaming: stores.streams(dx, tensors: 3))
+                .backward(
+                    dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, parameterSums: parameterSums,
+                    threads: threads, overlap: overlap)
+        }
+    }
+
+    /// The bytes of scratch a channels-last GroupNorm takes per worker
+    /// thread (one sample of x, dy and dx, transposed); 0 for the others.
+    public static func scratchBytes<T: InstanceNormScalar>(shape: NormShape, layout: TensorLayout, as _: T.Type) -> Int {
+        switch route(shape, layout) {
+        case .groupChannelsLast: 3 * shape.sampleElementCount * MemoryLayout<T>.stride
+        case .instance(let channelShape) where layout == .channelsLast:
+            BatchKernel.channelsLastScratchBytes(channels: channelShape.channels, as: T.self)
+        default: 0
+        }
+    }
+
+    /// Which kernels a call runs.
+    @usableFromInline
+    enum Route {
+        case instance(InstanceNormShape)
+        case group(InstanceNormShape, groups: Int)
+        case groupChannelsLast(InstanceNormShape, groups: Int)
+        case layer
+    }
+
+    @inlinable
+    static func route(_ shape: NormShape, _ layout: TensorLayout) -> Route {
+        switch shape.normalization {
+        case .instance:
+            return .instance(shape.channelShape!)
+        case .group(let groups):
+            let channelShape = shape.channelShape!
+            if groups == channelShape.channels { return .instance(channelShape) }
+            return layout == .channelsFirst ? .group(channelShape, groups: groups) : .groupChannelsLast(channelShape, groups: groups)
+        case .layer:
+            precondition(layout == .channelsFirst, "layer norm reads its natural layout: the normalized dimensions last")
+            return .layer
+        }
+    }
+
+    /// Sizes are the caller's contract, not user input: a mismatch is a bug.
+    @inlinable
+    static func checkCounts<T>(
+        _ shape: NormShape, _ input: Int, _ output: Int, _ rows: Int,
+        _ gamma: UnsafeBufferPointer<T>?, _ beta: UnsafeBufferPointer<T>?
+    ) {
+        precondition(input == shape.elementCount && output == shape.elementCount,
+                     "tensor sizes \(input), \(output) do not match \(shape)")
+        precondition(rows == shape.rowCount, "the statistics hold \(rows) rows, \(shape) has \(shape.rowCount)")
+        precondition(gamma.map { $0.count == shape.parameterCount } ?? true, "gamma does not hold \(shape.parameterCount) entries")
+        precondition(beta.map { $0.count == shape.parameterCount } ?? true, "beta does not hold \(shape.parameterCount) entries")
+    }
+}

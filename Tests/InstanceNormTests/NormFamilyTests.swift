@@ -1,0 +1,226 @@
+import InstanceNorm
+import TestSupport
+import Testing
+
+/// One forward and backward of `NormKernel`, in precision T.
+struct FamilyRun<T: InstanceNormScalar>: Equatable {
+    var y: [T], statistics: [InstanceStatistics], dx: [T]
+    var dgamma: [Double], dbeta: [Double]
+    /// (N, P, 2): each sample's (Σ dy, Σ dy·x̂) per parameter.
+    var parameterSums: [Double]
+
+    init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: NormShape, eps: Double,
+         threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst) {
+        let x = TensorBuffer(x), dy = TensorBuffer(dy)
+        let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
+        let y = TensorBuffer<T>(repeating: .nan, count: x.count), dx = TensorBuffer<T>(repeating: .nan, count: x.count)
+        let statistics = TensorBuffer(repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.rowCount)
+        let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
+        let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
+        let sums = TensorBuffer<Double>(repeating: .nan, count: 2 * shape.batch * shape.parameterCount)
+        NormKernel.forward(
+            y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma?.readOnly, beta: beta?.readOnly,
+            shape: shape, eps: eps, threads: threads, stores: stores, layout: layout)
+        NormKernel.backward(
+            dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements, dy: dy.readOnly, x: x.readOnly,
+            statistics: statistics.readOnly, gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores,
+            parameterSums: sums.elements, layout: layout)
+        (self.y, self.statistics, self.dx) = (y.array, statistics.array, dx.array)
+        (self.dgamma, self.dbeta, parameterSums) = (dgamma.array, dbeta.array, sums.array)
+    }
+
+    static func == (lhs: Self, rhs: Self) -> Bool {
+        bitPatterns(lhs.y) == bitPatterns(rhs.y) && bitPatterns(lhs.dx) == bitPatterns(rhs.dx)
+            && lhs.statistics == rhs.statistics && bitPatterns(lhs.dgamma) == bitPatterns(rhs.dgamma)
+            && bitPatterns(lhs.dbeta) == bitPatterns(rhs.dbeta) && bitPatterns(lhs.parameterSums) == bitPatterns(rhs.parameterSums)
+    }
+}
+
+/// Random inputs for a norm, rounded to T, with γ, β of the norm's parameter shape.
+struct FamilyInputs<T: InstanceNormScalar> {
+    let shape: NormShape
+    let x: [T], dy: [T], gamma: [T]?, beta: [T]?
+
+    init(_ normalization: Normalization, _ dimensions: [Int], affine: Bool = true, seed: UInt64,
+         mean: Double = 0, deviation: Double = 1) {
+        shape = try! NormShape(normalization, dimensions: dimensions)
+        var generator = SeededGenerator(seed: seed)
+        x = generator.normals(shape.elementCount, mean: mean, deviation: deviation).map { T($0) }
+        dy = generator.normals(shape.elementCount).map { T($0) }
+        gamma = affine ? generator.normals(shape.parameterCount, mean: 1, deviation: 0.5).map { T($0) } : nil
+        beta = affine ? generator.normals(shape.parameterCount, deviation: 0.5).map { T($0) } : nil
+    }
+
+    func run(eps: Double = 1e-5, threads: Int = 1, stores: StorePolicy = .automatic) -> FamilyRun<T> {
+        FamilyRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps, threads: threads, stores: stores)
+    }
+
+    /// The rows of the reference for channels-first data.
+    var rows: Reference.Rows {
+        switch shape.normalization {
+        case .instance:
+            .group(batch: shape.batch, channels: shape.dimensions[1], spatialCount: shape.spatialCount, groups: shape.dimensions[1])
+        case .group(let groups):
+            .group(batch: shape.batch, channels: shape.dimensions[1], spatialCount: shape.spatialCount, groups: groups)
+        case .layer:
+            .layer(rowCount: shape.rowCount, rowLength: shape.rowLength)
+        }
+    }
+
+    func reference(eps: Double = 1e-5) -> (forward: Reference.Forward, backward: Reference.Backward) {
+        let (wideX, wideDy) = (x.map(\.widened), dy.map(\.widened))
+        let (wideGamma, wideBeta) = (gamma?.map(\.widened), beta?.map(\.widened))
+        return (Reference.forward(x: wideX, rows: rows, gamma: wideGamma, beta: wideBeta, eps: eps),
+                Reference.backward(dy: wideDy, x: wideX, rows: rows, gamma: wideGamma, eps: eps))
+    }
+}
+
+/// The kernel's outputs against the Double reference, judged as
+/// `checkAgainstReference` judges InstanceNorm's: y, dx within
+/// `outputTolerance`, statistics within `computeTolerance`, dγ, dβ against
+/// the size of their sums (a row's length times the rows that share a
+/// parameter).
+func checkFamily<T: InstanceNormScalar>(
+    _ inputs: FamilyInputs<T>, threads: Int = 1, eps: Double = 1e-5, extraTolerance: Double = 0,
+    sourceLocation: SourceLocation = #_sourceLocation
+) {
+    let run = inputs.run(eps: eps, threads: threads)
+    let (forward, backward) = inputs.reference(eps: eps)
+    let label = "\(T.self) \(inputs.shape) threads \(threads)"
+    let tolerance = outputTolerance(T.self) + extraTolerance, statisticsTolerance = computeTolerance(T.self) + extraTolerance
+    #expect(maxScaledError(run.y, forward.y, scale: magnitude(forward.y, minimum: 1)) <= tolerance, "y \(label)",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(run.statistics.map(\.mean), forward.mean, scale: 1) <= statisticsTolerance, "mean \(label)",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(run.statistics.map(\.invstd), forward.invstd, scale: 0) <= statisticsTolerance, "invstd \(label)",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(run.dx, backward.dx, scale: magnitude(backward.dx, minimum: 1e-3)) <= tolerance, "dx \(label)",
+            sourceLocation: sourceLocation)
+    let terms = Double(inputs.shape.elementCount / max(inputs.shape.parameterCount, 1))
+    #expect(maxScaledError(run.dgamma, backward.dgamma, scale: terms) <= statisticsTolerance, "dgamma \(label)",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(run.dbeta, backward.dbeta, scale: terms) <= statisticsTolerance, "dbeta \(label)",
+            sourceLocation: sourceLocation)
+    // The per-sample shares add up to dγ, dβ (in sample order, as the kernel adds them).
+    let parameters = inputs.shape.parameterCount
+    for parameter in 0..<parameters {
+        let shares = (0..<inputs.shape.batch).map { 2 * ($0 * parameters + parameter) }
+        #expect(shares.reduce(0.0) { $0 + run.parameterSums[$1] } == run.dbeta[parameter], sourceLocation: sourceLocation)
+        #expect(shares.reduce(0.0) { $0 + run.parameterSums[$1 + 1] } == run.dgamma[parameter], sourceLocation: sourceLocation)
+    }
+}
+
+@Suite struct NormFamily {
+    /// (normalization, dimensions): group sizes 1, 2 and C/2; M = 1, odd M
+    /// and a group longer than a reduction chunk (1024); layer norm over
+    /// one, two and all trailing dimensions, odd D.
+    static let cases: [(Normalization, [Int])] = [
+        (.group(groups: 1), [2, 4, 5]), (.group(groups: 2), [3, 4, 7, 3]), (.group(groups: 2), [2, 6, 1]),
+        (.group(groups: 3), [2, 6, 19, 23]), (.group(groups: 1), [1, 3, 700]),
+        (.layer(normalizedDimensions: 1), [3, 5, 37]), (.layer(normalizedDimensions: 2), [2, 3, 4, 9]),
+        (.layer(normalizedDimensions: 3), [2, 3, 5, 7]), (.layer(normalizedDimensions: 1), [2, 1, 1]),
+        (.layer(normalizedDimensions: 1), [2, 3, 1500]),
+    ]
+
+    @Test(arguments: 0..<cases.count)
+    func againstTheReference(_ index: Int) {
+        let (normalization, dimensions) = Self.cases[index]
+        for affine in [true, false] {
+            checkFamily(FamilyInputs<Float16>(normalization, dimensions, affine: affine, seed: 20 + UInt64(index)))
+            checkFamily(FamilyInputs<Float>(normalization, dimensions, affine: affine, seed: 40 + UInt64(index)))
+            checkFamily(FamilyInputs<Double>(normalization, dimensions, affine: affine, seed: 60 + UInt64(index)))
+        }
+    }
+
+    /// Every thread count gives the same bits: whole rows or samples per
+    /// worker, and (1, 3, 700) G = 1 or (2, 1, 1500) with a single row per
+    /// sample, where the workers share a row's chunks.
+    @Test(arguments: 0..<cases.count)
+    func sameBitsForEveryThreadCount(_ index: Int) {
+        let (normalization, dimensions) = Self.cases[index]
+        let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 80 + UInt64(index))
+        let single = inputs.run(threads: 1)
+        for threads in [2, 3, 5] {
+            #expect(inputs.run(threads: threads) == single, "threads \(threads)")
+            #expect(inputs.run(threads: threads, stores: .streaming) == single, "streaming, threads \(threads)")
+        }
+    }
+
+    /// G = C is InstanceNorm: the same bits as `BatchKernel`, every output.
+    @Test(arguments: [[2, 3, 5], [3, 4, 17, 9], [2, 5, 1]])
+    func groupsOfOneChannelAreInstanceNorm(_ dimensions: [Int]) {
+        let inputs = FamilyInputs<Float>(.group(groups: dimensions[1]), dimensions, seed: 3)
+        let instance = FamilyInputs<Float>(.instance, dimensions, seed: 3)
+        let kernel = KernelRun(x: inputs.x, dy: inputs.dy, gamma: inputs.gamma, beta: inputs.beta,
+                               shape: try! InstanceNormShape(dimensions: dimensions), eps: 1e-5)
+        let group = inputs.run()
+        #expect(group == instance.run())
+        #expect(bitPatterns(group.y) == bitPatterns(kernel.y) && bitPatterns(group.dx) == bitPatterns(kernel.dx))
+        #expect(bitPatterns(group.dgamma) == bitPatterns(kernel.dgamma) && group.statistics == kernel.statistics)
+    }
+
+    /// Channels-last GroupNorm gives the channels-first bits on the transposed data.
+    @Test(arguments: [1, 2, 4], [1, 3])
+    func groupsChannelsLastMatchChannelsFirst(groups: Int, threads: Int) {
+        let dimensions = [3, 4, 5, 7]
+        let inputs = FamilyInputs<Float>(.group(groups: groups), dimensions, seed: 9)
+        let first = inputs.run(threads: threads)
+        let last = FamilyRun(
+            x: channelsLast(inputs.x, channels: 4, positions: 35), dy: channelsLast(inputs.dy, channels: 4, positions: 35), gamma: inputs.gamma,
+            beta: inputs.beta, shape: inputs.shape, eps: 1e-5, threads: threads, layout: .channelsLast)
+        #expect(bitPatterns(channelsLast(first.y, channels: 4, positions: 35)) == bitPatterns(last.y))
+        #expect(bitPatterns(channelsLast(first.dx, channels: 4, positions: 35)) == bitPatterns(last.dx))
+        #expect(first.statistics == last.statistics)
+        #expect(bitPatterns(first.dgamma) == bitPatterns(last.dgamma) && bitPatterns(first.dbeta) == bitPatterns(last.dbeta))
+        #expect(bitPatterns(first.parameterSums) == bitPatterns(last.parameterSums))
+    }
+
+    /// Mean 1e4, spread 1e-3 in Float (1e3 and 1 in half): the folded
+    /// arithmetic about μ_hi keeps the digits, as for InstanceNorm.
+    @Test(arguments: [(Normalization.group(groups: 2), [2, 4, 64]), (.layer(normalizedDimensions: 1), [2, 3, 200])])
+    func largeMeanTinySpread(_ normalization: Normalization, _ dimensions: [Int]) {
+        // Condition |μ|/σ: an ulp of the mean in Double moves x̂ by ulp·μ/σ (see `largeMeanCheck`).
+        checkFamily(FamilyInputs<Float>(normalization, dimensions, seed: 5, mean: 1e4, deviation: 1e-3), eps: 1e-12,
+                    extraTolerance: 16 * Double.ulpOfOne * 1e7)
+        checkFamily(FamilyInputs<Float16>(normalization, dimensions, seed: 6, mean: 1e3, deviation: 1), eps: 1e-12,
+                    extraTolerance: 16 * Double.ulpOfOne * 1e3)
+    }
+
+    /// dx, dγ, dβ against central differences of the loss Σ w·y in Double:
+    /// an independent check of the reference's and the kernel's calculus.
+    @Test(arguments: [(Normalization.group(groups: 2), [2, 4, 3]), (.layer(normalizedDimensions: 1), [2, 2, 5]),
+                      (.layer(normalizedDimensions: 2), [2, 3, 4])])
+    func finiteDifferences(_ normalization: Normalization, _ dimensions: [Int]) {
+        let inputs = FamilyInputs<Double>(normalization, dimensions, seed: 17)
+        let weights = inputs.dy  // dL/dy for L = Σ w·y
+        let loss = { (x: [Double], gamma: [Double], beta: [Double]) -> Double in
+            let run = FamilyRun(x: x, dy: weights, gamma: gamma, beta: beta, shape: inputs.shape, eps: 1e-5)
+            return zip(run.y, weights).map { $0 * $1 }.reduce(0, +)
+        }
+        let run = inputs.run()
+        let step = 1e-6
+        func derivative(_ perturb: (Double) -> Double) -> Double { (perturb(step) - perturb(-step)) / (2 * step) }
+        for index in inputs.x.indices {
+            let numeric = derivative { delta in var x = inputs.x; x[index] += delta; return loss(x, inputs.gamma!, inputs.beta!) }
+            #expect(abs(numeric - run.dx[index]) <= 1e-6 * (1 + abs(numeric)), "dx[\(index)]")
+        }
+        for index in inputs.gamma!.indices {
+            let dgamma = derivative { delta in var gamma = inputs.gamma!; gamma[index] += delta; return loss(inputs.x, gamma, inputs.beta!) }
+            let dbeta = derivative { delta in var beta = inputs.beta!; beta[index] += delta; return loss(inputs.x, inputs.gamma!, beta) }
+            #expect(abs(dgamma - run.dgamma[index]) <= 1e-6 * (1 + abs(dgamma)), "dgamma[\(index)]")
+            #expect(abs(dbeta - run.dbeta[index]) <= 1e-6 * (1 + abs(dbeta)), "dbeta[\(index)]")
+        }
+    }
+
+    @Test func shapesAreChecked() {
+        #expect(throws: InstanceNormError.self) { try NormShape(.group(groups: 3), dimensions: [2, 4, 5]) }
+        #expect(throws: InstanceNormError.self) { try NormShape(.group(groups: 0), dimensions: [2, 4, 5]) }
+        #expect(throws: InstanceNormError.self) { try NormShape(.layer(normalizedDimensions: 3), dimensions: [2, 4, 5]) }
+        #expect(throws: InstanceNormError.self) { try NormShape(.layer(normalizedDimensions: 0), dimensions: [2, 4, 5]) }
+        let layer = try! NormShape(.layer(normalizedDimensions: 2), dimensions: [2, 3, 4, 5])
+        #expect(layer.rowsPerSample == 3 && layer.rowLength == 20 && layer.parameterDimensions == [4, 5])
+        #expect(layer.statisticsDimensions == [2, 3])
+        let group = try! NormShape(.group(groups: 2), dimensions: [2, 4, 5, 3])
+        #expect(group.rowsPerSample == 2 && group.rowLength == 30 && group.statisticsDimensions == [2, 2])
+    }
+}
