@@ -18,7 +18,8 @@ struct Verification {
     let parameterError: Double
     let tolerance: Double
 
-    var passed: Bool { max(forwardError, backwardError, parameterError) <= tolerance }
+    /// Each error compared on its own: `max(_:_:_:)` would drop a NaN.
+    var passed: Bool { [forwardError, backwardError, parameterError].allSatisfy { $0 <= tolerance } }
 
     var summary: String {
         "max scaled error y \(forwardError), dx \(backwardError), dgamma/dbeta \(parameterError) "
@@ -54,7 +55,9 @@ struct Verification {
         // The synthetic dy is bounded by 1 and x̂ by √3, so each sum adds at
         // most N·M terms of size < 2: that bounds its rounding.
         let sumScale = 2 * Double(shape.batch * spatialCount)
-        let parameterError = zip(computed, globalSums).map { abs($0 - $1) / (abs($1) + sumScale) }.max() ?? 0
+        // NaN counts as infinite, as in `scaledError`: `max` would drop it.
+        let parameterError = zip(computed, globalSums).map { abs($0 - $1) / (abs($1) + sumScale) }
+            .reduce(0.0) { $1.isNaN || $0.isNaN ? .infinity : max($0, $1) }
         let worst = try communicator.allreduce([local.forward, local.backward, parameterError], .max)
         forwardError = worst[0]
         backwardError = worst[1]
