@@ -76,8 +76,8 @@ private func instanceCheck<T: DataParallelScalar>(
         mean: statistics.mean, variance: statistics.variance, invstd: statistics.invstd)
 }
 
-/// The largest error/bound ratio per output on this rank, NaN counting as
-/// infinite (`errorRatio`), and the bounds in ulps at the largest values.
+/// The largest error/bound ratio per output on this rank (NaN errors count
+/// as infinite: `errorRatio`), and the bounds in ulps at the largest values.
 private struct Measures {
     var ratios = [Double](repeating: 0, count: Verification.Output.allCases.count)
     var boundUlps = [Double](repeating: 0, count: Verification.Output.allCases.count)
@@ -100,9 +100,10 @@ private struct Measures {
         worsen(.invstd, statistics.invstd)
     }
 
+    /// `ratio` comes from `errorRatio`, which turns NaN into infinity: here
+    /// `max` would drop a NaN.
     private mutating func worsen(_ output: Verification.Output, _ ratio: Double) {
-        let index = output.rawValue
-        ratios[index] = ratio.isNaN || ratios[index].isNaN ? .infinity : max(ratios[index], ratio)
+        ratios[output.rawValue] = max(ratios[output.rawValue], ratio)
     }
 
     /// dγ, dβ: every rank gathers every instance's terms (sample order is
