@@ -86,6 +86,10 @@ let package = Package(
         .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
-            dependencies: ["instnorm", "NPY", "TestSupport"]),
+            dependencies: ["instnorm", "mpi-checks", "NPY", "TestSupport"]),
+        /// The MPI face and `Communicator.agree` checked at P = 2, 3, 4 under
+        /// mpirun (launched by Tests/InstnormTests/MPIFaceTests.swift); a
+        /// test program, not a product.
+        .executableTarget(name: "mpi-checks", dependencies: ["MPI", "DataParallel"], path: "Tests/MPIChecks"),
     ]
 )

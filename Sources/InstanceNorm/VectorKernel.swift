@@ -4,7 +4,7 @@
 /// boundaries sit at fixed offsets from the instance's start, so the order
 /// of every addition is fixed by the data's shape alone: threads that split
 /// an instance at chunk boundaries reproduce the single-thread bits.
-@usableFromInline let reductionChunk = 1024
+public let reductionChunk = 1024
 
 /// The vector of compute values at base[index…], widened from storage.
 @inlinable @inline(__always)

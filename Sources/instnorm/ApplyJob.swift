@@ -45,6 +45,7 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             communicator: communicator, globalShape: shape, eps: options.eps, threads: options.threads,
             reduction: options.reduction.method, layout: files.layout)
         let outputs = try compute(layer, inputs)
+        applyCorruptionFailpoints(outputs)
         if options.checkFinite { try checkFinite(outputs, firstSample: samples.lowerBound) }
         try write(outputs)
     }
@@ -97,6 +98,17 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             ]
         }
         return outputs
+    }
+
+    /// Makes this rank's part of an output wrong where an `INSTNORM_FAILPOINT`
+    /// `corrupt-*` point says so, before the outputs are checked and written.
+    /// dγ and dβ are written by rank 0 alone: corrupting them on another
+    /// rank changes nothing on disk.
+    private func applyCorruptionFailpoints(_ outputs: [OutputArray<T>]) {
+        let points: [String: Failpoint] = [
+            "y.npy": .corruptY, "dx.npy": .corruptDx, "dgamma.npy": .corruptDgamma, "dbeta.npy": .corruptDbeta,
+        ]
+        for output in outputs { points[output.name]?.corrupt(output.values.elements) }
     }
 
     /// y and the per-instance statistics of this rank's slice; not collective.

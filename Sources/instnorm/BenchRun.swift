@@ -19,6 +19,7 @@ struct BenchRun<T: DataParallelScalar> {
         let batch = SyntheticBatch<T>(layer: layer, seed: options.seed)
         var checksums = ChecksumTracker()
         let timings = try time(layer, batch, checksums: &checksums)
+        batch.applyCorruptionFailpoints()
         let checksum = options.checksum ? try checksums.overRanks(communicator) : nil
         let verification = options.verify ? try Verification(layer: layer, batch: batch) : nil
         if communicator.rank == 0 {

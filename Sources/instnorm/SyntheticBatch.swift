@@ -47,6 +47,15 @@ final class SyntheticBatch<T: DataParallelScalar> {
         layer.forward(y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma.readOnly, beta: beta.readOnly)
     }
 
+    /// Makes this rank's results wrong where an `INSTNORM_FAILPOINT`
+    /// `corrupt-*` point says so: after the last iteration, before `--verify`.
+    func applyCorruptionFailpoints() {
+        Failpoint.corruptY.corrupt(y.elements)
+        Failpoint.corruptDx.corrupt(dx.elements)
+        Failpoint.corruptDgamma.corrupt(dgamma.elements)
+        Failpoint.corruptDbeta.corrupt(dbeta.elements)
+    }
+
     /// The backward, collective; returns the seconds of exposed allreduce wait.
     func backward() throws -> Double {
         try layer.backward(

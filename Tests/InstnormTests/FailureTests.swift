@@ -151,7 +151,11 @@ extension InstnormCLI {
         }
 
         /// A malformed INSTNORM_FAILPOINT is a usage error, reported once.
-        @Test(arguments: ["reading", "nowhere@1", "reading@9", "reading@1:explode", "reading@-1"])
+        @Test(arguments: [
+            "reading", "nowhere@1", "reading@9", "reading@1:explode", "reading@-1",
+            // nan and skew belong to the corrupt-* points, which take nothing else.
+            "reading@0:nan", "corrupt-y@0:kill", "corrupt-dx@1", "corrupt-dgamma@0:fail",
+        ])
         func malformedFailpointIsAUsageError(_ specification: String) async throws {
             let result = try await Launcher.instnorm(
                 ranks: 2, ["bench", "--shape", "2,2,8", "--iterations", "1"],

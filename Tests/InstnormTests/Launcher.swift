@@ -16,18 +16,23 @@ enum Launcher {
             return FileManager.default.isExecutableFile(atPath: path)
                 ? .success(path) : .failure(LaunchError("INSTNORM_BIN=\(path) is not an executable file"))
         }
+        return builtExecutable("instnorm", orSet: "INSTNORM_BIN")
+    }()
+
+    /// An executable of this package next to the test bundle.
+    static func builtExecutable(_ name: String, orSet variable: String? = nil) -> Result<String, LaunchError> {
         let folders = [
             Bundle.main.bundleURL,
             URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent(),
         ]
-        let candidates = folders.map { $0.appendingPathComponent("instnorm").path }
+        let candidates = folders.map { $0.appendingPathComponent(name).path }
         if let found = candidates.first(where: FileManager.default.isExecutableFile(atPath:)) {
             return .success(found)
         }
         return .failure(LaunchError(
-            "the instnorm executable is not at \(candidates.joined(separator: " or ")); "
-                + "build it first (swift build --build-tests) or set INSTNORM_BIN"))
-    }()
+            "the \(name) executable is not at \(candidates.joined(separator: " or ")); "
+                + "build it first (swift build --build-tests)" + (variable.map { " or set \($0)" } ?? "")))
+    }
 
     /// mpirun from PATH.
     static let mpirun: Result<String, LaunchError> = {

@@ -51,10 +51,18 @@ void instnorm_stream_store_half16(void *address, instnorm_float8x low, instnorm_
     __builtin_nontemporal_store(halves, (instnorm_half16x *)address);
 }
 
+/// Fences issued by this thread (`instnorm_store_fence`), for the tests: a
+/// missing fence changes no result a test can see on x86, so they count it.
+extern _Thread_local unsigned long instnorm_thread_store_fences;
+
+/// `instnorm_thread_store_fences`, for Swift (which cannot see thread-locals).
+unsigned long instnorm_store_fences_on_this_thread(void);
+
 /// Orders the streaming stores before any later store: call once after a
 /// kernel that streamed, before its output is handed to another thread.
 static inline __attribute__((always_inline))
 void instnorm_store_fence(void) {
+    instnorm_thread_store_fences += 1;
 #if defined(__x86_64__)
     __builtin_ia32_sfence();
 #else
