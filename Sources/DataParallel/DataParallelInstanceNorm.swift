@@ -1,127 +1,71 @@
-import Dispatch
 import InstanceNorm
 import MPI
-import ReproducibleSum
 
-/// A storage precision the layer runs in: `Float16`, `Float` or `Double`.
+/// InstanceNorm over a batch split across the ranks of a communicator: a
+/// `DataParallelNorm` of `.instance`, with the instance-norm shape.
 ///
-/// No tensor value crosses ranks (only `Double` sums and statistics do), so
-/// the storage type needs no MPI datatype; Open MPI 4 has none for half.
-public typealias DataParallelScalar = InstanceNormScalar
-
-/// InstanceNorm over a batch split across the ranks of a communicator.
-///
-/// Each rank holds samples `samples` of the global batch (a `BatchPartition`)
-/// and runs the kernels on them. Only two things cross ranks:
-///
-/// - dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c): the sum over n is exactly the
-///   sum over ranks (see `ParameterGradientReduction` for how it is formed);
-/// - the running statistics, a mean over the global batch: every rank adds
-///   its instances' statistics to `ReproducibleSums`, and one allreduce of
-///   them gives every rank the bits one process holding the whole batch gets.
-///
-/// Every method here is collective where it says so: every rank must call it,
-/// also a rank with no samples.
+/// Each rank holds samples `samples` of the global batch and runs the
+/// kernels on them; dγ, dβ and the running statistics are summed across
+/// ranks reproducibly (see `DataParallelNorm`). Every method is collective
+/// where it says so: every rank must call it, also a rank with no samples.
 public final class DataParallelInstanceNorm<T: DataParallelScalar> {
-    /// The ranks that share the batch; every collective method runs on it.
-    public let communicator: Communicator
+    /// The general layer this one is.
+    public let norm: DataParallelNorm<T>
     /// (N, C, S…) of the whole batch, whatever the layout of the buffers.
     public let globalShape: InstanceNormShape
     /// This rank's slice: (samples.count, C, S…).
     public let localShape: InstanceNormShape
-    /// How the batch is split over the ranks.
-    public let partition: BatchPartition
-    /// The global sample indices this rank holds.
-    public let samples: Range<Int>
-    /// ε > 0, added to the variance.
-    public let eps: Double
-    /// Worker threads inside this rank.
-    public let threads: Int
-    /// Hide the allreduce of dγ, dβ behind the dx pass (see `backward`).
-    public let overlapsReduction: Bool
-    /// How y and dx are written.
-    public let stores: StorePolicy
-    /// How dγ, dβ are summed across ranks.
-    public let reduction: ParameterGradientReduction
-    /// How x, y, dy, dx are laid out: (N, C, S…) or (N, S…, C). Either way
-    /// a rank's slice is whole samples, contiguous, and the results are the
-    /// same bits.
-    public let layout: TensorLayout
-
-    /// [dγ_0…dγ_{C−1}, dβ_0…dβ_{C−1}], in `Double`; allocated once, as are
-    /// the buffers of the reduction: this rank's per-instance sums (s1, s2),
-    /// the exact sums sent by `.reproducible`, every sample's sums for `.gather`.
-    private let parameterGradientSums: TensorBuffer<Double>
-    private let localInstanceSums: TensorBuffer<Double>
-    private let exactSums: ReproducibleSums
-    private let globalInstanceSums: TensorBuffer<Double>
 
     /// - Parameters:
     ///   - communicator: the ranks that share the batch (every rank calls this with the same shape).
     ///   - globalShape: (N, C, S…) of the whole batch; this rank gets its balanced share of N.
     ///   - eps: ε > 0, added to the variance.
     ///   - threads: worker threads inside this rank (the results do not depend on it).
-    ///   - overlapsReduction: start the allreduce of dγ, dβ as soon as the
-    ///     local sums exist and finish it behind the dx pass (the default);
-    ///     false runs it after the backward, blocking.
+    ///   - overlapsReduction: hide the reduction of dγ, dβ behind the dx pass (the default).
     ///   - stores: how y and dx are written.
     ///   - reduction: how dγ, dβ are summed across ranks.
-    ///   - layout: how the tensors are laid out; `globalShape` is (N, C, S…)
-    ///     either way.
+    ///   - layout: how the tensors are laid out; `globalShape` is (N, C, S…) either way.
     public init(
         communicator: Communicator, globalShape: InstanceNormShape, eps: Double,
         threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic,
         reduction: ParameterGradientReduction = .reproducible, layout: TensorLayout = .channelsFirst
     ) {
-        precondition(eps > 0, "eps must be positive")
-        precondition(threads >= 1, "at least one thread")
-        self.communicator = communicator
+        norm = DataParallelNorm(
+            communicator: communicator, globalShape: try! NormShape(.instance, dimensions: globalShape.dimensions), eps: eps,
+            threads: threads, overlapsReduction: overlapsReduction, stores: stores, reduction: reduction, layout: layout)
         self.globalShape = globalShape
-        self.eps = eps
-        self.threads = threads
-        self.overlapsReduction = overlapsReduction
-        self.stores = stores
-        self.reduction = reduction
-        self.layout = layout
-        partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
-        samples = partition.samples(of: communicator.rank)
-        localShape = globalShape.withBatch(samples.count)
-        parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * globalShape.channels)
-        localInstanceSums = TensorBuffer(repeating: 0, count: reduction == .allreduce ? 0 : 2 * localShape.instanceCount)
-        exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * globalShape.channels : 0)
-        globalInstanceSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.instanceCount : 0)
+        localShape = globalShape.withBatch(norm.samples.count)
     }
 
-    /// The bytes of the dγ, dβ reduction's collective on this rank per
-    /// backward: what it puts in (its own buffer) and what it gets back.
-    /// How the MPI library moves them (ring, tree) multiplies both by a
-    /// small factor; the point is how they grow with N and P.
-    public var reductionBytes: (sent: Int, received: Int) {
-        let channels = globalShape.channels, word = MemoryLayout<Double>.stride
-        switch reduction {
-        case .reproducible:
-            let bytes = 2 * channels * ReproducibleSums.wordsPerSum * MemoryLayout<Int64>.stride
-            return (bytes, bytes)
-        case .allreduce: return (2 * channels * word, 2 * channels * word)
-        case .gather: return (2 * localShape.instanceCount * word, 2 * globalShape.instanceCount * word)
-        }
-    }
-
-    /// The element range of this rank's slice within a global tensor (of
-    /// either layout: both keep a sample's values together).
-    public var localElements: Range<Int> {
-        let perSample = globalShape.channels * globalShape.spatialCount
-        return samples.lowerBound * perSample ..< samples.upperBound * perSample
-    }
+    /// The ranks that share the batch.
+    public var communicator: Communicator { norm.communicator }
+    /// How the batch is split over the ranks.
+    public var partition: BatchPartition { norm.partition }
+    /// The global sample indices this rank holds.
+    public var samples: Range<Int> { norm.samples }
+    /// ε > 0, added to the variance.
+    public var eps: Double { norm.eps }
+    /// Worker threads inside this rank.
+    public var threads: Int { norm.threads }
+    /// Whether the reduction of dγ, dβ hides behind the dx pass.
+    public var overlapsReduction: Bool { norm.overlapsReduction }
+    /// How y and dx are written.
+    public var stores: StorePolicy { norm.stores }
+    /// How dγ, dβ are summed across ranks.
+    public var reduction: ParameterGradientReduction { norm.reduction }
+    /// How x, y, dy, dx are laid out.
+    public var layout: TensorLayout { norm.layout }
+    /// The bytes of the dγ, dβ reduction on this rank per backward (see `DataParallelNorm`).
+    public var reductionBytes: (sent: Int, received: Int) { norm.reductionBytes }
+    /// The element range of this rank's slice within a global tensor.
+    public var localElements: Range<Int> { norm.localElements }
 
     /// Training-mode forward of the local slice; not collective.
     public func forward(
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
-        BatchKernel.forward(
-            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
-            layout: layout)
+        norm.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta)
     }
 
     /// Evaluation-mode forward of the local slice with the running statistics; not collective.
@@ -130,27 +74,13 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
         gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
-        BatchKernel.forwardInference(
-            y: y, x: x, runningMean: runningMean, runningVar: runningVar,
-            gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
-            layout: layout)
+        norm.forwardInference(y: y, x: x, runningMean: runningMean, runningVar: runningVar, gamma: gamma, beta: beta)
     }
 
-    /// Backward: dx of the local slice, and dγ, dβ of the global batch.
-    /// Collective: one allreduce of 2·C reproducible sums (16·C words), of
-    /// 2·C doubles, or one allgatherv of 2·N·C doubles (see `reduction`).
+    /// Backward: dx of the local slice, and dγ, dβ of the global batch;
+    /// collective (see `DataParallelNorm.backward`).
     ///
-    /// The collective is hidden: it starts, non-blocking, as soon as this
-    /// rank's sums exist, which is before the dx of the last instances of
-    /// each thread has been written; one worker polls it with `MPI_Test`
-    /// while it writes them (Open MPI here has no progress thread), and the
-    /// wait at the end is all that is left exposed.
-    ///
-    /// - Returns: the seconds from the end of the dx pass to dγ, dβ complete:
-    ///   the wait for the collective (with `overlapsReduction` false: the
-    ///   whole blocking collective) and what turns its result into dγ, dβ
-    ///   (rounding the exact sums, or adding the gathered ones in sample
-    ///   order). What the reduction adds to the step.
+    /// - Returns: the seconds the reduction adds after the dx pass.
     @discardableResult
     public func backward(
         dx: UnsafeMutableBufferPointer<T>,
@@ -158,134 +88,15 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
     ) throws -> Double {
-        let channels = globalShape.channels
-        precondition(dgamma.count == channels && dbeta.count == channels)
-        let sums = parameterGradientSums.elements
-        let collective = OverlappedReduction(start: startReduction)
-        BatchKernel.backward(
-            dx: dx,
-            dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<channels]),
-            dbeta: UnsafeMutableBufferPointer(rebasing: sums[channels..<2 * channels]),
-            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
-            instanceSums: reduction == .allreduce ? nil : localInstanceSums.elements,
-            overlap: overlapsReduction ? collective.hooks : nil, layout: layout)
-        let waitStart = MPI.wallTime()
-        if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
-        switch reduction {
-        case .reproducible: exactSums.round(into: sums)
-        case .gather: sumGatheredInSampleOrder()
-        case .allreduce: break
-        }
-        let exposed = MPI.wallTime() - waitStart
-        for channel in 0..<channels {
-            dgamma[channel] = T(sums[channel])
-            dbeta[channel] = T(sums[channels + channel])
-        }
-        return exposed
+        try norm.backward(dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma)
     }
 
-    /// Starts the collective that completes dγ, dβ across ranks.
-    private func startReduction() throws -> Request {
-        switch reduction {
-        case .allreduce:
-            return try communicator.iallreduce(parameterGradientSums.elements, .sum)
-        case .reproducible:
-            addLocalSums(to: exactSums)
-            return try communicator.iallreduce(exactSums)
-        case .gather:
-            return try communicator.iallgatherv(
-                localInstanceSums.readOnly, into: globalInstanceSums.elements,
-                counts: partition.counts.map { 2 * $0 * globalShape.channels })
-        }
-    }
-
-    /// This rank's addends of dγ_c = Σ_n s2(n,c) (sum c) and dβ_c = Σ_n s1(n,c)
-    /// (sum C + c), one per instance. Each worker thread takes a run of
-    /// channels: their sums are disjoint cache lines, and the result does not
-    /// depend on who adds what.
-    private func addLocalSums(to sums: ReproducibleSums) {
-        sums.removeAll()
-        let channels = globalShape.channels, samples = localShape.batch
-        let instanceSums = SendablePointer(localInstanceSums.elements.baseAddress!)
-        let workers = min(threads, channels)
-        let addRun = { @Sendable (worker: Int) in
-            let run = channels * worker / workers..<channels * (worker + 1) / workers
-            for sample in 0..<samples {
-                for channel in run {
-                    let instance = sample * channels + channel
-                    sums.add(instanceSums.pointer[2 * instance + 1], to: channel)
-                    sums.add(instanceSums.pointer[2 * instance], to: channels + channel)
-                }
-            }
-        }
-        if workers == 1 { return addRun(0) }
-        DispatchQueue.concurrentPerform(iterations: workers, execute: addRun)
-    }
-
-    /// dγ_c = Σ_n s2(n,c), dβ_c = Σ_n s1(n,c) over the gathered sums, added
-    /// in sample order: the order one process holding the whole batch uses.
-    private func sumGatheredInSampleOrder() {
-        let channels = globalShape.channels
-        let sums = parameterGradientSums.elements, gathered = globalInstanceSums.elements
-        sums.update(repeating: 0)
-        for instance in 0..<globalShape.instanceCount {
-            sums[channels + instance % channels] += gathered[2 * instance]
-            sums[instance % channels] += gathered[2 * instance + 1]
-        }
-    }
-
-    /// One training step's update of the running statistics (PyTorch's
-    /// semantics, see `RunningStatistics`), identical on every rank and the
-    /// same bits at every rank count: Σ_n μ(n,c) and Σ_n σ²(n,c)·M/(M−1) are
-    /// reproducible sums. Collective (one allreduce of 2·C reproducible
-    /// sums). Needs M ≥ 2 and N ≥ 1.
+    /// One training step's update of the running statistics; collective
+    /// (see `DataParallelNorm.updateRunningStatistics`).
     public func updateRunningStatistics(
         runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
     ) throws {
-        precondition(statistics.count == localShape.instanceCount)
-        precondition(globalShape.spatialCount >= 2, "the unbiased variance needs at least two values per instance")
-        let channels = globalShape.channels
-        let besselCorrection = Double(globalShape.spatialCount) / Double(globalShape.spatialCount - 1)
-        let sums = ReproducibleSums(count: 2 * channels)
-        for (instance, instanceStatistics) in statistics.enumerated() {
-            sums.add(instanceStatistics.mean, to: instance % channels)
-            sums.add(instanceStatistics.variance * besselCorrection, to: channels + instance % channels)
-        }
-        try communicator.allreduce(sums)
-        let totals = sums.sums()
-        RunningStatistics.update(
-            runningMean: runningMean, runningVar: runningVar,
-            meanSum: Array(totals[0..<channels]), unbiasedVarianceSum: Array(totals[channels...]),
-            batch: globalShape.batch, momentum: momentum)
+        try norm.updateRunningStatistics(runningMean: runningMean, runningVar: runningVar, statistics: statistics, momentum: momentum)
     }
-}
-
-/// How dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c) are summed across ranks.
-///
-/// Floating-point addition is not associative, so a sum split differently
-/// across ranks ends in different last bits: PyTorch, DDP, Horovod and NCCL
-/// all give rank-count-dependent gradients. Every instance's (s1, s2) is a
-/// per-sample partial sum, computed from that sample's data alone in a fixed
-/// order (see `InstanceKernel`); what differs between the modes is how those
-/// N·C addends per parameter are added.
-public enum ParameterGradientReduction: String, Sendable, Equatable, CaseIterable {
-    /// Each rank adds its instances' sums exactly to `ReproducibleSums`, and
-    /// one allreduce of 16·C words combines them: the exact sum rounded once,
-    /// the same bits for every rank and thread count, with traffic that
-    /// does not grow with the batch. The default.
-    case reproducible
-    /// Each rank sums its own samples in `Double`; one allreduce of 2·C
-    /// doubles finishes them: the last bits depend on the rank count.
-    case allreduce
-    /// Every rank gathers every instance's sums (2·N·C doubles) and adds
-    /// them in sample order: the same bits for every rank count, with
-    /// traffic that grows with the global batch. Kept for comparison.
-    case gather
-}
-
-/// A pointer that may cross into worker closures, which read it only.
-struct SendablePointer<Pointee>: @unchecked Sendable {
-    let pointer: UnsafeMutablePointer<Pointee>
-    init(_ pointer: UnsafeMutablePointer<Pointee>) { self.pointer = pointer }
 }

@@ -44,6 +44,9 @@ public enum ParameterGradientCheck {
 
     /// How the kernels add the instances of a channel.
     public enum Order: Sendable {
+        /// The exact sum of the instances' sums, rounded once to `Double`
+        /// (the reproducible reduction).
+        case correctlyRounded
         /// Every instance of the batch in sample order, from 0.
         case sampleOrder
         /// Each rank its instances in sample order, then MPI sums the
@@ -77,6 +80,8 @@ public enum ParameterGradientCheck {
     private static func addInstanceSumEvents(_ termsByRank: [[Term]], order: Order, to errors: inout RoundingErrors) {
         let ud = KernelArithmetic.double
         switch order {
+        case .correctlyRounded:
+            errors.event(ud, termsByRank.joined().reduce(0) { $0 + $1.value })
         case .sampleOrder:
             var partial = 0.0
             for term in termsByRank.joined() {

@@ -8,24 +8,29 @@ struct Apply: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Apply InstanceNorm to tensors in .npy files and write the results.",
         discussion: """
-            Writes into DIR: y.npy; in training mode mean.npy and invstd.npy, shape (N, C); \
-            with --grad: dx.npy, and with --weight/--bias also dgamma.npy and dbeta.npy, shape (C,); \
+            Writes into DIR: y.npy; in training mode mean.npy and invstd.npy, shape (N, C) (instance), \
+            (N, G) (group) or x.shape[:-K] (layer); with --grad: dx.npy, and with --weight/--bias also \
+            dgamma.npy and dbeta.npy, shape (C,) (instance, group) or x.shape[-K:] (layer); \
             with running statistics in training mode the updated running_mean.npy and running_var.npy. \
             Outputs have the input's dtype. Each rank reads and writes only its own samples. \
             Outputs are written under temporary names and renamed into place only when every \
             rank has succeeded; a failed or terminated run leaves DIR as it was.
             """)
 
-    @Option(help: ArgumentHelp("The input x: (N, C, S1, ...), or (N, S1, ..., C) with --layout nhwc; float16, float32 or float64, C order.", valueName: "X.npy"))
+    @Option(help: ArgumentHelp(
+        "The input x: (N, C, S1, ...), or (N, S1, ..., C) with --layout nhwc; (N, ..., D1, ..., DK) for --norm layer; float16, float32 or float64, C order.",
+        valueName: "X.npy"))
     var input: String
+
+    @OptionGroup var family: NormOptions
 
     @Option(help: ArgumentHelp("The gradient dy of the same shape and dtype as x: also compute the backward.", valueName: "DY.npy"))
     var grad: String?
 
-    @Option(help: ArgumentHelp("γ, shape (C,); needs --bias.", valueName: "G.npy"))
+    @Option(help: ArgumentHelp("γ, shape (C,) (instance, group) or the normalized dimensions (layer); needs --bias.", valueName: "G.npy"))
     var weight: String?
 
-    @Option(help: ArgumentHelp("β, shape (C,); needs --weight.", valueName: "B.npy"))
+    @Option(help: ArgumentHelp("β, the shape of γ; needs --weight.", valueName: "B.npy"))
     var bias: String?
 
     @Option(help: "ε added to the variance; must be > 0.")
@@ -83,6 +88,11 @@ struct Apply: ParsableCommand {
         }
         guard (runningMean == nil) == (runningVar == nil) else {
             throw ValidationError("--running-mean and --running-var come together or not at all")
+        }
+        do {
+            try family.checkFits(layout: layout, runningStatistics: runningMean != nil)
+        } catch let error as ToolError {
+            throw ValidationError(error.message)
         }
         if eval {
             guard runningMean != nil else {

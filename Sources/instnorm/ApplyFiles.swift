@@ -11,7 +11,8 @@ struct ApplyFiles {
     let bias: NPYReader?
     let runningMean: NPYReader?
     let runningVar: NPYReader?
-    let shape: InstanceNormShape
+    /// The norm and x's logical dimensions ((N, C, S…) for instance and group norm in either layout).
+    let shape: NormShape
     let outputs: OutputDirectory
 
     var dtype: NPYDType { input.header.dtype }
@@ -21,12 +22,7 @@ struct ApplyFiles {
 
     init(_ options: Apply) throws {
         let input = try NPYReader(path: options.input)
-        let shape: InstanceNormShape
-        do {
-            shape = try InstanceNormShape(dimensions: input.header.shape, layout: options.layout.tensorLayout)
-        } catch {
-            throw ToolError.badInput("\(options.input): \(error)")
-        }
+        let shape = try Self.shape(of: input, options)
         guard shape.batch >= 1 else { throw ToolError.badInput("\(options.input): the batch is empty (N = 0)") }
         func open(_ path: String?, shape expected: [Int]) throws -> NPYReader? {
             try path.map { try Self.open($0, shape: expected, like: input) }
@@ -35,10 +31,10 @@ struct ApplyFiles {
         self.shape = shape
         layout = options.layout.tensorLayout
         grad = try open(options.grad, shape: input.header.shape)
-        weight = try open(options.weight, shape: [shape.channels])
-        bias = try open(options.bias, shape: [shape.channels])
-        runningMean = try open(options.runningMean, shape: [shape.channels])
-        runningVar = try open(options.runningVar, shape: [shape.channels])
+        weight = try open(options.weight, shape: shape.parameterDimensions)
+        bias = try open(options.bias, shape: shape.parameterDimensions)
+        runningMean = try open(options.runningMean, shape: shape.parameterDimensions)
+        runningVar = try open(options.runningVar, shape: shape.parameterDimensions)
         if options.tracksRunningStatistics && !options.eval && shape.spatialCount < 2 {
             throw ToolError.badInput(
                 "\(options.input): a training step with running statistics needs more than one value per instance "
@@ -47,6 +43,28 @@ struct ApplyFiles {
         outputs = try OutputDirectory(path: options.output, names: Self.outputNames(options))
         let inputPaths = [options.input, options.grad, options.weight, options.bias, options.runningMean, options.runningVar]
         try outputs.refuseOverlap(with: inputPaths.compactMap { $0 })
+    }
+
+    /// The norm's shape of the input file: its dimensions read in the
+    /// layout, checked against the norm. A flag that does not fit them (G
+    /// not dividing C, K out of range) is a usage error (64); a shape no
+    /// norm of the kind takes, a bad input (65).
+    private static func shape(of input: NPYReader, _ options: Apply) throws -> NormShape {
+        var dimensions = input.header.shape
+        if options.family.norm != .layer {
+            do {
+                dimensions = try InstanceNormShape(dimensions: dimensions, layout: options.layout.tensorLayout).dimensions
+            } catch {
+                throw ToolError.badInput("\(options.input): \(error)")
+            }
+        }
+        do {
+            return try options.family.shape(dimensions)
+        } catch .invalidArgument(let message) {
+            throw ToolError.usage("\(options.input) of shape \(describe(input.header.shape)): \(message)")
+        } catch {
+            throw ToolError.badInput("\(options.input): \(error)")
+        }
     }
 
     /// The files `apply` writes, as README.md lists them.

@@ -24,24 +24,24 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
     let files: ApplyFiles
     let communicator: Communicator
 
-    private var shape: InstanceNormShape { files.shape }
+    private var shape: NormShape { files.shape }
     private var elementSize: Int { MemoryLayout<T>.stride }
 
     func run() throws {
         let partition = BatchPartition(batch: shape.batch, ranks: communicator.size)
         let samples = partition.samples(of: communicator.rank)
-        let perSample = shape.channels * shape.spatialCount
+        let perSample = shape.sampleElementCount
         let slice = samples.lowerBound * perSample ..< samples.upperBound * perSample
         let inputs = try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
             try Memory.reserve(
-                Memory.bytes((slice.count * (files.grad == nil ? 1 : 2), elementSize), (6 * shape.channels, elementSize),
-                             (2 * shape.channels, MemoryLayout<Double>.stride)),
+                Memory.bytes((slice.count * (files.grad == nil ? 1 : 2), elementSize), (6 * shape.parameterCount, elementSize),
+                             (2 * shape.parameterCount, MemoryLayout<Double>.stride)),
                 for: "this rank's slice of the inputs (samples \(samples.lowerBound)..<\(samples.upperBound))")
             let inputs = try LocalInputs<T>(files: files, elements: slice)
             if options.checkFinite { try inputs.checkFinite(files: files, firstSample: samples.lowerBound) }
             return inputs
         }
-        let layer = DataParallelInstanceNorm<T>(
+        let layer = DataParallelNorm<T>(
             communicator: communicator, globalShape: shape, eps: options.eps, threads: options.threads,
             reduction: options.reduction.method, layout: files.layout)
         let outputs = try compute(layer, inputs)
@@ -51,15 +51,14 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
     }
 
     /// The outputs, each with the part of it this rank writes.
-    private func compute(_ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>) throws -> [OutputArray<T>] {
-        let localCount = layer.localShape.elementCount, localInstances = layer.localShape.instanceCount
+    private func compute(_ layer: DataParallelNorm<T>, _ inputs: LocalInputs<T>) throws -> [OutputArray<T>] {
+        let localCount = layer.localShape.elementCount, localRows = layer.localShape.rowCount
         let statisticsSize = MemoryLayout<InstanceStatistics>.stride
         let forward = try communicator.agree(defaultExitCode: ToolExitCode.resources) {
             try Memory.reserve(
-                Memory.bytes((localCount * (inputs.dy == nil ? 1 : 2), elementSize), (localInstances, statisticsSize + 2 * elementSize),
-                             (2 * shape.instanceCount, MemoryLayout<Double>.stride),
-                             (files.layout == .channelsLast ? options.threads : 0,
-                              BatchKernel.channelsLastScratchBytes(channels: shape.channels, as: T.self))),
+                Memory.bytes((localCount * (inputs.dy == nil ? 1 : 2), elementSize), (localRows, statisticsSize + 2 * elementSize),
+                             (2 * shape.batch * shape.parameterCount, MemoryLayout<Double>.stride),
+                             (options.threads, NormKernel.scratchBytes(shape: shape, layout: files.layout, as: T.self))),
                 for: "this rank's outputs")
             if Failpoint.computing.fires() {
                 throw ToolError.resources("cannot allocate the outputs of this rank: Cannot allocate memory \(Failpoint.computing.note)")
@@ -71,8 +70,8 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         if options.eval {
             return [OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset)]
         }
-        let instanceOffset = layer.samples.lowerBound * shape.channels
-        let perInstanceShape = [shape.batch, shape.channels]
+        let instanceOffset = layer.localRows.lowerBound
+        let perInstanceShape = shape.statisticsDimensions
         var outputs = [
             OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset),
             OutputArray(name: "mean.npy", shape: perInstanceShape,
@@ -93,8 +92,8 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
                 runningMean: runningMean.elements, runningVar: runningVar.elements,
                 statistics: statistics.readOnly, momentum: options.momentum)
             outputs += [
-                OutputArray(name: "running_mean.npy", shape: [shape.channels], values: runningMean, elementOffset: nil),
-                OutputArray(name: "running_var.npy", shape: [shape.channels], values: runningVar, elementOffset: nil),
+                OutputArray(name: "running_mean.npy", shape: shape.parameterDimensions, values: runningMean, elementOffset: nil),
+                OutputArray(name: "running_var.npy", shape: shape.parameterDimensions, values: runningVar, elementOffset: nil),
             ]
         }
         return outputs
@@ -113,11 +112,11 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
 
     /// y and the per-instance statistics of this rank's slice; not collective.
     private func localForward(
-        _ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>
+        _ layer: DataParallelNorm<T>, _ inputs: LocalInputs<T>
     ) throws -> (y: TensorBuffer<T>, statistics: TensorBuffer<InstanceStatistics>) {
         let y = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
         let statistics = TensorBuffer(
-            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.instanceCount)
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.rowCount)
         if options.eval {
             layer.forwardInference(
                 y: y.elements, x: inputs.x.readOnly,
@@ -132,13 +131,13 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
     }
 
     private func backward(
-        _ layer: DataParallelInstanceNorm<T>, _ inputs: LocalInputs<T>,
+        _ layer: DataParallelNorm<T>, _ inputs: LocalInputs<T>,
         dy: TensorBuffer<T>, statistics: TensorBuffer<InstanceStatistics>
     ) throws -> [OutputArray<T>] {
-        let channels = shape.channels
+        let parameters = shape.parameterCount
         let dx = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
-        let dgamma = TensorBuffer<T>(repeating: 0, count: channels)
-        let dbeta = TensorBuffer<T>(repeating: 0, count: channels)
+        let dgamma = TensorBuffer<T>(repeating: 0, count: parameters)
+        let dbeta = TensorBuffer<T>(repeating: 0, count: parameters)
         try layer.backward(
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: inputs.x.readOnly, statistics: statistics.readOnly, gamma: inputs.gamma?.readOnly)
@@ -146,8 +145,8 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             name: "dx.npy", shape: files.tensorDimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
         if options.affine {
             outputs += [
-                OutputArray(name: "dgamma.npy", shape: [channels], values: dgamma, elementOffset: nil),
-                OutputArray(name: "dbeta.npy", shape: [channels], values: dbeta, elementOffset: nil),
+                OutputArray(name: "dgamma.npy", shape: shape.parameterDimensions, values: dgamma, elementOffset: nil),
+                OutputArray(name: "dbeta.npy", shape: shape.parameterDimensions, values: dbeta, elementOffset: nil),
             ]
         }
         return outputs
@@ -157,16 +156,20 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
     /// per-sample outputs (the lowest failing rank holds the lowest sample),
     /// then the (C,) arrays, which every rank holds alike.
     private func checkFinite(_ outputs: [OutputArray<T>], firstSample: Int) throws {
-        let channels = shape.channels
         try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
-            var first: (instance: Int, problem: String)?
+            var first: (row: Int, problem: String)?
             for output in outputs where output.elementOffset != nil {
                 let values = output.values.readOnly
-                let found = output.shape.count == 2
+                let isStatistics = output.shape == shape.statisticsDimensions
+                let found = isStatistics
                     ? firstNonFinite(values, perInstance: 1) : firstNonFinite(values, shape: shape, layout: files.layout)
-                guard let bad = found, bad.instance < first?.instance ?? .max else { continue }
-                let sample = firstSample + bad.instance / channels, channel = bad.instance % channels
-                first = (bad.instance, "\(output.name) would hold \(bad.value) at sample \(sample), channel \(channel) "
+                guard let bad = found else { continue }
+                // Compare by sample: a statistics row and an instance are counted differently.
+                let samples = isStatistics ? shape.rowsPerSample : (shape.channelShape?.channels ?? shape.rowsPerSample)
+                guard bad.instance / samples < first?.row ?? .max else { continue }
+                let place = isStatistics
+                    ? shape.statisticsRowName(bad.instance, firstSample: firstSample) : shape.rowName(bad.instance, firstSample: firstSample)
+                first = (bad.instance / samples, "\(output.name) would hold \(bad.value) at \(place) "
                     + "although the inputs there are finite: their values overflow \(T.npyDType.name)")
             }
             if let first { throw ToolError.badInput("--check-finite: " + first.problem) }
@@ -175,7 +178,7 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             for output in outputs where output.elementOffset == nil {
                 guard let bad = firstNonFinite(output.values.readOnly, perInstance: 1) else { continue }
                 throw ToolError.badInput(
-                    "--check-finite: \(output.name) would hold \(bad.value) at channel \(bad.instance) "
+                    "--check-finite: \(output.name) would hold \(bad.value) at \(shape.parameterName) \(bad.instance) "
                         + "although the inputs are finite: the sums over the batch overflow \(T.npyDType.name)")
             }
         }
@@ -287,11 +290,11 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
                     + "Input/output error (errno 5) \(Failpoint.reading.note)")
         }
         dy = try files.grad.map { try Self.read($0, elements: elements) }
-        let channels = 0..<files.shape.channels
-        gamma = try files.weight.map { try Self.read($0, elements: channels) }
-        beta = try files.bias.map { try Self.read($0, elements: channels) }
-        runningMean = try files.runningMean.map { try Self.read($0, elements: channels) }
-        runningVar = try files.runningVar.map { try Self.read($0, elements: channels) }
+        let parameters = 0..<files.shape.parameterCount
+        gamma = try files.weight.map { try Self.read($0, elements: parameters) }
+        beta = try files.bias.map { try Self.read($0, elements: parameters) }
+        runningMean = try files.runningMean.map { try Self.read($0, elements: parameters) }
+        runningVar = try files.runningVar.map { try Self.read($0, elements: parameters) }
     }
 
     /// `--check-finite`: refuses NaN and infinity, naming the file and where.
@@ -304,10 +307,9 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
         for case let (file?, values?) in parameters {
             if let bad = firstNonFinite(values.readOnly, perInstance: 1) {
                 throw ToolError.badInput(
-                    "\(file.path): non-finite value \(bad.value) at channel \(bad.instance); --check-finite refuses NaN and infinity")
+                    "\(file.path): non-finite value \(bad.value) at \(files.shape.parameterName) \(bad.instance); --check-finite refuses NaN and infinity")
             }
         }
-        let channels = files.shape.channels
         var first: (instance: Int, element: Int, value: T, path: String)?
         let slices: [(NPYReader?, TensorBuffer<T>?)] = [(files.input, x), (files.grad, dy)]
         for case let (file?, values?) in slices {
@@ -317,9 +319,8 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
         }
         guard let first else { return }
         throw ToolError.badInput(
-            "\(first.path): non-finite value \(first.value) at sample \(firstSample + first.instance / channels), "
-                + "channel \(first.instance % channels) (element \(first.element) of that instance); "
-                + "--check-finite refuses NaN and infinity")
+            "\(first.path): non-finite value \(first.value) at \(files.shape.rowName(first.instance, firstSample: firstSample)) "
+                + "(element \(first.element) of that \(files.shape.rowKind)); --check-finite refuses NaN and infinity")
     }
 
     private static func read(_ reader: NPYReader, elements: Range<Int>) throws -> TensorBuffer<T> {
@@ -339,12 +340,38 @@ func firstNonFinite<T: BinaryFloatingPoint>(
 }
 
 /// The first non-finite value of a slice of whole samples of `shape` stored
-/// in `layout`: its instance within the slice, its position in that
-/// instance, the value.
+/// in `layout`: its instance (or layer-norm row) within the slice, its
+/// position in that, the value. A group's values are named by instance:
+/// a channel says more than a group.
 func firstNonFinite<T: BinaryFloatingPoint>(
-    _ values: UnsafeBufferPointer<T>, shape: InstanceNormShape, layout: TensorLayout
+    _ values: UnsafeBufferPointer<T>, shape: NormShape, layout: TensorLayout
 ) -> (instance: Int, element: Int, value: T)? {
     guard let index = values.firstIndex(where: { !$0.isFinite }) else { return nil }
-    let (instance, position) = shape.instanceAndPosition(ofOffset: index, in: layout)
+    guard let channelShape = shape.channelShape else { return (index / shape.rowLength, index % shape.rowLength, values[index]) }
+    let (instance, position) = channelShape.instanceAndPosition(ofOffset: index, in: layout)
     return (instance, position, values[index])
+}
+
+extension NormShape {
+    /// "sample n, channel c" for instance and group norm (`index` an
+    /// instance of the slice), "sample n, row r" for layer norm.
+    func rowName(_ index: Int, firstSample: Int) -> String {
+        if let channelShape {
+            return "sample \(firstSample + index / channelShape.channels), channel \(index % channelShape.channels)"
+        }
+        return "sample \(firstSample + index / rowsPerSample), row \(index % rowsPerSample)"
+    }
+
+    /// "sample n, channel c" (instance), "group g" (group) or "row r" (layer)
+    /// of row `index` of the saved statistics of a slice.
+    func statisticsRowName(_ index: Int, firstSample: Int) -> String {
+        let kind = switch normalization { case .instance: "channel"; case .group: "group"; case .layer: "row" }
+        return "sample \(firstSample + index / rowsPerSample), \(kind) \(index % rowsPerSample)"
+    }
+
+    /// What `firstNonFinite` counts in: an instance or a row.
+    var rowKind: String { channelShape == nil ? "row" : "instance" }
+
+    /// What a γ entry is called.
+    var parameterName: String { channelShape == nil ? "position" : "channel" }
 }

@@ -15,8 +15,12 @@ struct Bench: ParsableCommand {
             The data depend only on --seed and the global shape, not on the rank or thread count.
             """)
 
-    @Option(help: ArgumentHelp("Global shape N,C,S1[,S2,...] (at least one spatial dimension).", valueName: "N,C,H,W"))
+    @Option(help: ArgumentHelp(
+        "Global shape: N,C,S1[,S2,...] for instance and group norm (at least one spatial dimension), N,...,D for layer norm.",
+        valueName: "N,C,H,W"))
     var shape: ShapeArgument = ShapeArgument(dimensions: [32, 64, 56, 56])
+
+    @OptionGroup var family: NormOptions
 
     @Option(help: "Storage precision (float16 is computed in float32; the floor's bytes follow the storage size).")
     var dtype: DType = .float32
@@ -66,9 +70,14 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         do {
-            _ = try InstanceNormShape(dimensions: shape.dimensions)
+            _ = try family.shape(shape.dimensions)
         } catch {
             throw ValidationError("--shape \(shape): \(error)")
+        }
+        do {
+            try family.checkFits(layout: layout, runningStatistics: false)
+        } catch let error as ToolError {
+            throw ValidationError(error.message)
         }
         guard threads >= 1 else { throw ValidationError("--threads must be >= 1, got \(threads)") }
         guard shape.dimensions.first.map({ $0 >= 1 }) ?? false else {
@@ -80,7 +89,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
-        let globalShape = try InstanceNormShape(dimensions: shape.dimensions)
+        let globalShape = try family.shape(shape.dimensions)
         switch dtype {
         case .float16: try BenchRun<Float16>(options: self, globalShape: globalShape).run()
         case .float32: try BenchRun<Float>(options: self, globalShape: globalShape).run()

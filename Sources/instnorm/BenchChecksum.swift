@@ -58,20 +58,21 @@ struct ChecksumResult {
 }
 
 extension SyntheticBatch {
-    /// The checksum of this rank's y and dx, instance by instance (each
-    /// instance's hash mixed with its global index, and summed, so that the
-    /// job's sum does not depend on the split), plus dgamma and dbeta, which
+    /// The checksum of this rank's y and dx, block by block of a row's
+    /// length as stored (each block's hash mixed with its global index, and
+    /// summed, so that the job's sum does not depend on the split: a slice is
+    /// whole samples, a whole number of blocks), plus dgamma and dbeta, which
     /// every rank holds alike, on rank 0.
     func checksum() -> UInt64 {
         let shape = layer.localShape
-        let spatialCount = shape.spatialCount
-        let firstInstance = layer.samples.lowerBound * shape.channels
+        let length = shape.rowLength
+        let firstBlock = layer.localRows.lowerBound
         var sum: UInt64 = 0
-        for instance in 0..<shape.instanceCount {
-            let range = instance * spatialCount..<(instance + 1) * spatialCount
+        for block in 0..<shape.rowCount {
+            let range = block * length..<(block + 1) * length
             let hash = hashBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(y.elements)[byteRange(range)]))
                 ^ hashBytes(UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(dx.elements)[byteRange(range)])) &* 3
-            sum &+= mix(hash ^ UInt64(firstInstance + instance))
+            sum &+= mix(hash ^ UInt64(firstBlock + block))
         }
         if layer.communicator.rank == 0 {
             sum &+= mix(hashBytes(UnsafeRawBufferPointer(dgamma.elements)) &+ 7 &* hashBytes(UnsafeRawBufferPointer(dbeta.elements)))

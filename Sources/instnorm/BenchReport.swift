@@ -7,7 +7,7 @@ import InstanceNorm
 /// one JSON object.
 struct BenchReport {
     let options: Bench
-    let shape: InstanceNormShape
+    let shape: NormShape
     let ranks: Int
     let elementBytes: Int
     let timings: PhaseTimings
@@ -61,7 +61,7 @@ struct BenchReport {
         let perRank = Set(partition.counts).sorted().map(String.init).joined(separator: " or ")
         var lines = [
             "# instnorm bench",
-            "# shape \(shape) (global), ranks \(ranks), threads per rank \(options.threads), samples per rank \(perRank), dtype \(options.dtype.rawValue)",
+            "# \(shape) (global), ranks \(ranks), threads per rank \(options.threads), samples per rank \(perRank), dtype \(options.dtype.rawValue)",
             "# \(options.iterations) timed iterations after \(options.warmup) warm-up; each phase time is the max over ranks",
             "# memory bandwidth of this job (STREAM-like, ordinary stores, 3 arrays of \(bandwidth.arrayBytes >> 20) MiB per rank, all ranks at once): "
                 + "copy \(gigabytes(bandwidth.copy)) GB/s, add \(gigabytes(bandwidth.add)) GB/s",
@@ -98,6 +98,9 @@ struct BenchReport {
             ("ranks", "\(ranks)"),
             ("threads", "\(options.threads)"),
             ("shape", "[" + shape.dimensions.map(String.init).joined(separator: ", ") + "]"),
+            ("norm", quoted(options.family.norm.rawValue)),
+            ("groups", options.family.groups.map(String.init) ?? "null"),
+            ("normalized_dims", options.family.norm == .layer ? "\(shape.dimensions.count - shape.statisticsDimensions.count)" : "null"),
             ("dtype", quoted(options.dtype.rawValue)),
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),

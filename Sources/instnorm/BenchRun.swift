@@ -6,13 +6,13 @@ import MPI
 /// then every buffer is allocated once and reused by every iteration.
 struct BenchRun<T: DataParallelScalar> {
     let options: Bench
-    let globalShape: InstanceNormShape
+    let globalShape: NormShape
 
     func run() throws {
         let communicator = Communicator.world
         try reserveMemory(communicator)
         let bandwidth = try MemoryBandwidth.measure(threads: options.threads, communicator: communicator)
-        let layer = DataParallelInstanceNorm<T>(
+        let layer = DataParallelNorm<T>(
             communicator: communicator, globalShape: globalShape, eps: options.eps,
             threads: options.threads, overlapsReduction: options.overlap, stores: options.stores.policy,
             reduction: options.reduction.method, layout: options.layout.tensorLayout)
@@ -47,12 +47,12 @@ struct BenchRun<T: DataParallelScalar> {
     /// with the same error (exit 71).
     private func reserveMemory(_ communicator: Communicator) throws {
         let samples = BatchPartition(batch: globalShape.batch, ranks: communicator.size).samples(of: communicator.rank)
-        let instances = samples.count * globalShape.channels
+        let parameters = globalShape.parameterCount
         let bytes = Memory.bytes(
-            (4 * instances, globalShape.spatialCount * MemoryLayout<T>.stride),
-            (instances, MemoryLayout<InstanceStatistics>.stride), (6 * globalShape.channels, MemoryLayout<Double>.stride),
-            (options.layout == .nhwc ? options.threads : 0,
-             BatchKernel.channelsLastScratchBytes(channels: globalShape.channels, as: T.self)))
+            (4 * samples.count, globalShape.sampleElementCount * MemoryLayout<T>.stride),
+            (samples.count * globalShape.rowsPerSample, MemoryLayout<InstanceStatistics>.stride),
+            (6 * parameters, MemoryLayout<Double>.stride), (2 * samples.count * parameters, MemoryLayout<Double>.stride),
+            (options.threads, NormKernel.scratchBytes(shape: globalShape, layout: options.layout.tensorLayout, as: T.self)))
         try communicator.agree(defaultExitCode: ToolExitCode.resources) {
             try Memory.reserve(bytes, for: "this rank's synthetic batch (samples \(samples.lowerBound)..<\(samples.upperBound))")
             if Failpoint.computing.fires() {
@@ -67,7 +67,7 @@ struct BenchRun<T: DataParallelScalar> {
     /// With `--checksum`, records every iteration's checksum (after its
     /// timed phases) in `checksums`.
     private func time(
-        _ layer: DataParallelInstanceNorm<T>, _ batch: SyntheticBatch<T>, checksums: inout ChecksumTracker
+        _ layer: DataParallelNorm<T>, _ batch: SyntheticBatch<T>, checksums: inout ChecksumTracker
     ) throws -> PhaseTimings {
         let communicator = layer.communicator
         var local = PhaseTimings(iterations: options.iterations)

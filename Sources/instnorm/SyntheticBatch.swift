@@ -4,43 +4,53 @@ import InstanceNorm
 /// This rank's slice of a synthetic training batch, and every buffer one step
 /// needs, allocated once.
 ///
-/// Element g of the global x (g counted in (N, C, S…) order) is a function
-/// of (seed, g) alone, so the data
-/// do not depend on how the batch is split: x has a per-channel offset and
-/// scale (so the statistics differ between instances), dy is uniform in
-/// [−1, 1), γ and β vary by channel.
+/// Element g of the global x (g counted in logical order: (N, C, S…) for
+/// instance and group norm, x's own for layer norm) is a function of
+/// (seed, g) alone, so the data do not depend on how the batch is split: x
+/// has an offset and scale per parameter (channel, or position in a
+/// layer-norm row, modulo 8) so that the statistics differ between rows, dy
+/// is uniform in [−1, 1), γ and β vary by parameter.
 final class SyntheticBatch<T: DataParallelScalar> {
-    let layer: DataParallelInstanceNorm<T>
+    let layer: DataParallelNorm<T>
     let x, dy, y, dx: TensorBuffer<T>
     let gamma, beta, dgamma, dbeta: TensorBuffer<T>
     let statistics: TensorBuffer<InstanceStatistics>
 
-    init(layer: DataParallelInstanceNorm<T>, seed: UInt64) {
+    init(layer: DataParallelNorm<T>, seed: UInt64) {
         self.layer = layer
         let shape = layer.globalShape
         let count = layer.localShape.elementCount
         let first = layer.localElements.lowerBound
-        let spatialCount = shape.spatialCount
         x = TensorBuffer(repeating: 0, count: count)
         dy = TensorBuffer(repeating: 0, count: count)
         for local in 0..<count {
-            // g counts in (N, C, S…) order whatever the layout, so a
-            // channels-last run holds the transposed data of a channels-first one.
-            let (instance, position) = layer.localShape.instanceAndPosition(ofOffset: local, in: layer.layout)
-            let global = first + instance * spatialCount + position
-            let channel = Double(instance % shape.channels)
-            x.elements[local] = T(channel - 3 + (1 + channel / 8) * uniform(seed, 0, global))
+            // g counts in logical order whatever the layout, so a channels-last
+            // run holds the transposed data of a channels-first one.
+            let (global, parameter) = Self.logicalIndex(of: local, first: first, layer: layer)
+            let feature = Double(shape.normalization == .instance || parameter < 8 ? parameter : parameter % 8)
+            x.elements[local] = T(feature - 3 + (1 + feature / 8) * uniform(seed, 0, global))
             dy.elements[local] = T(uniform(seed, 1, global))
         }
-        gamma = TensorBuffer((0..<shape.channels).map { T(1 + 0.5 * uniform(seed, 2, $0)) })
-        beta = TensorBuffer((0..<shape.channels).map { T(0.5 * uniform(seed, 3, $0)) })
+        let parameters = shape.parameterCount
+        gamma = TensorBuffer((0..<parameters).map { T(1 + 0.5 * uniform(seed, 2, $0)) })
+        beta = TensorBuffer((0..<parameters).map { T(0.5 * uniform(seed, 3, $0)) })
         // Written by every iteration; touched now so no page faults are timed.
         y = TensorBuffer(repeating: 0, count: count)
         dx = TensorBuffer(repeating: 0, count: count)
-        dgamma = TensorBuffer(repeating: 0, count: shape.channels)
-        dbeta = TensorBuffer(repeating: 0, count: shape.channels)
+        dgamma = TensorBuffer(repeating: 0, count: parameters)
+        dbeta = TensorBuffer(repeating: 0, count: parameters)
         statistics = TensorBuffer(
-            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.instanceCount)
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.rowCount)
+    }
+
+    /// The logical global index of local element `local` and its parameter
+    /// (channel, or position in a layer-norm row).
+    private static func logicalIndex(of local: Int, first: Int, layer: DataParallelNorm<T>) -> (global: Int, parameter: Int) {
+        guard let channelShape = layer.localShape.channelShape else {
+            return (first + local, (first + local) % layer.globalShape.parameterCount)
+        }
+        let (instance, position) = channelShape.instanceAndPosition(ofOffset: local, in: layer.layout)
+        return (first + instance * channelShape.spatialCount + position, instance % channelShape.channels)
     }
 
     func forward() {

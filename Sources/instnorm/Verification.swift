@@ -5,14 +5,16 @@ import MPI
 
 /// `bench --verify`: every result of every rank against the exact result,
 /// each value within a bound derived from the rounding errors the kernels
-/// make (`InstanceNormReference.InstanceCheck`, `ParameterGradientCheck`),
-/// so that an error of a few ulps in any output of any rank fails.
-/// Collective: every rank learns the verdict.
+/// make (`InstanceNormReference`'s `InstanceCheck`, `GroupRowCheck`,
+/// `LayerRowCheck`, `ParameterGradientCheck`), so that an error of a few
+/// ulps in any output of any rank fails. Collective: every rank learns the
+/// verdict.
 ///
-/// Checked, per instance of every rank: the statistics (mean, variance,
-/// invstd) against the exact ones; y and dx against the exact results of
-/// the kernel's statistics; and per channel, every rank's own copy of dγ,
-/// dβ against the exact sum over the global batch.
+/// Checked, per row of every rank (an instance, a group, a layer-norm row):
+/// the statistics (mean, variance, invstd) against the exact ones; y and dx
+/// against the exact results of the kernel's statistics; and per parameter,
+/// every rank's own copy of dγ, dβ against the exact sum over the global
+/// batch of every sample's share.
 struct Verification {
     /// What is checked, in the order of the summary.
     enum Output: Int, CaseIterable {
@@ -38,42 +40,169 @@ struct Verification {
         return "largest error/bound (passes at <= 1): \(ratioText); bound in ulps at each rank's largest value: \(ulpText)"
     }
 
-    init<T: DataParallelScalar>(layer: DataParallelInstanceNorm<T>, batch: SyntheticBatch<T>) throws {
+    init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
         let arithmetic = KernelArithmetic(for: T.self)
         var local = Measures()
-        var terms: [Double] = []
-        let offsets = InstanceOffsets(shape: layer.localShape, layout: layer.layout)
-        for instance in 0..<layer.localShape.instanceCount {
-            let check = instanceCheck(instance, layer, batch, offsets, arithmetic)
-            local.record(statistics: check.statisticsErrors())
-            let y = offsets.values(of: instance, in: batch.y), dx = offsets.values(of: instance, in: batch.dx)
-            for position in 0..<check.count {
+        let rows = RowValues(layer: layer)
+        // (N_local, P, 2) shares of dβ, dγ, each as a Term of its exact value and errors.
+        var shares = [ParameterGradientCheck.Term](
+            repeating: ParameterGradientCheck.Term(high: 0, low: 0, errors: RoundingErrors()),
+            count: 2 * layer.localShape.batch * layer.globalShape.parameterCount)
+        for row in 0..<layer.localShape.rowCount {
+            let x = rows.values(of: row, in: batch.x), dy = rows.values(of: row, in: batch.dy)
+            let statistics = batch.statistics.elements[row]
+            let check = RowCheck(layer: layer, batch: batch, row: row, x: x, dy: dy, statistics: statistics, arithmetic: arithmetic)
+            local.record(statistics: check.statisticsErrors)
+            let y = rows.values(of: row, in: batch.y), dx = rows.values(of: row, in: batch.dx)
+            for position in x.indices {
                 local.record(.y, y[position].widened, check.normalized(at: position), arithmetic)
                 local.record(.dx, dx[position].widened, check.inputGradient(at: position), arithmetic)
             }
-            let (dbeta, dgamma) = check.parameterTerms
-            terms += dbeta.flattened + dgamma.flattened
+            check.addShares(to: &shares, row: row, layer: layer)
         }
-        try local.recordParameterGradients(gathering: terms, layer: layer, batch: batch, arithmetic: arithmetic)
+        try local.recordParameterGradients(gathering: shares.flatMap(\.flattened), layer: layer, batch: batch, arithmetic: arithmetic)
         let worst = try layer.communicator.allreduce(local.ratios + local.boundUlps, .max)
         ratios = Array(worst[..<Output.allCases.count])
         boundUlps = Array(worst[Output.allCases.count...])
     }
 }
 
-/// The check of one local instance, with the kernel's statistics.
-private func instanceCheck<T: DataParallelScalar>(
-    _ instance: Int, _ layer: DataParallelInstanceNorm<T>, _ batch: SyntheticBatch<T>,
-    _ offsets: InstanceOffsets, _ arithmetic: KernelArithmetic
-) -> InstanceCheck {
-    let channel = instance % layer.globalShape.channels
-    let statistics = batch.statistics.elements[instance]
-    return InstanceCheck(
-        arithmetic: arithmetic,
-        x: offsets.values(of: instance, in: batch.x).map(\.widened),
-        dy: offsets.values(of: instance, in: batch.dy).map(\.widened),
-        gamma: batch.gamma.elements[channel].widened, beta: batch.beta.elements[channel].widened, eps: layer.eps,
-        mean: statistics.mean, variance: statistics.variance, invstd: statistics.invstd)
+/// The check of one local row of any norm, with the kernel's statistics.
+private enum RowCheck {
+    case instance(InstanceCheck)
+    case group(GroupRowCheck)
+    case layer(LayerRowCheck)
+
+    init<T: DataParallelScalar>(
+        layer: DataParallelNorm<T>, batch: SyntheticBatch<T>, row: Int, x: [T], dy: [T],
+        statistics: InstanceStatistics, arithmetic: KernelArithmetic
+    ) {
+        let shape = layer.globalShape, (wideX, wideDy) = (x.map(\.widened), dy.map(\.widened))
+        let parameters = RowValues(layer: layer).parameters(of: row)
+        let gamma = parameters.map { batch.gamma.elements[$0].widened }, beta = parameters.map { batch.beta.elements[$0].widened }
+        let (mean, variance, invstd) = (statistics.mean, statistics.variance, statistics.invstd)
+        switch shape.normalization {
+        case .instance:
+            self = .instance(InstanceCheck(
+                arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma[0], beta: beta[0], eps: layer.eps,
+                mean: mean, variance: variance, invstd: invstd))
+        case .group(let groups) where groups == shape.dimensions[1]:
+            self = .instance(InstanceCheck(
+                arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma[0], beta: beta[0], eps: layer.eps,
+                mean: mean, variance: variance, invstd: invstd))
+        case .group:
+            self = .group(GroupRowCheck(
+                arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma, beta: beta, eps: layer.eps,
+                mean: mean, variance: variance, invstd: invstd))
+        case .layer:
+            self = .layer(LayerRowCheck(
+                arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma, beta: beta, eps: layer.eps,
+                mean: mean, variance: variance, invstd: invstd))
+        }
+    }
+
+    var statisticsErrors: (mean: Double, variance: Double, invstd: Double) {
+        switch self {
+        case .instance(let check): check.statisticsErrors()
+        case .group(let check): check.row.statisticsErrors()
+        case .layer(let check): check.row.statisticsErrors()
+        }
+    }
+
+    func normalized(at index: Int) -> (value: Double, bound: Double) {
+        switch self {
+        case .instance(let check): check.normalized(at: index)
+        case .group(let check): check.normalized(at: index)
+        case .layer(let check): check.normalized(at: index)
+        }
+    }
+
+    func inputGradient(at index: Int) -> (value: Double, bound: Double) {
+        switch self {
+        case .instance(let check): check.inputGradient(at: index)
+        case .group(let check): check.inputGradient(at: index)
+        case .layer(let check): check.inputGradient(at: index)
+        }
+    }
+
+    /// Adds this row's contributions to the (N_local, P, 2) shares: an
+    /// instance's or a group segment's (s1, s2) as they are; a layer-norm
+    /// row's per-position terms into its sample's column sums, with the
+    /// `Double` additions' roundings.
+    func addShares(to shares: inout [ParameterGradientCheck.Term], row: Int, layer: DataParallelNorm<some DataParallelScalar>) {
+        let parameters = layer.globalShape.parameterCount, rowsPerSample = layer.globalShape.rowsPerSample
+        let sample = row / rowsPerSample
+        switch self {
+        case .instance(let check):
+            let (dbeta, dgamma) = check.parameterTerms
+            let share = sample * parameters + row % rowsPerSample
+            (shares[2 * share], shares[2 * share + 1]) = (dbeta, dgamma)
+        case .group(let check):
+            let first = (row % rowsPerSample) * check.segments.count
+            for (index, segment) in check.segments.enumerated() {
+                let (dbeta, dgamma) = segment.parameterTerms
+                let share = sample * parameters + first + index
+                (shares[2 * share], shares[2 * share + 1]) = (dbeta, dgamma)
+            }
+        case .layer(let check):
+            let ud = KernelArithmetic.double
+            for position in 0..<check.count {
+                let (dy, dyXHat, error) = check.columnTerms(at: position)
+                let share = sample * parameters + position
+                shares[2 * share] = shares[2 * share].adding(dy, error: 0, roundingUnit: ud)
+                shares[2 * share + 1] = shares[2 * share + 1].adding(dyXHat, error: error, roundingUnit: ud)
+            }
+        }
+    }
+}
+
+extension ParameterGradientCheck.Term {
+    /// This term plus `value` (exact, up to `error` of the kernel's own
+    /// value), the kernel adding it in `Double` (a rounding of unit
+    /// `roundingUnit` of the new partial sum).
+    func adding(_ value: Double, error: Double, roundingUnit: Double) -> Self {
+        var exact = AccurateSum()
+        exact.add(high)
+        exact.add(low)
+        exact.add(value)
+        var errors = self.errors
+        errors.event(1, error)
+        errors.event(roundingUnit, exact.value)
+        return Self(high: exact.high, low: exact.low, errors: errors)
+    }
+}
+
+/// The values of one row of a tensor, in either layout, in the row's order,
+/// and the parameter of each.
+struct RowValues<T: DataParallelScalar> {
+    let layer: DataParallelNorm<T>
+
+    /// The storage offsets of row `row` of this rank's slice.
+    func offsets(of row: Int) -> [Int] {
+        let shape = layer.localShape, length = shape.rowLength
+        guard let channelShape = shape.channelShape else { return Array(row * length..<(row + 1) * length) }
+        let channelsPerRow = length / channelShape.spatialCount
+        let sample = row / shape.rowsPerSample, firstChannel = (row % shape.rowsPerSample) * channelsPerRow
+        return (0..<length).map { index in
+            channelShape.offset(
+                sample: sample, channel: firstChannel + index / channelShape.spatialCount,
+                position: index % channelShape.spatialCount, in: layer.layout)
+        }
+    }
+
+    func values(of row: Int, in tensor: TensorBuffer<T>) -> [T] { offsets(of: row).map { tensor.elements[$0] } }
+
+    /// The parameters a row uses: its channel (instance), its channels
+    /// (group), every position (layer).
+    func parameters(of row: Int) -> [Int] {
+        let shape = layer.localShape
+        switch shape.normalization {
+        case .instance: return [row % shape.rowsPerSample]
+        case .group: let count = shape.rowLength / shape.spatialCount
+            return Array((row % shape.rowsPerSample) * count..<(row % shape.rowsPerSample + 1) * count)
+        case .layer: return Array(0..<shape.rowLength)
+        }
+    }
 }
 
 /// The largest error/bound ratio per output on this rank (NaN errors count
@@ -106,40 +235,44 @@ private struct Measures {
         ratios[output.rawValue] = max(ratios[output.rawValue], ratio)
     }
 
-    /// dγ, dβ: every rank gathers every instance's terms (sample order is
-    /// rank order) and checks its own copy of each channel's sums.
+    /// dγ, dβ: every rank gathers every sample's shares (sample order is
+    /// rank order) and checks its own copy of each parameter's sums.
     mutating func recordParameterGradients<T: DataParallelScalar>(
-        gathering terms: [Double], layer: DataParallelInstanceNorm<T>, batch: SyntheticBatch<T>,
+        gathering terms: [Double], layer: DataParallelNorm<T>, batch: SyntheticBatch<T>,
         arithmetic: KernelArithmetic
     ) throws {
-        let channels = layer.globalShape.channels, fields = 2 * ParameterGradientCheck.Term.fieldCount
-        let instancesByRank = layer.partition.counts.map { $0 * channels }
-        var gathered = [Double](repeating: 0, count: layer.globalShape.instanceCount * fields)
+        let parameters = layer.globalShape.parameterCount, fields = 2 * ParameterGradientCheck.Term.fieldCount
+        let sharesByRank = layer.partition.counts.map { $0 * parameters }
+        var gathered = [Double](repeating: 0, count: layer.globalShape.batch * parameters * fields)
         try terms.withUnsafeBufferPointer { send in
             try gathered.withUnsafeMutableBufferPointer { receive in
-                try layer.communicator.allgatherv(send, into: receive, counts: instancesByRank.map { $0 * fields })
+                try layer.communicator.allgatherv(send, into: receive, counts: sharesByRank.map { $0 * fields })
             }
         }
-        let order: ParameterGradientCheck.Order = layer.reduction == .reproducible ? .sampleOrder : .ranksThenAllreduce
-        for channel in 0..<channels {
+        let order: ParameterGradientCheck.Order = switch layer.reduction {
+        case .reproducible: .correctlyRounded
+        case .gather: .sampleOrder
+        case .allreduce: .ranksThenAllreduce
+        }
+        for parameter in 0..<parameters {
             for (output, part, computed) in [(Verification.Output.dbeta, 0, batch.dbeta), (.dgamma, 1, batch.dgamma)] {
-                let termsByRank = channelTerms(gathered, channel: channel, part: part, channels: channels, instancesByRank)
+                let termsByRank = parameterTerms(gathered, parameter: parameter, part: part, parameters: parameters, sharesByRank)
                 let exact = ParameterGradientCheck.check(termsByRank, order: order, arithmetic: arithmetic)
-                record(output, computed.elements[channel].widened, exact, arithmetic)
+                record(output, computed.elements[parameter].widened, exact, arithmetic)
             }
         }
     }
 
-    /// Channel `channel`'s terms of one kind (0: dβ, 1: dγ), rank by rank, in sample order.
-    private func channelTerms(
-        _ gathered: [Double], channel: Int, part: Int, channels: Int, _ instancesByRank: [Int]
+    /// Parameter `parameter`'s terms of one kind (0: dβ, 1: dγ), rank by rank, in sample order.
+    private func parameterTerms(
+        _ gathered: [Double], parameter: Int, part: Int, parameters: Int, _ sharesByRank: [Int]
     ) -> [[ParameterGradientCheck.Term]] {
         let size = ParameterGradientCheck.Term.fieldCount
         var first = 0
-        return instancesByRank.map { count in
+        return sharesByRank.map { count in
             defer { first += count }
-            return stride(from: first + channel, to: first + count, by: channels).map { instance in
-                let start = (2 * instance + part) * size
+            return stride(from: first + parameter, to: first + count, by: parameters).map { share in
+                let start = (2 * share + part) * size
                 return ParameterGradientCheck.Term(flattened: gathered[start..<start + size])
             }
         }
@@ -171,15 +304,3 @@ extension Double {
     }
 }
 
-/// The values of one instance of a tensor in either layout, in order.
-struct InstanceOffsets {
-    let shape: InstanceNormShape
-    let layout: TensorLayout
-
-    func values<T>(of instance: Int, in tensor: TensorBuffer<T>) -> [T] {
-        let sample = instance / shape.channels, channel = instance % shape.channels
-        return (0..<shape.spatialCount).map {
-            tensor.elements[shape.offset(sample: sample, channel: channel, position: $0, in: layout)]
-        }
-    }
-}

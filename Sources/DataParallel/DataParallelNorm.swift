@@ -1,0 +1,322 @@
+import Dispatch
+import InstanceNorm
+import MPI
+import ReproducibleSum
+
+/// A storage precision the layer runs in: `Float16`, `Float` or `Double`.
+///
+/// No tensor value crosses ranks (only `Double` sums and statistics do), so
+/// the storage type needs no MPI datatype; Open MPI 4 has none for half.
+public typealias DataParallelScalar = InstanceNormScalar
+
+/// A member of the normalization family (`Normalization`: instance, group,
+/// layer) over a batch split across the ranks of a communicator.
+///
+/// Each rank holds samples `samples` of the global batch (a `BatchPartition`)
+/// and runs the kernels (`NormKernel`) on them: every row is within one
+/// sample, so the forward needs nothing from the other ranks. Only two
+/// things cross ranks:
+///
+/// - dγ_p = Σ_n s2(n,p) and dβ_p = Σ_n s1(n,p), p over the parameters (C
+///   channels, or D positions for layer norm): the sum over n is exactly the
+///   sum over ranks (see `ParameterGradientReduction` for how it is formed);
+/// - for InstanceNorm, the running statistics, a mean over the global batch:
+///   every rank adds its instances' statistics to `ReproducibleSums`, and one
+///   allreduce of them gives every rank the bits one process holding the
+///   whole batch gets.
+///
+/// Every method here is collective where it says so: every rank must call it,
+/// also a rank with no samples.
+public final class DataParallelNorm<T: DataParallelScalar> {
+    /// The ranks that share the batch; every collective method runs on it.
+    public let communicator: Communicator
+    /// The norm and the dimensions of the whole batch (logical: (N, C, S…)
+    /// for instance and group norm whatever the layout).
+    public let globalShape: NormShape
+    /// This rank's slice: the same with N = samples.count.
+    public let localShape: NormShape
+    /// How the batch is split over the ranks.
+    public let partition: BatchPartition
+    /// The global sample indices this rank holds.
+    public let samples: Range<Int>
+    /// ε > 0, added to the variance.
+    public let eps: Double
+    /// Worker threads inside this rank.
+    public let threads: Int
+    /// Hide the reduction of dγ, dβ behind the dx pass (see `backward`).
+    public let overlapsReduction: Bool
+    /// How y and dx are written.
+    public let stores: StorePolicy
+    /// How dγ, dβ are summed across ranks.
+    public let reduction: ParameterGradientReduction
+    /// How x, y, dy, dx are laid out (instance and group norm may be
+    /// channels last; layer norm reads its natural layout). Either way a
+    /// rank's slice is whole samples, contiguous, and the results are the
+    /// same bits.
+    public let layout: TensorLayout
+
+    /// [dγ_0…dγ_{P−1}, dβ_0…dβ_{P−1}], in `Double`; allocated once, as are
+    /// the buffers of the reduction: this rank's per-sample parameter sums
+    /// (N, P, 2), the exact sums sent by `.reproducible`, every sample's sums
+    /// for `.gather`.
+    private let parameterGradientSums: TensorBuffer<Double>
+    private let localParameterSums: TensorBuffer<Double>
+    private let exactSums: ReproducibleSums
+    private let globalParameterSums: TensorBuffer<Double>
+
+    /// - Parameters:
+    ///   - communicator: the ranks that share the batch (every rank calls this with the same shape).
+    ///   - globalShape: the norm and the dimensions of the whole batch; this rank gets its balanced share of N.
+    ///   - eps: ε > 0, added to the variance.
+    ///   - threads: worker threads inside this rank (the results do not depend on it).
+    ///   - overlapsReduction: start the reduction of dγ, dβ as soon as the
+    ///     local sums exist and finish it behind the dx pass (the default);
+    ///     false runs it after the backward, blocking.
+    ///   - stores: how y and dx are written.
+    ///   - reduction: how dγ, dβ are summed across ranks.
+    ///   - layout: how the tensors are laid out; `globalShape` is logical either way.
+    public init(
+        communicator: Communicator, globalShape: NormShape, eps: Double,
+        threads: Int = 1, overlapsReduction: Bool = true, stores: StorePolicy = .automatic,
+        reduction: ParameterGradientReduction = .reproducible, layout: TensorLayout = .channelsFirst
+    ) {
+        precondition(eps > 0, "eps must be positive")
+        precondition(threads >= 1, "at least one thread")
+        if case .layer = globalShape.normalization { precondition(layout == .channelsFirst, "layer norm has one layout") }
+        self.communicator = communicator
+        self.globalShape = globalShape
+        self.eps = eps
+        self.threads = threads
+        self.overlapsReduction = overlapsReduction
+        self.stores = stores
+        self.reduction = reduction
+        self.layout = layout
+        partition = BatchPartition(batch: globalShape.batch, ranks: communicator.size)
+        samples = partition.samples(of: communicator.rank)
+        localShape = globalShape.withBatch(samples.count)
+        let parameters = globalShape.parameterCount
+        parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
+        localParameterSums = TensorBuffer(repeating: 0, count: reduction == .allreduce ? 0 : 2 * localShape.batch * parameters)
+        exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
+        globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
+    }
+
+    /// The bytes of the dγ, dβ reduction's collective on this rank per
+    /// backward: what it puts in (its own buffer) and what it gets back.
+    /// How the MPI library moves them (ring, tree) multiplies both by a
+    /// small factor; the point is how they grow with N and P.
+    public var reductionBytes: (sent: Int, received: Int) {
+        let parameters = globalShape.parameterCount, word = MemoryLayout<Double>.stride
+        switch reduction {
+        case .reproducible:
+            let bytes = 2 * parameters * ReproducibleSums.wordsPerSum * MemoryLayout<Int64>.stride
+            return (bytes, bytes)
+        case .allreduce: return (2 * parameters * word, 2 * parameters * word)
+        case .gather:
+            return (2 * localShape.batch * parameters * word, 2 * globalShape.batch * parameters * word)
+        }
+    }
+
+    /// The element range of this rank's slice within a global tensor (of
+    /// either layout: both keep a sample's values together).
+    public var localElements: Range<Int> {
+        let perSample = globalShape.sampleElementCount
+        return samples.lowerBound * perSample ..< samples.upperBound * perSample
+    }
+
+    /// The range of this rank's rows within the global saved statistics.
+    public var localRows: Range<Int> {
+        let perSample = globalShape.rowsPerSample
+        return samples.lowerBound * perSample ..< samples.upperBound * perSample
+    }
+
+    /// Training-mode forward of the local slice; not collective.
+    ///
+    /// - Parameters:
+    ///   - y: output, this rank's slice.
+    ///   - statistics: output, `localShape.rowCount` rows.
+    ///   - x: this rank's slice.
+    ///   - gamma, beta: `globalShape.parameterCount` entries each, or nil.
+    public func forward(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
+    ) {
+        NormKernel.forward(
+            y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
+            layout: layout)
+    }
+
+    /// Evaluation-mode forward of the local slice with the running
+    /// statistics (InstanceNorm only: PyTorch's GroupNorm and LayerNorm keep
+    /// none); not collective.
+    public func forwardInference(
+        y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
+        gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
+    ) {
+        BatchKernel.forwardInference(
+            y: y, x: x, runningMean: runningMean, runningVar: runningVar,
+            gamma: gamma, beta: beta, shape: instanceShape(localShape), eps: eps, threads: threads, stores: stores,
+            layout: layout)
+    }
+
+    /// The instance-norm shape of `shape`, for the running statistics, which only InstanceNorm has.
+    private func instanceShape(_ shape: NormShape) -> InstanceNormShape {
+        precondition(shape.normalization == .instance, "running statistics belong to InstanceNorm here, not to \(shape.normalization)")
+        return shape.channelShape!
+    }
+
+    /// Backward: dx of the local slice, and dγ, dβ of the global batch.
+    /// Collective: one allreduce of 2·P reproducible sums (16·P words), of
+    /// 2·P doubles, or one allgatherv of 2·N·P doubles (see `reduction`).
+    ///
+    /// The collective is hidden: it starts, non-blocking, as soon as this
+    /// rank's sums exist, which is before the dx of the last instances of
+    /// each thread has been written; one worker polls it with `MPI_Test`
+    /// while it writes them (Open MPI here has no progress thread), and the
+    /// wait at the end is all that is left exposed.
+    ///
+    /// - Returns: the seconds from the end of the dx pass to dγ, dβ complete:
+    ///   the wait for the collective (with `overlapsReduction` false: the
+    ///   whole blocking collective) and what turns its result into dγ, dβ
+    ///   (rounding the exact sums, or adding the gathered ones in sample
+    ///   order). What the reduction adds to the step.
+    @discardableResult
+    public func backward(
+        dx: UnsafeMutableBufferPointer<T>,
+        dgamma: UnsafeMutableBufferPointer<T>, dbeta: UnsafeMutableBufferPointer<T>,
+        dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
+    ) throws -> Double {
+        let parameters = globalShape.parameterCount
+        precondition(dgamma.count == parameters && dbeta.count == parameters)
+        let sums = parameterGradientSums.elements
+        let collective = OverlappedReduction(start: startReduction)
+        NormKernel.backward(
+            dx: dx,
+            dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<parameters]),
+            dbeta: UnsafeMutableBufferPointer(rebasing: sums[parameters..<2 * parameters]),
+            dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
+            parameterSums: reduction == .allreduce ? nil : localParameterSums.elements,
+            overlap: overlapsReduction ? collective.hooks : nil, layout: layout)
+        let waitStart = MPI.wallTime()
+        if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
+        switch reduction {
+        case .reproducible: exactSums.round(into: sums)
+        case .gather: sumGatheredInSampleOrder()
+        case .allreduce: break
+        }
+        let exposed = MPI.wallTime() - waitStart
+        for parameter in 0..<parameters {
+            dgamma[parameter] = T(sums[parameter])
+            dbeta[parameter] = T(sums[parameters + parameter])
+        }
+        return exposed
+    }
+
+    /// Starts the collective that completes dγ, dβ across ranks.
+    private func startReduction() throws -> Request {
+        switch reduction {
+        case .allreduce:
+            return try communicator.iallreduce(parameterGradientSums.elements, .sum)
+        case .reproducible:
+            addLocalSums(to: exactSums)
+            return try communicator.iallreduce(exactSums)
+        case .gather:
+            return try communicator.iallgatherv(
+                localParameterSums.readOnly, into: globalParameterSums.elements,
+                counts: partition.counts.map { 2 * $0 * globalShape.parameterCount })
+        }
+    }
+
+    /// This rank's addends of dγ_p = Σ_n s2(n,p) (sum p) and dβ_p = Σ_n s1(n,p)
+    /// (sum P + p), one per sample and parameter. Each worker thread takes a
+    /// run of parameters: their sums are disjoint cache lines, and the
+    /// result does not depend on who adds what.
+    private func addLocalSums(to sums: ReproducibleSums) {
+        sums.removeAll()
+        let parameters = globalShape.parameterCount, samples = localShape.batch
+        let parameterSums = SendablePointer(localParameterSums.elements.baseAddress!)
+        let workers = min(threads, parameters)
+        let addRun = { @Sendable (worker: Int) in
+            let run = parameters * worker / workers..<parameters * (worker + 1) / workers
+            for sample in 0..<samples {
+                for parameter in run {
+                    let share = sample * parameters + parameter
+                    sums.add(parameterSums.pointer[2 * share + 1], to: parameter)
+                    sums.add(parameterSums.pointer[2 * share], to: parameters + parameter)
+                }
+            }
+        }
+        if workers == 1 { return addRun(0) }
+        DispatchQueue.concurrentPerform(iterations: workers, execute: addRun)
+    }
+
+    /// dγ_p = Σ_n s2(n,p), dβ_p = Σ_n s1(n,p) over the gathered sums, added
+    /// in sample order: the order one process holding the whole batch uses.
+    private func sumGatheredInSampleOrder() {
+        let parameters = globalShape.parameterCount
+        let sums = parameterGradientSums.elements, gathered = globalParameterSums.elements
+        sums.update(repeating: 0)
+        for share in 0..<globalShape.batch * parameters {
+            sums[parameters + share % parameters] += gathered[2 * share]
+            sums[share % parameters] += gathered[2 * share + 1]
+        }
+    }
+
+    /// One training step's update of the running statistics (PyTorch's
+    /// semantics, see `RunningStatistics`), identical on every rank and the
+    /// same bits at every rank count: Σ_n μ(n,c) and Σ_n σ²(n,c)·M/(M−1) are
+    /// reproducible sums. Collective (one allreduce of 2·C reproducible
+    /// sums). Needs M ≥ 2 and N ≥ 1.
+    public func updateRunningStatistics(
+        runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
+    ) throws {
+        let channelShape = instanceShape(globalShape)
+        precondition(statistics.count == localShape.rowCount)
+        precondition(channelShape.spatialCount >= 2, "the unbiased variance needs at least two values per instance")
+        let channels = channelShape.channels
+        let besselCorrection = Double(globalShape.spatialCount) / Double(globalShape.spatialCount - 1)
+        let sums = ReproducibleSums(count: 2 * channels)
+        for (instance, instanceStatistics) in statistics.enumerated() {
+            sums.add(instanceStatistics.mean, to: instance % channels)
+            sums.add(instanceStatistics.variance * besselCorrection, to: channels + instance % channels)
+        }
+        try communicator.allreduce(sums)
+        let totals = sums.sums()
+        RunningStatistics.update(
+            runningMean: runningMean, runningVar: runningVar,
+            meanSum: Array(totals[0..<channels]), unbiasedVarianceSum: Array(totals[channels...]),
+            batch: globalShape.batch, momentum: momentum)
+    }
+}
+
+/// How dγ_c = Σ_n s2(n,c) and dβ_c = Σ_n s1(n,c) are summed across ranks.
+///
+/// Floating-point addition is not associative, so a sum split differently
+/// across ranks ends in different last bits: PyTorch, DDP, Horovod and NCCL
+/// all give rank-count-dependent gradients. Every instance's (s1, s2) is a
+/// per-sample partial sum, computed from that sample's data alone in a fixed
+/// order (see `InstanceKernel`); what differs between the modes is how those
+/// N·C addends per parameter are added.
+public enum ParameterGradientReduction: String, Sendable, Equatable, CaseIterable {
+    /// Each rank adds its instances' sums exactly to `ReproducibleSums`, and
+    /// one allreduce of 16·C words combines them: the exact sum rounded once,
+    /// the same bits for every rank and thread count, with traffic that
+    /// does not grow with the batch. The default.
+    case reproducible
+    /// Each rank sums its own samples in `Double`; one allreduce of 2·C
+    /// doubles finishes them: the last bits depend on the rank count.
+    case allreduce
+    /// Every rank gathers every instance's sums (2·N·C doubles) and adds
+    /// them in sample order: the same bits for every rank count, with
+    /// traffic that grows with the global batch. Kept for comparison.
+    case gather
+}
+
+/// A pointer that may cross into worker closures, which read it only.
+struct SendablePointer<Pointee>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Pointee>
+    init(_ pointer: UnsafeMutablePointer<Pointee>) { self.pointer = pointer }
+}
