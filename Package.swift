@@ -82,7 +82,9 @@ let package = Package(
             dependencies: ["InstanceNorm", "TestSupport"],
             swiftSettings: kernelSettings),
         .testTarget(name: "NPYTests", dependencies: ["NPY"]),
-        .testTarget(name: "MPITests", dependencies: ["MPI"]),
+        /// MPI started once for every test bundle of the process.
+        .target(name: "MPITestSupport", dependencies: ["MPI"], path: "Tests/MPITestSupport"),
+        .testTarget(name: "MPITests", dependencies: ["MPI", "MPITestSupport"]),
         .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
