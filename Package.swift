@@ -35,6 +35,10 @@ let package = Package(
         /// A plain double-precision InstanceNorm, written for clarity: the
         /// yardstick for tests and for `instnorm bench --verify`.
         .library(name: "InstanceNormReference", targets: ["InstanceNormReference"]),
+        /// A tensor value type and differentiable data-parallel functions
+        /// (InstanceNorm, channel mixing, a global loss) for Swift's
+        /// `_Differentiation`.
+        .library(name: "DifferentiableDataParallel", targets: ["DifferentiableDataParallel"]),
         .executable(name: "instnorm", targets: ["instnorm"]),
     ],
     dependencies: [
@@ -54,6 +58,9 @@ let package = Package(
             name: "DataParallel",
             dependencies: ["InstanceNorm", "MPI", "NPY", "ReproducibleSum"],
             swiftSettings: kernelSettings),
+        .target(
+            name: "DifferentiableDataParallel",
+            dependencies: ["DataParallel", "InstanceNorm", "MPI", "ReproducibleSum"]),
         .executableTarget(
             name: "instnorm",
             dependencies: [
@@ -85,6 +92,9 @@ let package = Package(
         /// MPI started once for every test bundle of the process.
         .target(name: "MPITestSupport", dependencies: ["MPI"], path: "Tests/MPITestSupport"),
         .testTarget(name: "MPITests", dependencies: ["MPI", "MPITestSupport"]),
+        .testTarget(
+            name: "DifferentiableDataParallelTests",
+            dependencies: ["DifferentiableDataParallel", "MPITestSupport", "TestSupport"]),
         .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
