@@ -98,6 +98,6 @@ let package = Package(
         .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
-            dependencies: ["instnorm", "NPY", "TestSupport"]),
+            dependencies: ["instnorm", "DifferentiableDataParallel", "MPITestSupport", "NPY", "TestSupport"]),
     ]
 )
