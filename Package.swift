@@ -40,6 +40,8 @@ let package = Package(
         /// `_Differentiation`.
         .library(name: "DifferentiableDataParallel", targets: ["DifferentiableDataParallel"]),
         .executable(name: "instnorm", targets: ["instnorm"]),
+        /// A small model trained data-parallel: `mpirun -np P training-example`.
+        .executable(name: "training-example", targets: ["training-example"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -61,6 +63,9 @@ let package = Package(
         .target(
             name: "DifferentiableDataParallel",
             dependencies: ["DataParallel", "InstanceNorm", "MPI", "ReproducibleSum"]),
+        .executableTarget(
+            name: "training-example",
+            dependencies: ["DifferentiableDataParallel", "DataParallel", "InstanceNorm", "MPI"]),
         .executableTarget(
             name: "instnorm",
             dependencies: [
