@@ -38,12 +38,16 @@ install_mpi() {
   install_packages libopenmpi-dev openmpi-bin pkg-config
 }
 
-# The release build of the tool; prints its path. The Swift runtime is linked
-# statically: every rank then maps only the runtime code it runs rather than
-# whole shared libraries (3.6 MB less resident memory per rank, measured).
+# The release build of a product (default: the tool); prints its path, or
+# fails when the build does. The Swift runtime is linked statically: every
+# rank then maps only the runtime code it runs rather than whole shared
+# libraries (3.6 MB less resident memory per rank, measured).
+# A command substitution does not stop a `set -e` script when it fails:
+# call it as `path=$(build_release) || exit 1`.
 build_release() {
-  run swift build -c release --static-swift-stdlib --product instnorm >&2
-  echo "$(swift build -c release --static-swift-stdlib --show-bin-path)/instnorm"
+  local product=${1:-instnorm}
+  run swift build -c release --static-swift-stdlib --product "$product" >&2 || return 1
+  echo "$(swift build -c release --static-swift-stdlib --show-bin-path)/$product"
 }
 
 # Ranks for a default run: one per core.
