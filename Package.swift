@@ -35,7 +35,13 @@ let package = Package(
         /// A plain double-precision InstanceNorm, written for clarity: the
         /// yardstick for tests and for `instnorm bench --verify`.
         .library(name: "InstanceNormReference", targets: ["InstanceNormReference"]),
+        /// A tensor value type and differentiable data-parallel functions
+        /// (InstanceNorm, channel mixing, a global loss) for Swift's
+        /// `_Differentiation`.
+        .library(name: "DifferentiableDataParallel", targets: ["DifferentiableDataParallel"]),
         .executable(name: "instnorm", targets: ["instnorm"]),
+        /// A small model trained data-parallel: `mpirun -np P training-example`.
+        .executable(name: "training-example", targets: ["training-example"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -54,6 +60,12 @@ let package = Package(
             name: "DataParallel",
             dependencies: ["InstanceNorm", "MPI", "NPY", "ReproducibleSum"],
             swiftSettings: kernelSettings),
+        .target(
+            name: "DifferentiableDataParallel",
+            dependencies: ["DataParallel", "InstanceNorm", "MPI", "ReproducibleSum"]),
+        .executableTarget(
+            name: "training-example",
+            dependencies: ["DifferentiableDataParallel", "DataParallel", "InstanceNorm", "MPI"]),
         .executableTarget(
             name: "instnorm",
             dependencies: [
@@ -82,11 +94,16 @@ let package = Package(
             dependencies: ["InstanceNorm", "TestSupport"],
             swiftSettings: kernelSettings),
         .testTarget(name: "NPYTests", dependencies: ["NPY"]),
-        .testTarget(name: "MPITests", dependencies: ["MPI"]),
+        /// MPI started once for every test bundle of the process.
+        .target(name: "MPITestSupport", dependencies: ["MPI"], path: "Tests/MPITestSupport"),
+        .testTarget(name: "MPITests", dependencies: ["MPI", "MPITestSupport"]),
+        .testTarget(
+            name: "DifferentiableDataParallelTests",
+            dependencies: ["DifferentiableDataParallel", "MPITestSupport", "TestSupport"]),
         .testTarget(name: "ReproducibleSumTests", dependencies: ["ReproducibleSum", "TestSupport"]),
         .testTarget(
             name: "InstnormTests",
-            dependencies: ["instnorm", "mpi-checks", "NPY", "TestSupport"]),
+            dependencies: ["instnorm", "mpi-checks", "DifferentiableDataParallel", "MPITestSupport", "NPY", "TestSupport"]),
         /// The MPI face and `Communicator.agree` checked at P = 2, 3, 4 under
         /// mpirun (launched by Tests/InstnormTests/MPIFaceTests.swift); a
         /// test program, not a product.

@@ -38,24 +38,24 @@ install_mpi() {
   install_packages libopenmpi-dev openmpi-bin pkg-config
 }
 
-# The release build of the tool; prints its path. The Swift runtime is linked
-# statically: every rank then maps only the runtime code it runs rather than
-# whole shared libraries (3.6 MB less resident memory per rank, measured).
+# The release build of a product (default: the tool); prints its path. The
+# Swift runtime is linked statically: every rank then maps only the runtime
+# code it runs rather than whole shared libraries (3.6 MB less resident
+# memory per rank, measured).
 #
-# Callers run it in a command substitution, `tool=$(build_release)`, where
-# bash does not apply `set -e`: every step returns its failure explicitly, so
-# the assignment fails (and the caller's `set -e` stops it) instead of a
-# stale binary from an earlier build being tested. scripts/test-build-failure
-# checks this.
+# Callers run it in a command substitution, `tool=$(build_release) || exit 1`,
+# where bash does not apply `set -e`: every step returns its failure
+# explicitly, so a stale binary from an earlier build is never tested.
+# scripts/test-build-failure checks this.
 build_release() {
-  local folder
-  run swift build -c release --static-swift-stdlib --product instnorm >&2 || return
+  local product=${1:-instnorm} folder
+  run swift build -c release --static-swift-stdlib --product "$product" >&2 || return
   folder=$(swift build -c release --static-swift-stdlib --show-bin-path) || return
-  if [ ! -x "$folder/instnorm" ]; then
-    echo "error: the release build left no executable at $folder/instnorm" >&2
+  if [ ! -x "$folder/$product" ]; then
+    echo "error: the release build left no executable at $folder/$product" >&2
     return 1
   fi
-  echo "$folder/instnorm"
+  echo "$folder/$product"
 }
 
 # Ranks for a default run: one per core.

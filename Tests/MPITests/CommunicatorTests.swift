@@ -1,4 +1,5 @@
 import MPI
+import MPITestSupport
 import Testing
 
 /// Collectives on the singleton world (size 1), where every reduction,

@@ -1,4 +1,5 @@
 import MPI
+import MPITestSupport
 import Testing
 
 @Suite(.serialized)

@@ -1,0 +1,64 @@
+import _Differentiation
+import DataParallel
+import DifferentiableDataParallel
+import InstanceNorm
+import MPITestSupport
+import NPY
+import Testing
+
+extension InstnormCLI {
+    /// `instanceNorm` under `valueWithPullback` in this process (one rank)
+    /// against `instnorm apply` under mpirun at np = 1, 2, 3, on the same
+    /// .npy inputs: y, dx, dγ, dβ must be the same bits.
+    ///
+    /// Bitwise, not within a tolerance: both run the same kernels on the
+    /// same values (`DataParallelInstanceNorm.forward`, `.backward`), whose
+    /// results do not depend on the thread count, and dγ, dβ are exact sums
+    /// rounded once at every rank count (the default `.reproducible`
+    /// reduction of both). A difference means the Swift face changed
+    /// something on the way: a lost or doubled rank share, a stale buffer,
+    /// another reduction, a rounding.
+    @Suite struct SameAsApply {
+        /// N = 7 splits unevenly over 2 and 3 ranks.
+        @Test(arguments: [NPYDType.float32, .float64])
+        func differentiableInstanceNormGivesApplysBits(dtype: NPYDType) async throws {
+            switch dtype {
+            case .float32: try await check(Float.self, seed: 700)
+            case .float64: try await check(Double.self, seed: 701)
+            case .float16: Issue.record("not a case here")
+            }
+        }
+
+        private func check<T: NPYElement & DataParallelScalar>(_: T.Type, seed: UInt64) async throws {
+            let dimensions = [7, 3, 5, 4], eps = 1e-5
+            let inputs = ApplyInputs<T>(dimensions, seed: seed)
+            let (y, (dx, dgamma, dbeta)) = try SingletonMPI.withWorld { world in
+                let layer = DataParallelInstanceNorm<T>(
+                    communicator: world, globalShape: try InstanceNormShape(dimensions: dimensions), eps: eps)
+                let gamma = Tensor(shape: [inputs.channels], scalars: inputs.gamma)
+                let beta = Tensor(shape: [inputs.channels], scalars: inputs.beta)
+                let (y, pullback) = valueWithPullback(at: Tensor(shape: dimensions, scalars: inputs.x), gamma, beta) {
+                    instanceNorm($0, gamma: $1, beta: $2, layer: layer)
+                }
+                return (y, pullback(Tensor(shape: dimensions, scalars: inputs.dy)))
+            }
+            try await withTemporaryDirectory { folder in
+                try inputs.write(into: folder)
+                for np in 1...3 {
+                    let output = "\(folder)/np\(np)"
+                    try await Launcher.apply(ranks: np, [
+                        "--input", folder + "/x.npy", "--grad", folder + "/dy.npy", "--weight", folder + "/gamma.npy",
+                        "--bias", folder + "/beta.npy", "--eps", String(eps), "--output", output,
+                    ])
+                    let expectations: [(String, Tensor<T>)] = [("y", y), ("dx", dx), ("dgamma", dgamma), ("dbeta", dbeta)]
+                    for (name, computed) in expectations {
+                        let applied = try readOutput("\(output)/\(name).npy", as: T.self, shape: computed.shape)
+                        // Widening is exact, so equal bit patterns of the widened values are equal bits.
+                        #expect(applied.map(\.widened.bitPattern) == computed.scalars.map(\.widened.bitPattern),
+                                "\(name) at np = \(np)")
+                    }
+                }
+            }
+        }
+    }
+}
