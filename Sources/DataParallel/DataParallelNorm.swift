@@ -136,7 +136,8 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     ///   - y: output, this rank's slice.
     ///   - statistics: output, `localShape.rowCount` rows.
     ///   - x: this rank's slice.
-    ///   - gamma, beta: `globalShape.parameterCount` entries each, or nil.
+    ///   - gamma: `globalShape.parameterCount` entries, or nil for γ = 1.
+    ///   - beta: `globalShape.parameterCount` entries, or nil for β = 0.
     public func forward(
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?

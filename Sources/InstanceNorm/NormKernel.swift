@@ -21,7 +21,8 @@ public enum NormKernel {
     ///   - y: output, the shape of x.
     ///   - statistics: output, mean, biased variance and invstd per row.
     ///   - x: input.
-    ///   - gamma, beta: `shape.parameterCount` entries each, or nil for γ = 1, β = 0.
+    ///   - gamma: `shape.parameterCount` entries, or nil for γ = 1.
+    ///   - beta: `shape.parameterCount` entries, or nil for β = 0.
     ///   - shape: the norm and x's logical dimensions.
     ///   - eps: ε > 0, added to the variance.
     ///   - threads: worker threads, ≥ 1.
@@ -64,11 +65,18 @@ public enum NormKernel {
     ///
     /// - Parameters:
     ///   - dx: output, the shape of x.
-    ///   - dgamma, dbeta: `shape.parameterCount` outputs, overwritten.
-    ///   - dy, x: inputs; statistics: from `forward`.
+    ///   - dgamma: `shape.parameterCount` outputs, overwritten.
+    ///   - dbeta: `shape.parameterCount` outputs, overwritten.
+    ///   - dy: the gradient of the loss with respect to y.
+    ///   - x: the forward's input.
+    ///   - statistics: the forward's statistics.
     ///   - gamma: `shape.parameterCount` entries, or nil for γ = 1.
+    ///   - shape: the norm and x's logical dimensions.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how dx is written.
     ///   - parameterSums: 2·N·P outputs, or nil.
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
+    ///   - layout: channels first or last (instance and group norm).
     @inlinable
     @_specialize(where T == Float16)
     @_specialize(where T == Float)

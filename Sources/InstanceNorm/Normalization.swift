@@ -13,6 +13,7 @@
 /// `instance`; `group(1)` is PyTorch's `GroupNorm(1, C)`; `layer(K)` is
 /// `nn.LayerNorm(x.shape[-K:])`.
 public enum Normalization: Hashable, Sendable, CustomStringConvertible {
+    /// Per sample and channel: M values per row.
     case instance
     /// G groups of C/G consecutive channels; G divides C.
     case group(groups: Int)
@@ -35,6 +36,7 @@ public enum Normalization: Hashable, Sendable, CustomStringConvertible {
 /// `dimensions` are logical: (N, C, S…) for instance and group norm,
 /// whatever the memory layout; x's shape for layer norm.
 public struct NormShape: Hashable, Sendable, CustomStringConvertible {
+    /// Which norm the batch is normalized by.
     public let normalization: Normalization
     /// x's dimensions: (N, C, S1…Sk) for instance and group, (N, …, D1…DK) for layer.
     public let dimensions: [Int]
@@ -114,6 +116,7 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
 
     /// N·rowsPerSample: how many rows, and saved statistics, the batch has.
     public var rowCount: Int { batch * rowsPerSample }
+    /// The values of the batch.
     public var elementCount: Int { dimensions.reduce(1, *) }
     /// Values of one sample.
     public var sampleElementCount: Int { rowsPerSample * rowLength }

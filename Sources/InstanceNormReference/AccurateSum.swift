@@ -20,8 +20,10 @@ public struct AccurateSum: Sendable, Equatable {
     public private(set) var low = 0.0
     /// Σ|terms| and the number of operations, for `errorBound`.
     public private(set) var magnitude = 0.0
+    /// How many additions the sum has taken (for its error bound).
     public private(set) var operations = 0
 
+    /// An empty sum, 0.
     public init() {}
 
     /// The sum rounded once.

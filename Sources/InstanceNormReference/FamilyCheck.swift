@@ -19,20 +19,28 @@ let safety = 2.0
 
 /// One group of a GroupNorm: C/G channel segments of M values.
 public struct GroupRowCheck {
+    /// How the kernels round.
     public let arithmetic: KernelArithmetic
     /// The whole row, for the statistics.
     public let row: InstanceCheck
     /// Each channel's segment, with the group's statistics.
     public let segments: [InstanceCheck]
+    /// γ of each of the group's channels.
     public let gamma: [Double]
     /// A = Σ_c γ_c·s1_c and B = Σ_c γ_c·s2_c, exact given the statistics, and the kernel's errors on them.
     let sumA: Double, sumB: Double
     let sumAError: Double, sumBError: Double
 
     /// - Parameters:
-    ///   - x, dy: the group's values as stored, channel after channel (dy may be empty).
-    ///   - gamma, beta: the group's channels' γ, β.
-    ///   - mean, variance, invstd: the kernel's statistics of the group.
+    ///   - arithmetic: how the kernels round.
+    ///   - x: the group's values as stored, channel after channel.
+    ///   - dy: their gradient, or empty (no backward).
+    ///   - gamma: the group's channels' γ.
+    ///   - beta: the group's channels' β.
+    ///   - eps: ε, added to the variance.
+    ///   - mean: the group's mean as the kernel computed it.
+    ///   - variance: the group's biased variance as the kernel computed it.
+    ///   - invstd: the group's invstd as the kernel computed it.
     public init(
         arithmetic: KernelArithmetic, x: [Double], dy: [Double], gamma: [Double], beta: [Double], eps: Double,
         mean: Double, variance: Double, invstd: Double
@@ -63,6 +71,7 @@ public struct GroupRowCheck {
         (sumA, sumB, sumAError, sumBError) = (exactA.value, exactB.value, errorA, errorB)
     }
 
+    /// L, the group's values.
     public var count: Int { segments.count * segments[0].count }
 
     /// y at `index` of the group: its segment's, with the group's statistics.
@@ -104,14 +113,20 @@ public struct GroupRowCheck {
 
 /// One row of a LayerNorm: D values, γ, β per position.
 public struct LayerRowCheck {
+    /// How the kernels round.
     public let arithmetic: KernelArithmetic
     /// The row, for the statistics and its split mean.
     public let row: InstanceCheck
-    public let gamma: [Double], beta: [Double]
+    /// γ per position.
+    public let gamma: [Double]
+    /// β per position.
+    public let beta: [Double]
     /// A = Σ γ·dy, S = r̃·Σ γ·dy·(x − μ̃), exact given the statistics, and the kernel's errors on them.
     let sumA: Double, sumS: Double
     let sumAError: Double, sumSError: Double
 
+    /// The same parameters as `GroupRowCheck.init`, for one row of D values
+    /// with γ, β per position.
     public init(
         arithmetic: KernelArithmetic, x: [Double], dy: [Double], gamma: [Double], beta: [Double], eps: Double,
         mean: Double, variance: Double, invstd: Double
@@ -146,6 +161,7 @@ public struct LayerRowCheck {
         sumSError = invstd * (errorB.worstCase + abs(meanLow) * errorA.worstCase) + 3 * ud * abs(sumS) + invstd * exactB.errorBound
     }
 
+    /// D, the row's values.
     public var count: Int { row.count }
 
     /// x̂* = (x − μ̃)·r̃ and the bound on the kernel's x̂ = C(fma(C(x − μ_hi), C(r̃), C(−μ_lo·r̃))):

@@ -10,8 +10,10 @@ extension Reference {
         public var rows: [[Int]]
         /// The parameter (γ, β entry) of each element.
         public var parameter: (Int) -> Int
+        /// How many γ (and β) entries there are.
         public var parameterCount: Int
 
+        /// Rows with `parameterCount` parameters, `parameter(element)` each element's.
         public init(rows: [[Int]], parameterCount: Int, parameter: @escaping (Int) -> Int) {
             self.rows = rows
             self.parameterCount = parameterCount

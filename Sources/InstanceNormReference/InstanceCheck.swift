@@ -17,24 +17,41 @@
 /// 2⁻²⁰ of them here) and also covers the rounding of this check's own
 /// `Double` arithmetic; bounds on sums are `RoundingErrors.worstCase`.
 public struct InstanceCheck {
+    /// How the kernels round.
     public let arithmetic: KernelArithmetic
+    /// The instance's values as stored, widened exactly.
     public let x: [Double]
+    /// Its gradient, widened exactly; empty without a backward.
     public let dy: [Double]
-    public let gamma: Double, beta: Double, eps: Double
+    /// γ of the instance's channel.
+    public let gamma: Double
+    /// β of the instance's channel.
+    public let beta: Double
+    /// ε, added to the variance.
+    public let eps: Double
     /// The kernel's statistics: mean, biased variance, invstd.
     public let mean: Double, variance: Double, invstd: Double
     /// μ̃ split as the kernels split it: μ_hi in the compute precision, μ_lo the rest.
     let meanHigh: Double, meanLow: Double
-    /// Σ dy and Σ dy·(x − μ̃), accurate (`AccurateSum`); s2 = r̃·the second.
+    /// Σ dy, accurate (`AccurateSum`).
     public let sumDy: AccurateSum
+    /// Σ dy·(x − μ̃), accurate; s2 = r̃ times it.
     public let sumDyCentered: AccurateSum
-    /// The rounding errors of the kernel's s1 = Σ dy and s2 = r̃·Σ dy·(x − μ̃).
+    /// The rounding errors of the kernel's s1 = Σ dy.
     public let sumDyErrors: RoundingErrors
+    /// The rounding errors of the kernel's s2 = r̃·Σ dy·(x − μ̃).
     public let sumDyXHatErrors: RoundingErrors
 
     /// - Parameters:
-    ///   - x, dy: the instance's values as stored (exactly widened); dy may be empty (no backward).
-    ///   - mean, variance, invstd: what the kernel computed.
+    ///   - arithmetic: how the kernels round.
+    ///   - x: the instance's values as stored (exactly widened).
+    ///   - dy: its gradient; may be empty (no backward).
+    ///   - gamma: γ of its channel.
+    ///   - beta: β of its channel.
+    ///   - eps: ε, added to the variance.
+    ///   - mean: the mean the kernel computed.
+    ///   - variance: the biased variance the kernel computed.
+    ///   - invstd: the invstd the kernel computed.
     public init(
         arithmetic: KernelArithmetic, x: [Double], dy: [Double], gamma: Double, beta: Double, eps: Double,
         mean: Double, variance: Double, invstd: Double
@@ -64,10 +81,12 @@ public struct InstanceCheck {
             sumDy: sumDy.value, sumDyXHat: invstd * sumDyCentered.value)
     }
 
+    /// M, the instance's values.
     public var count: Int { x.count }
 
-    /// s1 = Σ dy and s2 = r̃·Σ dy·(x − μ̃), the exact values rounded once.
+    /// s1 = Σ dy, the exact value rounded once.
     public var s1: Double { sumDy.value }
+    /// s2 = r̃·Σ dy·(x − μ̃), the exact value rounded once.
     public var s2: Double { invstd * sumDyCentered.value }
 
     // MARK: - Stage 2: y and dx given the kernel's statistics

@@ -24,6 +24,7 @@ public struct KernelArithmetic: Sendable {
     /// Half the smallest subnormal of storage and of compute: the absolute
     /// error of a rounding that underflows.
     public let storeUnderflow: Double
+    /// Half the smallest subnormal of the compute precision.
     public let computeUnderflow: Double
     /// Significant bits of the storage precision (11, 24, 53), for ulps.
     public let storageBits: Int
@@ -37,6 +38,8 @@ public struct KernelArithmetic: Sendable {
     /// u of `Double`.
     public static let double = 0x1p-53
 
+    /// The arithmetic of kernels that store in `storage`, compute in
+    /// `compute`, sum in vectors of `lanes` and widen every `chunk` values.
     public init<Storage: BinaryFloatingPoint, Compute: BinaryFloatingPoint>(
         storage: Storage.Type, compute: Compute.Type, lanes: Int, chunk: Int
     ) {
@@ -92,7 +95,9 @@ public struct KernelArithmetic: Sendable {
 /// its square root. It is what makes a sum over a whole batch, with heavy
 /// cancellation (|Σ| ≪ Σ|terms|), checkable to a few ulps.
 public struct RoundingErrors: Sendable, Equatable {
+    /// Σ u_e·|c_e|: a bound that always holds.
     public private(set) var worstCase = 0.0
+    /// Σ (u_e·c_e)²: the variance of the error under the probabilistic model.
     public private(set) var variance = 0.0
 
     /// The λ of the probabilistic bound: under the model a checked sum
@@ -104,8 +109,10 @@ public struct RoundingErrors: Sendable, Equatable {
     /// must catch.)
     public static let lambda = 6.0
 
+    /// No rounding yet.
     public init() {}
 
+    /// Errors with the given worst case and variance (one sent between ranks, say).
     public init(worstCase: Double, variance: Double) {
         self.worstCase = worstCase
         self.variance = variance

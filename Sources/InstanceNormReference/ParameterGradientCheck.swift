@@ -20,9 +20,14 @@ public enum ParameterGradientCheck {
     /// One instance's contribution: its exact sum as the two parts of an
     /// `AccurateSum`, and the rounding errors of the kernel's own sum.
     public struct Term: Sendable, Equatable {
-        public var high: Double, low: Double
+        /// The exact sum's leading part.
+        public var high: Double
+        /// The rest of the exact sum: high + low is it.
+        public var low: Double
+        /// The rounding errors of the kernel's own value of this sum.
         public var errors: RoundingErrors
 
+        /// A term of exact value high + low, with the kernel's errors.
         public init(high: Double, low: Double, errors: RoundingErrors) {
             self.high = high
             self.low = low
@@ -31,7 +36,9 @@ public enum ParameterGradientCheck {
 
         /// The number of Doubles `flattened` takes.
         public static let fieldCount = 4
+        /// The term as `fieldCount` Doubles, to send between ranks.
         public var flattened: [Double] { [high, low, errors.worstCase, errors.variance] }
+        /// The term from its `flattened` form.
         public init(flattened fields: ArraySlice<Double>) {
             let start = fields.startIndex
             self.init(
@@ -56,8 +63,12 @@ public enum ParameterGradientCheck {
 
     /// The exact sum of `terms` and the bound on the kernels' result.
     ///
-    /// - Parameter termsByRank: the channel's instances, rank after rank,
-    ///   each rank's in sample order (one process: one rank).
+    /// - Parameters:
+    ///   - termsByRank: the channel's instances, rank after rank, each
+    ///     rank's in sample order (one process: one rank).
+    ///   - order: how the kernels add them.
+    ///   - arithmetic: how the kernels round.
+    ///   - lambda: the λ of the probabilistic bound (`RoundingErrors.lambda`).
     public static func check(
         _ termsByRank: [[Term]], order: Order, arithmetic: KernelArithmetic, lambda: Double = RoundingErrors.lambda
     ) -> (value: Double, bound: Double) {

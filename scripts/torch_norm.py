@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Time PyTorch's CPU instance_norm forward + backward (affine), the way
-`instnorm bench` times its own: warm-up, then the median over iterations.
-Prints one JSON object: forward_ms, backward_ms, step_ms (medians)."""
+"""Time PyTorch's CPU instance_norm, group_norm or layer_norm forward +
+backward (affine), the way `instnorm bench` times its own: warm-up, then the
+median over iterations. Prints one JSON object: forward_ms, backward_ms,
+step_ms (medians)."""
 import argparse
 import json
 import statistics
@@ -15,6 +16,9 @@ parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
 parser.add_argument("--iterations", type=int, default=20)
 parser.add_argument("--warmup", type=int, default=3)
+parser.add_argument("--norm", default="instance", choices=["instance", "group", "layer"])
+parser.add_argument("--groups", type=int)
+parser.add_argument("--normalized-dims", type=int)
 args = parser.parse_args()
 
 torch.set_num_threads(args.threads)
@@ -22,14 +26,22 @@ shape = [int(s) for s in args.shape.split(",")]
 dtype = getattr(torch, args.dtype)
 x = torch.randn(shape, dtype=dtype, requires_grad=True)
 dy = torch.randn(shape, dtype=dtype)
-gamma = torch.ones(shape[1], dtype=dtype, requires_grad=True)
-beta = torch.zeros(shape[1], dtype=dtype, requires_grad=True)
+normalized = shape[-(args.normalized_dims or len(shape) - 1):]
+parameters = normalized if args.norm == "layer" else [shape[1]]
+gamma = torch.ones(parameters, dtype=dtype, requires_grad=True)
+beta = torch.zeros(parameters, dtype=dtype, requires_grad=True)
+F = torch.nn.functional
+norm = {
+    "instance": lambda: F.instance_norm(x, weight=gamma, bias=beta, eps=1e-5),
+    "group": lambda: F.group_norm(x, args.groups, gamma, beta, 1e-5),
+    "layer": lambda: F.layer_norm(x, normalized, gamma, beta, 1e-5),
+}[args.norm]
 
 forward, backward = [], []
 for iteration in range(args.warmup + args.iterations):
     x.grad = gamma.grad = beta.grad = None
     start = time.perf_counter()
-    y = torch.nn.functional.instance_norm(x, weight=gamma, bias=beta, eps=1e-5)
+    y = norm()
     middle = time.perf_counter()
     y.backward(dy)
     end = time.perf_counter()
