@@ -153,15 +153,21 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// A, S of every row of `sample` and its (Σ dy, Σ dy·x̂) per position,
-    /// rows in order; dx of each row too when `writeDx`.
-    @inlinable func sums(ofSample sample: Int, writeDx: Bool) {
+    /// rows in order; dx of each row too when `writeDx`. The column sums
+    /// accumulate in `columns` (2·D: all Σ dy, then all Σ dy·x̂, so that
+    /// they add in vectors) and are then stored interleaved, (D, 2).
+    @inlinable func sums(ofSample sample: Int, writeDx: Bool, columns: UnsafeMutablePointer<Double>) {
         let length = batch.rowLength
-        let columns = parameterSums.baseAddress! + 2 * sample * length
         columns.update(repeating: 0, count: 2 * length)
         for row in sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample {
             rowSums(row)
             accumulateColumns(row, into: columns)
             if writeDx { inputGradient(row, 0..<length) }
+        }
+        let shares = parameterSums.baseAddress! + 2 * sample * length
+        for position in 0..<length {
+            shares[2 * position] = columns[position]
+            shares[2 * position + 1] = columns[length + position]
         }
     }
 
@@ -176,18 +182,30 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         rowSums[row] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
     }
 
-    /// columns[2d] += dy_d and columns[2d + 1] += dy_d·x̂_d over one row,
-    /// x̂ in the compute precision, the sums in `Double`.
+    /// columns[d] += dy_d and columns[D + d] += dy_d·x̂_d over one row, x̂
+    /// and the product in the compute precision (as `LayerNormalizeOperation`
+    /// forms x̂), the sums in `Double`, a vector at a time.
     @inlinable func accumulateColumns(_ row: Int, into columns: UnsafeMutablePointer<Double>) {
-        let rowStatistics = statistics[row]
+        let rowStatistics = statistics[row], length = batch.rowLength, lanes = T.Vector.scalarCount
         let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
         let invstd = T.Compute(rowStatistics.invstd), lowTerm = T.Compute(-meanLow * rowStatistics.invstd)
+        let (meanVector, invstdVector, lowTermVector) = (T.Vector(repeating: meanHigh), T.Vector(repeating: invstd),
+                                                         T.Vector(repeating: lowTerm))
         let gradients = batch.row(dy, row), values = batch.row(batch.x, row)
-        for position in 0..<batch.rowLength {
+        var position = 0
+        while position + lanes <= length {
+            let gradient = loadVector(gradients, position)
+            let xHat = lowTermVector.addingProduct(loadVector(values, position) - meanVector, invstdVector)
+            T.Compute.addWidened(gradient, to: columns + position)
+            T.Compute.addWidened(gradient * xHat, to: columns + length + position)
+            position += lanes
+        }
+        while position < length {
             let gradient = gradients[position].computed
             let xHat = lowTerm.addingProduct(values[position].computed - meanHigh, invstd)
-            columns[2 * position] += gradient.widened
-            columns[2 * position + 1] += (gradient * xHat).widened
+            columns[position] += gradient.widened
+            columns[length + position] += (gradient * xHat).widened
+            position += 1
         }
     }
 
@@ -295,8 +313,13 @@ extension LayerBatch {
         // Whole samples per worker: a sample's sums are added row after row by one thread.
         let split = WorkSplit(units: samples, length: rowsPerSample * rowLength, threads: min(threads, max(samples, 1)))
         let tails = split.deferredTails(overlap)
+        let length = rowLength
         split.run { worker in
-            for sample in split.instances(of: worker) { work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample)) }
+            let columns = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length)
+            defer { columns.deallocate() }
+            for sample in split.instances(of: worker) {
+                work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample), columns: columns)
+            }
         }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
@@ -307,7 +330,7 @@ extension LayerBatch {
             }
         }
         overlap?.sumsReady()
-        let length = rowLength, rowsPerSample = rowsPerSample
+        let rowsPerSample = rowsPerSample
         split.writeDeferred(tails: tails, overlap: overlap) { sample, range in
             // A sample's range, cut at its rows.
             var start = range.lowerBound

@@ -45,6 +45,8 @@ public protocol InstanceNormComputeScalar: InstanceNormScalar, SIMDScalar where 
     /// Σ of the lanes, each widened to `Double` first, in the order of
     /// `widenedLaneSum`.
     static func widenedSum(_ vector: Lanes) -> Double
+    /// sums[i] += lane i, widened exactly, for every lane (`sums` of any alignment).
+    static func addWidened(_ vector: Lanes, to sums: UnsafeMutablePointer<Double>)
 }
 
 extension InstanceNormComputeScalar {
@@ -77,6 +79,12 @@ extension Float: InstanceNormComputeScalar {
     public static func widenedSum(_ vector: SIMD16<Float>) -> Double { widenedLaneSum(lanes: 16) { vector[$0] } }
 
     @inlinable @inline(__always)
+    public static func addWidened(_ vector: SIMD16<Float>, to sums: UnsafeMutablePointer<Double>) {
+        instnorm_add_widened_float8(sums, vector.lowHalf)
+        instnorm_add_widened_float8(sums + 8, vector.highHalf)
+    }
+
+    @inlinable @inline(__always)
     public static func streamStore(_ vector: SIMD16<Float>, to address: UnsafeMutablePointer<Float>) {
         instnorm_stream_store_float8(address, vector.lowHalf)
         instnorm_stream_store_float8(address + 8, vector.highHalf)
@@ -91,6 +99,12 @@ extension Double: InstanceNormComputeScalar {
 
     @inlinable @inline(__always)
     public static func widenedSum(_ vector: SIMD8<Double>) -> Double { widenedLaneSum(lanes: 8) { vector[$0] } }
+
+    @inlinable @inline(__always)
+    public static func addWidened(_ vector: SIMD8<Double>, to sums: UnsafeMutablePointer<Double>) {
+        let raw = UnsafeMutableRawPointer(sums)
+        raw.storeBytes(of: raw.loadUnaligned(as: SIMD8<Double>.self) + vector, as: SIMD8<Double>.self)
+    }
 
     @inlinable @inline(__always)
     public static func streamStore(_ vector: SIMD8<Double>, to address: UnsafeMutablePointer<Double>) {

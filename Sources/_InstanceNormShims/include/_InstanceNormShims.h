@@ -51,6 +51,21 @@ void instnorm_stream_store_half16(void *address, instnorm_float8x low, instnorm_
     __builtin_nontemporal_store(halves, (instnorm_half16x *)address);
 }
 
+/// sums[0..<8] += the 8 floats, each widened exactly to double (two
+/// `vcvtps2pd`); `sums` may have any alignment.
+static inline __attribute__((always_inline))
+void instnorm_add_widened_float8(double *sums, instnorm_float8x value) {
+    instnorm_double4x low = __builtin_convertvector(__builtin_shufflevector(value, value, 0, 1, 2, 3), instnorm_double4x);
+    instnorm_double4x high = __builtin_convertvector(__builtin_shufflevector(value, value, 4, 5, 6, 7), instnorm_double4x);
+    instnorm_double4x first, second;
+    __builtin_memcpy(&first, sums, sizeof first);
+    __builtin_memcpy(&second, sums + 4, sizeof second);
+    first += low;
+    second += high;
+    __builtin_memcpy(sums, &first, sizeof first);
+    __builtin_memcpy(sums + 4, &second, sizeof second);
+}
+
 /// Fences issued by this thread (`instnorm_store_fence`), for the tests: a
 /// missing fence changes no result a test can see on x86, so they count it.
 extern _Thread_local unsigned long instnorm_thread_store_fences;
