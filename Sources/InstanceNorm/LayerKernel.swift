@@ -154,15 +154,22 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// A, S of every row of `sample` and its (Σ dy, Σ dy·x̂) per position,
     /// rows in order; dx of each row too when `writeDx`. The column sums
-    /// accumulate in `columns` (2·D: all Σ dy, then all Σ dy·x̂, so that
-    /// they add in vectors) and are then stored interleaved, (D, 2).
-    @inlinable func sums(ofSample sample: Int, writeDx: Bool, columns: UnsafeMutablePointer<Double>) {
-        let length = batch.rowLength
+    /// are planar (2·D: all Σ dy, then all Σ dy·x̂, so that they add in
+    /// vectors): each block of `layerColumnBlock` rows adds up in `block`,
+    /// in the compute precision, and is then widened into `columns`, in
+    /// `Double`; at the end they are stored interleaved, (D, 2).
+    @inlinable func sums(
+        ofSample sample: Int, writeDx: Bool, columns: UnsafeMutablePointer<Double>, block: UnsafeMutablePointer<T.Compute>
+    ) {
+        let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
-        for row in sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample {
-            rowSums(row)
-            accumulateColumns(row, into: columns)
+        block.update(repeating: 0, count: 2 * length)
+        for row in rows {
+            rowSums(row, addingTo: block)
             if writeDx { inputGradient(row, 0..<length) }
+            if (row - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || row == rows.upperBound - 1 {
+                flush(block, into: columns)
+            }
         }
         let shares = parameterSums.baseAddress! + 2 * sample * length
         for position in 0..<length {
@@ -171,42 +178,36 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         }
     }
 
-    /// A = Σ γ·dy and S = Σ γ·dy·x̂ = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of one row.
-    @inlinable func rowSums(_ row: Int) {
+    /// A = Σ γ·dy and S = Σ γ·dy·x̂ = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of one
+    /// row, and in the same pass block[d] += dy_d, block[D + d] += dy_d·x̂_d
+    /// (x̂ formed as `LayerNormalizeOperation` forms it, all in the compute
+    /// precision): one read of the row for both.
+    @inlinable func rowSums(_ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
         let rowStatistics = statistics[row]
         let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        let columns = LayerColumns<T>(
+            block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
+            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
         let gradients = batch.row(dy, row), values = batch.row(batch.x, row), gamma = batch.gamma.base
         let (sumA, centered) = chunkedSums(batch.rowLength) {
-            weightedGradientChunkSums(gradients, values, gamma, $0, center: meanHigh)
+            weightedGradientChunkSums(gradients, values, gamma, $0, center: meanHigh, columns: columns)
         }
         rowSums[row] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
     }
 
-    /// columns[d] += dy_d and columns[D + d] += dy_d·x̂_d over one row, x̂
-    /// and the product in the compute precision (as `LayerNormalizeOperation`
-    /// forms x̂), the sums in `Double`, a vector at a time.
-    @inlinable func accumulateColumns(_ row: Int, into columns: UnsafeMutablePointer<Double>) {
-        let rowStatistics = statistics[row], length = batch.rowLength, lanes = T.Vector.scalarCount
-        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
-        let invstd = T.Compute(rowStatistics.invstd), lowTerm = T.Compute(-meanLow * rowStatistics.invstd)
-        let (meanVector, invstdVector, lowTermVector) = (T.Vector(repeating: meanHigh), T.Vector(repeating: invstd),
-                                                         T.Vector(repeating: lowTerm))
-        let gradients = batch.row(dy, row), values = batch.row(batch.x, row)
-        var position = 0
-        while position + lanes <= length {
-            let gradient = loadVector(gradients, position)
-            let xHat = lowTermVector.addingProduct(loadVector(values, position) - meanVector, invstdVector)
-            T.Compute.addWidened(gradient, to: columns + position)
-            T.Compute.addWidened(gradient * xHat, to: columns + length + position)
-            position += lanes
+    /// columns += block, widened exactly, in `Double`; block ← 0.
+    @inlinable func flush(_ block: UnsafeMutablePointer<T.Compute>, into columns: UnsafeMutablePointer<Double>) {
+        let count = 2 * batch.rowLength, lanes = T.Vector.scalarCount
+        var index = 0
+        while index + lanes <= count {
+            T.Compute.addWidened(loadVector(block, index), to: columns + index)
+            index += lanes
         }
-        while position < length {
-            let gradient = gradients[position].computed
-            let xHat = lowTerm.addingProduct(values[position].computed - meanHigh, invstd)
-            columns[position] += gradient.widened
-            columns[length + position] += (gradient * xHat).widened
-            position += 1
+        while index < count {
+            columns[index] += block[index].widened
+            index += 1
         }
+        block.update(repeating: 0, count: count)
     }
 
     /// dx over `range` of one row, about Ā = A/D rounded to the compute
@@ -230,30 +231,79 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 }
 
-/// Σ γ·dy and Σ γ·dy·(x − center) over one chunk of a row.
+/// Rows whose column sums (LayerNorm's per-position Σ dy, Σ dy·x̂) add up
+/// in the compute precision before they are widened to `Double`: the
+/// `Double` additions, which cost four times the vector work, happen once
+/// per block, and a block of 8 keeps each sum within 8 roundings of the
+/// compute precision. Public for checks that model the kernel's roundings.
+public let layerColumnBlock = 8
+
+/// A block of LayerNorm's column sums and what one row adds to it:
+/// dy and dy·x̂, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision.
+@usableFromInline
+struct LayerColumns<Scalar: InstanceNormScalar> {
+    @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
+    @usableFromInline let length: Int
+    @usableFromInline let invstd, lowTerm: Scalar.Compute
+    @usableFromInline let invstdVector, lowTermVector: Scalar.Vector
+
+    @inlinable
+    init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, center: Scalar.Compute, invstd: Scalar.Compute,
+         lowTerm: Scalar.Compute) {
+        self.block = block
+        self.length = length
+        self.invstd = invstd
+        self.lowTerm = lowTerm
+        invstdVector = Scalar.Vector(repeating: invstd)
+        lowTermVector = Scalar.Vector(repeating: lowTerm)
+    }
+
+    /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
+        let xHat = lowTermVector.addingProduct(centered, invstdVector)
+        storeVector(loadVector(block, index) + gradient, block, index)
+        storeVector(loadVector(block, length + index) + gradient * xHat, block, length + index)
+    }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
+        block[index] += gradient
+        block[length + index] += gradient * lowTerm.addingProduct(centered, invstd)
+    }
+}
+
+/// Σ γ·dy and Σ γ·dy·(x − center) over one chunk of a row, and the row's
+/// column sums added to `columns` on the way.
 @inlinable
 func weightedGradientChunkSums<T: InstanceNormScalar>(
-    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
+    columns: LayerColumns<T>
 ) -> (Double, Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
     var weighted0 = T.Vector(), weighted1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
-        let gradient0 = loadVector(gamma, index) * loadVector(dy, index)
-        let gradient1 = loadVector(gamma, index + lanes) * loadVector(dy, index + lanes)
+        let dy0 = loadVector(dy, index), dy1 = loadVector(dy, index + lanes)
+        let centered0 = loadVector(x, index) - centerVector, centered1 = loadVector(x, index + lanes) - centerVector
+        let gradient0 = loadVector(gamma, index) * dy0
+        let gradient1 = loadVector(gamma, index + lanes) * dy1
         weighted0 += gradient0
         weighted1 += gradient1
-        product0.addProduct(gradient0, loadVector(x, index) - centerVector)
-        product1.addProduct(gradient1, loadVector(x, index + lanes) - centerVector)
+        product0.addProduct(gradient0, centered0)
+        product1.addProduct(gradient1, centered1)
+        columns.add(dy0, centered: centered0, at: index)
+        columns.add(dy1, centered: centered1, at: index + lanes)
         index += 2 * lanes
     }
     var sumA = T.Compute.widenedSum(weighted0) + T.Compute.widenedSum(weighted1)
     var centered = T.Compute.widenedSum(product0) + T.Compute.widenedSum(product1)
     while index < range.upperBound {
-        let gradient = gamma[index].computed * dy[index].computed
+        let gradient = gamma[index].computed * dy[index].computed, deviation = x[index].computed - center
         sumA += gradient.widened
-        centered += (gradient * (x[index].computed - center)).widened
+        centered += (gradient * deviation).widened
+        columns.add(dy[index].computed, centered: deviation, at: index)
         index += 1
     }
     return (sumA, centered)
@@ -316,9 +366,10 @@ extension LayerBatch {
         let length = rowLength
         split.run { worker in
             let columns = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length)
-            defer { columns.deallocate() }
+            let block = UnsafeMutablePointer<T.Compute>.allocate(capacity: 2 * length)
+            defer { columns.deallocate(); block.deallocate() }
             for sample in split.instances(of: worker) {
-                work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample), columns: columns)
+                work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample), columns: columns, block: block)
             }
         }
         dgamma.update(repeating: 0)

@@ -48,6 +48,7 @@ struct Verification {
         var shares = [ParameterGradientCheck.Term](
             repeating: ParameterGradientCheck.Term(high: 0, low: 0, errors: RoundingErrors()),
             count: 2 * layer.localShape.batch * layer.globalShape.parameterCount)
+        var blocks = [Double](repeating: 0, count: shares.count)
         for row in 0..<layer.localShape.rowCount {
             let x = rows.values(of: row, in: batch.x), dy = rows.values(of: row, in: batch.dy)
             let statistics = batch.statistics.elements[row]
@@ -58,7 +59,7 @@ struct Verification {
                 local.record(.y, y[position].widened, check.normalized(at: position), arithmetic)
                 local.record(.dx, dx[position].widened, check.inputGradient(at: position), arithmetic)
             }
-            check.addShares(to: &shares, row: row, layer: layer)
+            check.addShares(to: &shares, blocks: &blocks, row: row, layer: layer, arithmetic: arithmetic)
         }
         try local.recordParameterGradients(gathering: shares.flatMap(\.flattened), layer: layer, batch: batch, arithmetic: arithmetic)
         let worst = try layer.communicator.allreduce(local.ratios + local.boundUlps, .max)
@@ -127,9 +128,14 @@ private enum RowCheck {
 
     /// Adds this row's contributions to the (N_local, P, 2) shares: an
     /// instance's or a group segment's (s1, s2) as they are; a layer-norm
-    /// row's per-position terms into its sample's column sums, with the
-    /// `Double` additions' roundings.
-    func addShares(to shares: inout [ParameterGradientCheck.Term], row: Int, layer: DataParallelNorm<some DataParallelScalar>) {
+    /// row's per-position terms into its sample's column sums as the kernel
+    /// adds them: into a block partial in the compute precision (`blocks`,
+    /// (N_local, P, 2)), which every `layerColumnBlock` rows (and at the
+    /// sample's last) is added to the sum in `Double`.
+    func addShares(
+        to shares: inout [ParameterGradientCheck.Term], blocks: inout [Double], row: Int,
+        layer: DataParallelNorm<some DataParallelScalar>, arithmetic: KernelArithmetic
+    ) {
         let parameters = layer.globalShape.parameterCount, rowsPerSample = layer.globalShape.rowsPerSample
         let sample = row / rowsPerSample
         switch self {
@@ -145,12 +151,19 @@ private enum RowCheck {
                 (shares[2 * share], shares[2 * share + 1]) = (dbeta, dgamma)
             }
         case .layer(let check):
-            let ud = KernelArithmetic.double
+            let rowInSample = row % rowsPerSample
+            let flushes = rowInSample % layerColumnBlock == layerColumnBlock - 1 || rowInSample == rowsPerSample - 1
             for position in 0..<check.count {
                 let (dy, dyXHat, error) = check.columnTerms(at: position)
                 let share = sample * parameters + position
-                shares[2 * share] = shares[2 * share].adding(dy, error: 0, roundingUnit: ud)
-                shares[2 * share + 1] = shares[2 * share + 1].adding(dyXHat, error: error, roundingUnit: ud)
+                for (index, value, valueError) in [(2 * share, dy, 0.0), (2 * share + 1, dyXHat, error)] {
+                    blocks[index] += value
+                    shares[index] = shares[index].adding(value, error: valueError, rounding: (arithmetic.compute, blocks[index]))
+                    if flushes {
+                        shares[index] = shares[index].adding(0, error: 0, rounding: (KernelArithmetic.double, shares[index].value))
+                        blocks[index] = 0
+                    }
+                }
             }
         }
     }
@@ -158,18 +171,21 @@ private enum RowCheck {
 
 extension ParameterGradientCheck.Term {
     /// This term plus `value` (exact, up to `error` of the kernel's own
-    /// value), the kernel adding it in `Double` (a rounding of unit
-    /// `roundingUnit` of the new partial sum).
-    func adding(_ value: Double, error: Double, roundingUnit: Double) -> Self {
+    /// value), with one rounding of unit `rounding.unit` of the partial sum
+    /// the kernel forms there (`rounding.partial`).
+    func adding(_ value: Double, error: Double, rounding: (unit: Double, partial: Double)) -> Self {
         var exact = AccurateSum()
         exact.add(high)
         exact.add(low)
         exact.add(value)
         var errors = self.errors
         errors.event(1, error)
-        errors.event(roundingUnit, exact.value)
+        errors.event(rounding.unit, rounding.partial)
         return Self(high: exact.high, low: exact.low, errors: errors)
     }
+
+    /// The exact value, rounded once.
+    var value: Double { high + low }
 }
 
 /// The values of one row of a tensor, in either layout, in the row's order,
