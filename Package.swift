@@ -107,6 +107,6 @@ let package = Package(
         /// The MPI face and `Communicator.agree` checked at P = 2, 3, 4 under
         /// mpirun (launched by Tests/InstnormTests/MPIFaceTests.swift); a
         /// test program, not a product.
-        .executableTarget(name: "mpi-checks", dependencies: ["MPI", "DataParallel"], path: "Tests/MPIChecks"),
+        .executableTarget(name: "mpi-checks", dependencies: ["MPI", "DataParallel", "ReproducibleSum"], path: "Tests/MPIChecks"),
     ]
 )

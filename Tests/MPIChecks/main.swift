@@ -32,6 +32,7 @@ checkGathers(world, checker)
 checkNonBlockingReductions(world, checker)
 checkBroadcasts(world, checker)
 checkAgreement(world, checker)
+checkReproducibleSums(world, checker)
 // For the summary only: the verdict is each rank's own exit code.
 let failures = (try? world.allreduce(checker.failures, .sum)) ?? -1
 if world.rank == 0 {
