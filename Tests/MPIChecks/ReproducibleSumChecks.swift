@@ -9,8 +9,12 @@ func checkReproducibleSums(_ world: Communicator, _ checker: Checker) {
     let rank = world.rank, size = world.size
     // 48 global addends per sum spanning 200 binades, some cancelling; rank
     // r holds those with index ≡ r (mod P), so the last rank may hold none.
+    // In the order of the indices the magnitudes climb by 40 binades from
+    // rank to rank, so ranks' sums have different top bins and their merges
+    // must align them.
     let addends = (0..<48).map { index -> Double in
-        let magnitude = Double(sign: .plus, exponent: (index * 37) % 200 - 100, significand: 1 + Double(index) / 64)
+        let binade = ((index * 37) % 20 - 10) + 40 * (index % size) - 60
+        let magnitude = Double(sign: .plus, exponent: binade, significand: 1 + Double(index) / 64)
         return index % 3 == 2 ? -magnitude : magnitude
     }
     let sums = ReproducibleSums(count: 3), whole = ReproducibleSums(count: 3)
