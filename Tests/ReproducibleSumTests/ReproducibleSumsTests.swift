@@ -85,6 +85,29 @@ struct ReproducibleSumsTests {
         }
     }
 
+    /// Parts whose top bins differ by one to four bins (each part's values
+    /// 40 binades above the last's), merged in rising, falling and shuffled
+    /// order: every merge must shift one side's limbs, in either direction.
+    @Test func mergesAlignPartsWithDifferentTopBins() {
+        let parts = (0..<5).map { part in
+            spread(30, binades: 20, seed: 40 + UInt64(part)).map { $0 * Double(sign: .plus, exponent: 40 * part - 80, significand: 1) }
+        }
+        let whole = ReproducibleSums(count: 1)
+        for value in parts.joined() { whole.add(value, to: 0) }
+        let partial = parts.map { values in
+            let sums = ReproducibleSums(count: 1)
+            for value in values { sums.add(value, to: 0) }
+            return sums
+        }
+        var generator = SeededGenerator(seed: 3)
+        for order in [Array(partial.indices), partial.indices.reversed(), partial.indices.shuffled(using: &generator)] {
+            let merged = ReproducibleSums(count: 1)
+            for index in order { merged.add(partial[index]) }
+            #expect(Array(merged.words) == Array(whole.words), "merged in order \(order)")
+        }
+        #expect(whole.sum(at: 0) == correctlyRoundedSum(Array(parts.joined())))
+    }
+
     @Test func nonFiniteAddendsFollowFloatingPointAddition() {
         #expect(sum([1, .infinity, 2]) == .infinity)
         #expect(sum([-.infinity, 1e308, 1e308]) == -.infinity)
