@@ -65,7 +65,7 @@ public final class DataParallelInstanceNorm<T: DataParallelScalar> {
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
-        norm.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta)
+        norm.localForward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta)
     }
 
     /// Evaluation-mode forward of the local slice with the running statistics; not collective.

@@ -60,9 +60,13 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     /// (N, P, 2), the exact sums sent by `.reproducible`, every sample's sums
     /// for `.gather`.
     private let parameterGradientSums: TensorBuffer<Double>
-    private let localParameterSums: TensorBuffer<Double>
+    let localParameterSums: TensorBuffer<Double>
     private let exactSums: ReproducibleSums
     private let globalParameterSums: TensorBuffer<Double>
+
+    /// BatchNorm: the seconds the last forward spent in its collectives
+    /// (on its critical path, all exposed); 0 for the other norms.
+    public internal(set) var lastForwardCollectiveSeconds = 0.0
 
     /// - Parameters:
     ///   - communicator: the ranks that share the batch (every rank calls this with the same shape).
@@ -96,7 +100,8 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         localShape = globalShape.withBatch(samples.count)
         let parameters = globalShape.parameterCount
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
-        localParameterSums = TensorBuffer(repeating: 0, count: reduction == .allreduce ? 0 : 2 * localShape.batch * parameters)
+        let keepsShares = reduction != .allreduce || globalShape.normalization == .batch
+        localParameterSums = TensorBuffer(repeating: 0, count: keepsShares ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
         globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
     }
@@ -130,26 +135,40 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         return samples.lowerBound * perSample ..< samples.upperBound * perSample
     }
 
-    /// Training-mode forward of the local slice; not collective.
+    /// Training-mode forward of the local slice: not collective, but for
+    /// BatchNorm, whose statistics are the whole batch's (see
+    /// `DataParallelNorm.batchForward`).
     ///
     /// - Parameters:
     ///   - y: output, this rank's slice.
-    ///   - statistics: output, `localShape.rowCount` rows.
+    ///   - statistics: output, `localShape.statisticsCount` rows (BatchNorm: C, the same on every rank).
     ///   - x: this rank's slice.
     ///   - gamma: `globalShape.parameterCount` entries, or nil for γ = 1.
     ///   - beta: `globalShape.parameterCount` entries, or nil for β = 0.
     public func forward(
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
+    ) throws {
+        if globalShape.normalization == .batch {
+            return try batchForward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta)
+        }
+        localForward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta)
+    }
+
+    /// The forward of the norms whose statistics stay on this rank.
+    func localForward(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) {
+        precondition(globalShape.normalization != .batch, "BatchNorm's forward is collective")
         NormKernel.forward(
             y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: localShape, eps: eps, threads: threads, stores: stores,
             layout: layout)
     }
 
     /// Evaluation-mode forward of the local slice with the running
-    /// statistics (InstanceNorm only: PyTorch's GroupNorm and LayerNorm keep
-    /// none); not collective.
+    /// statistics (InstanceNorm and BatchNorm: PyTorch's GroupNorm and
+    /// LayerNorm keep none); not collective.
     public func forwardInference(
         y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>,
         runningMean: UnsafeBufferPointer<T>, runningVar: UnsafeBufferPointer<T>,
@@ -161,9 +180,11 @@ public final class DataParallelNorm<T: DataParallelScalar> {
             layout: layout)
     }
 
-    /// The instance-norm shape of `shape`, for the running statistics, which only InstanceNorm has.
-    private func instanceShape(_ shape: NormShape) -> InstanceNormShape {
-        precondition(shape.normalization == .instance, "running statistics belong to InstanceNorm here, not to \(shape.normalization)")
+    /// The instance-norm shape of `shape`, for the running statistics,
+    /// which only InstanceNorm and BatchNorm have.
+    func instanceShape(_ shape: NormShape) -> InstanceNormShape {
+        precondition(shape.normalization == .instance || shape.normalization == .batch,
+                     "running statistics belong to InstanceNorm and BatchNorm, not to \(shape.normalization)")
         return shape.channelShape!
     }
 
@@ -189,6 +210,9 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
     ) throws -> Double {
+        if globalShape.normalization == .batch {
+            return try batchBackward(dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma)
+        }
         let parameters = globalShape.parameterCount
         precondition(dgamma.count == parameters && dbeta.count == parameters)
         let sums = parameterGradientSums.elements
@@ -274,6 +298,9 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
     ) throws {
+        if globalShape.normalization == .batch {
+            return batchRunningStatistics(runningMean: runningMean, runningVar: runningVar, statistics: statistics, momentum: momentum)
+        }
         let channelShape = instanceShape(globalShape)
         precondition(statistics.count == localShape.rowCount)
         precondition(channelShape.spatialCount >= 2, "the unbiased variance needs at least two values per instance")

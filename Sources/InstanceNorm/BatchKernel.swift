@@ -103,19 +103,6 @@ public enum BatchKernel {
 
     /// Evaluation-mode forward: every instance of channel c normalized with the
     /// running mean and variance of c, y = γ·(x − running_mean)/sqrt(running_var + ε) + β.
-    ///
-    /// - Parameters:
-    ///   - y: (N, C, S…) output.
-    ///   - x: (N, C, S…) input.
-    ///   - runningMean: (C,) running mean of each channel.
-    ///   - runningVar: (C,) running (unbiased) variance of each channel.
-    ///   - gamma: (C,) scale γ, or nil for γ = 1.
-    ///   - beta: (C,) shift β, or nil for β = 0.
-    ///   - shape: (N, C, S…) of x and y, whatever their layout.
-    ///   - eps: ε > 0, added to the running variance.
-    ///   - threads: worker threads, ≥ 1.
-    ///   - stores: how y is written.
-    ///   - layout: channels first or last for x and y.
     @inlinable
     @_specialize(where T == Float16)
     @_specialize(where T == Float)
@@ -128,29 +115,43 @@ public enum BatchKernel {
         shape: InstanceNormShape, eps: Double, threads: Int = 1, stores: StorePolicy = .automatic,
         layout: TensorLayout = .channelsFirst
     ) {
-        checkCounts(shape, x.count, y.count, shape.instanceCount, gamma, beta)
         precondition(runningMean.count == shape.channels && runningVar.count == shape.channels)
+        let statistics = (0..<shape.channels).map {
+            InstanceStatistics(mean: runningMean[$0].widened, variance: runningVar[$0].widened, eps: eps)
+        }
+        statistics.withUnsafeBufferPointer {
+            normalize(y: y, x: x, channelStatistics: $0, gamma: gamma, beta: beta, shape: shape, threads: threads,
+                      stores: stores, layout: layout)
+        }
+    }
+
+    /// y = γ_c·(x − μ_c)·r_c + β_c: every instance of channel c normalized
+    /// with `channelStatistics[c]` (the running statistics in evaluation
+    /// mode, the batch's in BatchNorm).
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func normalize<T: InstanceNormScalar>(
+        y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>, channelStatistics: UnsafeBufferPointer<InstanceStatistics>,
+        gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
+        shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst
+    ) {
+        checkCounts(shape, x.count, y.count, shape.instanceCount, gamma, beta)
+        precondition(channelStatistics.count == shape.channels)
         guard shape.instanceCount > 0 else { return }
+        let saved = SharedBuffer(channelStatistics), channels = shape.channels
         if layout == .channelsLast {
             let batch = ChannelsLastBatch<T>(shape: shape, streaming: stores.streams(y, tensors: 2))
-            let running = (SharedBuffer(runningMean), SharedBuffer(runningVar)), channels = shape.channels
             return writeNormalized(batch, batch.split(threads: threads), y: y, x: x, gamma: gamma, beta: beta) {
-                let channel = $0 % channels
-                return InstanceStatistics(
-                    mean: running.0.base[channel].widened, variance: running.1.base[channel].widened, eps: eps)
+                saved.base[$0 % channels]
             }
         }
         let batch = ForwardBatch(
-            y: y, statistics: nil, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
-        let running = (SharedBuffer(runningMean), SharedBuffer(runningVar))
+            y: y, statistics: nil, x: x, gamma: gamma, beta: beta, shape: shape, eps: 1, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)
         split.run { worker in
-            split.forEachPiece(of: worker) { instance, range in
-                let channel = instance % shape.channels
-                let statistics = InstanceStatistics(
-                    mean: running.0.base[channel].widened, variance: running.1.base[channel].widened, eps: eps)
-                batch.normalize(instance, range, statistics)
-            }
+            split.forEachPiece(of: worker) { instance, range in batch.normalize(instance, range, saved.base[instance % channels]) }
         }
         if batch.streaming { instnorm_store_fence() }
     }

@@ -452,10 +452,13 @@ struct GradientPasses<T: InstanceNormScalar>: @unchecked Sendable {
     /// (N, C, 2): s1 = Σ dy and s2 = Σ dy·x̂ of every instance.
     @usableFromInline let sums: TensorBuffer<Double>
     @usableFromInline let channels, rows, sampleLength: Int
+    /// The values the sums run over: an instance's M, or for BatchNorm the
+    /// channel's N·M (see `BatchNormKernel.inputGradient`).
+    @usableFromInline let count: Int
 
     @inlinable init(
         _ batch: ChannelsLastBatch<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
-        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, count: Int? = nil
     ) {
         gradients = SharedBuffer(dy)
         input = SharedBuffer(x)
@@ -465,6 +468,7 @@ struct GradientPasses<T: InstanceNormScalar>: @unchecked Sendable {
         channels = batch.channels
         rows = batch.rows
         sampleLength = batch.sampleLength
+        self.count = count ?? batch.rows
     }
 
     @inlinable var terms: @Sendable (Int, ChannelsLastScratch<T>) -> GradientTerms<T> {
@@ -496,7 +500,7 @@ struct GradientPasses<T: InstanceNormScalar>: @unchecked Sendable {
                     dy: gradients.base, x: input.base, statistics: saved.base[instance],
                     gamma: gamma.map { $0.base[channel].widened } ?? 1,
                     sumDy: sums.elements[2 * instance], sumDyXHat: sums.elements[2 * instance + 1],
-                    spatialCount: rows)
+                    spatialCount: count)
                 scratch.set(0, channel: channel, operation.meanHigh)
                 scratch.set(1, channel: channel, operation.meanDy)
                 scratch.set(2, channel: channel, operation.gradientScale)

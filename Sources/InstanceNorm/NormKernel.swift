@@ -40,6 +40,14 @@ public enum NormKernel {
     ) {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
         switch route(shape, layout) {
+        case .batch(let channelShape):
+            guard channelShape.batch > 0 else { return }
+            BatchNormKernel.forward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: channelShape,
+                count: channelShape.batch * channelShape.spatialCount,
+                shifts: BatchNormKernel.shifts(of: x, shape: channelShape, layout: layout), eps: eps, threads: threads,
+                stores: stores, layout: layout
+            ) { BatchNormKernel.sampleOrderTotals($0, channels: channelShape.channels) }
         case .instance(let channelShape):
             BatchKernel.forward(
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: channelShape, eps: eps,
@@ -96,6 +104,16 @@ public enum NormKernel {
         precondition(parameterSums.map { $0.count == 2 * shape.batch * shape.parameterCount } ?? true,
                      "parameterSums holds 2·N·P values")
         switch route(shape, layout) {
+        case .batch(let channelShape):
+            guard channelShape.batch > 0 else { return }
+            let shares = parameterSums ?? .allocate(capacity: 2 * channelShape.instanceCount)
+            defer { if parameterSums == nil { shares.deallocate() } }
+            BatchNormKernel.backward(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                parameterSums: shares, shape: channelShape, count: channelShape.batch * channelShape.spatialCount,
+                threads: threads, stores: stores, layout: layout
+            ) { BatchNormKernel.sampleOrderTotals($0, channels: channelShape.channels) }
+            overlap?.sumsReady()
         case .instance(let channelShape):
             BatchKernel.backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
@@ -132,6 +150,7 @@ public enum NormKernel {
     /// Which kernels a call runs.
     @usableFromInline
     enum Route {
+        case batch(InstanceNormShape)
         case instance(InstanceNormShape)
         case group(InstanceNormShape, groups: Int)
         case groupChannelsLast(InstanceNormShape, groups: Int)
@@ -141,6 +160,8 @@ public enum NormKernel {
     @inlinable
     static func route(_ shape: NormShape, _ layout: TensorLayout) -> Route {
         switch shape.normalization {
+        case .batch:
+            return .batch(shape.channelShape!)
         case .instance:
             return .instance(shape.channelShape!)
         case .group(let groups):
@@ -161,7 +182,7 @@ public enum NormKernel {
     ) {
         precondition(input == shape.elementCount && output == shape.elementCount,
                      "tensor sizes \(input), \(output) do not match \(shape)")
-        precondition(rows == shape.rowCount, "the statistics hold \(rows) rows, \(shape) has \(shape.rowCount)")
+        precondition(rows == shape.statisticsCount, "the statistics hold \(rows) rows, \(shape) has \(shape.statisticsCount)")
         precondition(gamma.map { $0.count == shape.parameterCount } ?? true, "gamma does not hold \(shape.parameterCount) entries")
         precondition(beta.map { $0.count == shape.parameterCount } ?? true, "beta does not hold \(shape.parameterCount) entries")
     }

@@ -6,6 +6,11 @@
 ///     instance         x (N, C, S…)      row = one channel's M values          γ, β per channel
 ///     group(G)         x (N, C, S…)      row = C/G channels' M values each     γ, β per channel
 ///     layer(K)         x (N, …, D1…DK)   row = the D = D1·…·DK trailing values  γ, β per element, (D1…DK)
+///     batch            x (N, C, S…)      statistics per channel over all N·M values of the batch
+///
+/// BatchNorm is the odd one: its statistics span the samples, so they cross
+/// ranks in the forward and the backward (see `BatchNormKernel`); its
+/// per-sample pieces are the instances (n, c), with the channel's statistics.
 ///
 /// For every row of L values: μ = (1/L) Σ x, σ² = (1/L) Σ (x − μ)²,
 /// r = 1/sqrt(σ² + ε), x̂ = (x − μ)·r, y = γ·x̂ + β with γ, β of the value's
@@ -19,12 +24,16 @@ public enum Normalization: Hashable, Sendable, CustomStringConvertible {
     case group(groups: Int)
     /// Statistics over the trailing K dimensions, 1 ≤ K < rank of x.
     case layer(normalizedDimensions: Int)
+    /// Statistics per channel over the whole batch, (N, S…): PyTorch's
+    /// `batch_norm` in training mode. x may be (N, C) (M = 1).
+    case batch
 
     public var description: String {
         switch self {
         case .instance: "instance"
         case .group(let groups): "group (G = \(groups))"
         case .layer(let dimensions): "layer (K = \(dimensions))"
+        case .batch: "batch"
         }
     }
 }
@@ -51,6 +60,11 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         switch normalization {
         case .instance:
             _ = try InstanceNormShape(dimensions: dimensions)
+        case .batch:
+            guard dimensions.count >= 2 else {
+                throw .invalidShape("batch norm needs at least (N, C), got \(dimensions.count) dimension(s) \(dimensions)")
+            }
+            _ = try Self.channelShape(dimensions)
         case .group(let groups):
             let channels = try InstanceNormShape(dimensions: dimensions).channels
             guard groups >= 1, groups <= channels, channels % groups == 0 else {
@@ -74,12 +88,17 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// The instance-norm shape of the same dimensions (instance and group norm).
+    /// The instance-norm shape of the same dimensions (instance, group and
+    /// batch norm; (N, C) reads as (N, C, 1)).
     public var channelShape: InstanceNormShape? {
         switch normalization {
-        case .instance, .group: try? InstanceNormShape(dimensions: dimensions)
+        case .instance, .group, .batch: try? Self.channelShape(dimensions)
         case .layer: nil
         }
+    }
+
+    private static func channelShape(_ dimensions: [Int]) throws(InstanceNormError) -> InstanceNormShape {
+        try InstanceNormShape(dimensions: dimensions.count == 2 ? dimensions + [1] : dimensions)
     }
 
     /// N.
@@ -89,14 +108,14 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
     /// spatial dimensions, and for groups some channels, otherwise).
     private var normalizedDimensions: Int {
         if case .layer(let normalized) = normalization { return normalized }
-        return dimensions.count - 2
+        return max(dimensions.count - 2, 0)
     }
 
     /// Rows per sample: C (instance), G (group), the product of the
     /// dimensions between N and the normalized ones (layer).
     public var rowsPerSample: Int {
         switch normalization {
-        case .instance: dimensions[1]
+        case .instance, .batch: dimensions[1]
         case .group(let groups): groups
         case .layer: dimensions.dropFirst().dropLast(normalizedDimensions).reduce(1, *)
         }
@@ -105,7 +124,7 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
     /// L, the values of one row: M, C/G·M, D.
     public var rowLength: Int {
         switch normalization {
-        case .instance: spatialCount
+        case .instance, .batch: spatialCount
         case .group(let groups): dimensions[1] / groups * spatialCount
         case .layer: dimensions.suffix(normalizedDimensions).reduce(1, *)
         }
@@ -114,8 +133,13 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
     /// M: values per channel (instance and group norm).
     public var spatialCount: Int { dimensions.dropFirst(2).reduce(1, *) }
 
-    /// N·rowsPerSample: how many rows, and saved statistics, the batch has.
+    /// N·rowsPerSample: how many rows the batch has (for BatchNorm: its
+    /// instances, the pieces of each channel's statistics).
     public var rowCount: Int { batch * rowsPerSample }
+
+    /// How many saved statistics (mean, invstd) the batch has: one per row,
+    /// or for BatchNorm one per channel, the same on every rank.
+    public var statisticsCount: Int { normalization == .batch ? dimensions[1] : rowCount }
     /// The values of the batch.
     public var elementCount: Int { dimensions.reduce(1, *) }
     /// Values of one sample.
@@ -124,7 +148,7 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
     /// The shape of γ, β, dγ, dβ: (C,) or the normalized dimensions.
     public var parameterDimensions: [Int] {
         switch normalization {
-        case .instance, .group: [dimensions[1]]
+        case .instance, .group, .batch: [dimensions[1]]
         case .layer: Array(dimensions.suffix(normalizedDimensions))
         }
     }
@@ -137,6 +161,7 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         switch normalization {
         case .instance: [batch, dimensions[1]]
         case .group(let groups): [batch, groups]
+        case .batch: [dimensions[1]]
         case .layer: Array(dimensions.dropLast(normalizedDimensions))
         }
     }

@@ -29,6 +29,21 @@ extension Reference {
                 parameterCount: channels, parameter: { ($0 / spatialCount) % channels })
         }
 
+        /// BatchNorm of x (N, C, M) in C order: one row per channel, its M
+        /// values in every sample, sample after sample; γ per channel.
+        public static func batch(batch: Int, channels: Int, spatialCount: Int) -> Rows {
+            var rows: [[Int]] = []
+            for channel in 0..<channels {
+                var row: [Int] = []
+                for sample in 0..<batch {
+                    let start = (sample * channels + channel) * spatialCount
+                    row += Array(start..<start + spatialCount)
+                }
+                rows.append(row)
+            }
+            return Rows(rows: rows, parameterCount: channels, parameter: { ($0 / spatialCount) % channels })
+        }
+
         /// LayerNorm: `rowCount` rows of `rowLength` contiguous values; γ per position.
         public static func layer(rowCount: Int, rowLength: Int) -> Rows {
             Rows(

@@ -136,7 +136,16 @@ public struct InstanceCheck {
     /// then the store's rounding and underflow. u_c' is u_c, or 0 for the
     /// constants when the compute precision is Double.
     public func inputGradient(at index: Int) -> (value: Double, bound: Double) {
-        let count = Double(self.count), u = arithmetic, ud = KernelArithmetic.double
+        inputGradient(at: index, s1: s1, s2: s2, count: count, sumErrors: (sumDyErrors.worstCase, sumDyXHatErrors.worstCase))
+    }
+
+    /// The same with sums s1, s2 over `count` values that are not this
+    /// instance's own (BatchNorm: a channel's sums over the whole batch),
+    /// whose kernel errors are at most `sumErrors`.
+    public func inputGradient(
+        at index: Int, s1: Double, s2: Double, count countValues: Int, sumErrors: (s1: Double, s2: Double)
+    ) -> (value: Double, bound: Double) {
+        let count = Double(countValues), u = arithmetic, ud = KernelArithmetic.double
         let scale = gamma * invstd, centeredScale = -scale * invstd * s2 / count
         let meanDyWide = s1 / count, meanDy = arithmetic.roundToCompute(meanDyWide)
         let deviation = x[index] - mean
@@ -148,8 +157,8 @@ public struct InstanceCheck {
         error += (12 * ud + u.constant + 2 * u.compute) * centeredTerm
         error += (2 * ud + u.constant + u.compute) * offsetParts
         error += (u.compute + ud) * abs(value) + 3 * ud * abs(scale * meanDyWide)
-        error += abs(scale) * sumDyErrors.worstCase / count
-        error += abs(gamma) * invstd * invstd * abs(deviation) * sumDyXHatErrors.worstCase / count
+        error += abs(scale) * sumErrors.s1 / count
+        error += abs(gamma) * invstd * invstd * abs(deviation) * sumErrors.s2 / count
         error += 6 * u.computeUnderflow
         return (value, stored(value, error))
     }

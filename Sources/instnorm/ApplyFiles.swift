@@ -35,7 +35,10 @@ struct ApplyFiles {
         bias = try open(options.bias, shape: shape.parameterDimensions)
         runningMean = try open(options.runningMean, shape: shape.parameterDimensions)
         runningVar = try open(options.runningVar, shape: shape.parameterDimensions)
-        if options.tracksRunningStatistics && !options.eval && shape.spatialCount < 2 {
+        if let problem = shape.singleValuePerChannel, !options.eval {
+            throw ToolError.badInput("\(options.input): \(problem); use --eval with running statistics, or a larger batch")
+        }
+        if options.tracksRunningStatistics && !options.eval && shape.normalization == .instance && shape.spatialCount < 2 {
             throw ToolError.badInput(
                 "\(options.input): a training step with running statistics needs more than one value per instance "
                     + "(spatial size is 1, so the unbiased variance is undefined); drop the running statistics or use --eval")

@@ -52,9 +52,11 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
 
     /// The outputs, each with the part of it this rank writes.
     private func compute(_ layer: DataParallelNorm<T>, _ inputs: LocalInputs<T>) throws -> [OutputArray<T>] {
-        let localCount = layer.localShape.elementCount, localRows = layer.localShape.rowCount
+        let localCount = layer.localShape.elementCount, localRows = layer.localShape.statisticsCount
         let statisticsSize = MemoryLayout<InstanceStatistics>.stride
-        let forward = try communicator.agree(defaultExitCode: ToolExitCode.resources) {
+        // Agreed before the forward, which is collective for BatchNorm: a
+        // rank that cannot get its memory must not leave the others inside it.
+        try communicator.agree(defaultExitCode: ToolExitCode.resources) {
             try Memory.reserve(
                 Memory.bytes((localCount * (inputs.dy == nil ? 1 : 2), elementSize), (localRows, statisticsSize + 2 * elementSize),
                              (2 * shape.batch * shape.parameterCount, MemoryLayout<Double>.stride),
@@ -63,14 +65,14 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             if Failpoint.computing.fires() {
                 throw ToolError.resources("cannot allocate the outputs of this rank: Cannot allocate memory \(Failpoint.computing.note)")
             }
-            return try localForward(layer, inputs)
         }
-        let (y, statistics) = forward
+        let (y, statistics) = try forward(layer, inputs)
         let elementOffset = layer.localElements.lowerBound
         if options.eval {
             return [OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset)]
         }
-        let instanceOffset = layer.localRows.lowerBound
+        // BatchNorm's statistics are the whole batch's, the same on every rank: rank 0 writes them.
+        let instanceOffset = shape.normalization == .batch ? nil : layer.localRows.lowerBound
         let perInstanceShape = shape.statisticsDimensions
         var outputs = [
             OutputArray(name: "y.npy", shape: files.tensorDimensions, values: y, elementOffset: elementOffset),
@@ -110,20 +112,21 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
         for output in outputs { points[output.name]?.corrupt(output.values.elements) }
     }
 
-    /// y and the per-instance statistics of this rank's slice; not collective.
-    private func localForward(
+    /// y and the statistics of this rank's slice (BatchNorm: of the whole
+    /// batch, and collective).
+    private func forward(
         _ layer: DataParallelNorm<T>, _ inputs: LocalInputs<T>
     ) throws -> (y: TensorBuffer<T>, statistics: TensorBuffer<InstanceStatistics>) {
         let y = TensorBuffer<T>(repeating: 0, count: layer.localShape.elementCount)
         let statistics = TensorBuffer(
-            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.rowCount)
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.statisticsCount)
         if options.eval {
             layer.forwardInference(
                 y: y.elements, x: inputs.x.readOnly,
                 runningMean: inputs.runningMean!.readOnly, runningVar: inputs.runningVar!.readOnly,
                 gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
         } else {
-            layer.forward(
+            try layer.forward(
                 y: y.elements, statistics: statistics.elements, x: inputs.x.readOnly,
                 gamma: inputs.gamma?.readOnly, beta: inputs.beta?.readOnly)
         }
@@ -365,7 +368,8 @@ extension NormShape {
     /// "sample n, channel c" (instance), "group g" (group) or "row r" (layer)
     /// of row `index` of the saved statistics of a slice.
     func statisticsRowName(_ index: Int, firstSample: Int) -> String {
-        let kind = switch normalization { case .instance: "channel"; case .group: "group"; case .layer: "row" }
+        let kind = switch normalization { case .instance, .batch: "channel"; case .group: "group"; case .layer: "row" }
+        if normalization == .batch { return "channel \(index)" }
         return "sample \(firstSample + index / rowsPerSample), \(kind) \(index % rowsPerSample)"
     }
 

@@ -70,8 +70,10 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         do {
-            _ = try family.shape(shape.dimensions)
-        } catch {
+            if let problem = try family.shape(shape.dimensions).singleValuePerChannel {
+                throw ValidationError("--shape \(shape): \(problem)")
+            }
+        } catch let error as InstanceNormError {
             throw ValidationError("--shape \(shape): \(error)")
         }
         do {

@@ -23,9 +23,11 @@ struct BenchReport {
     }
 
     /// Bytes a phase must move at least: forward reads x and writes y,
-    /// backward reads x and dy and writes dx.
-    private var forwardBytes: Double { Double(2 * elementBytes * shape.elementCount) }
-    private var backwardBytes: Double { Double(3 * elementBytes * shape.elementCount) }
+    /// backward reads x and dy and writes dx. BatchNorm must read its
+    /// inputs twice (the statistics, then y; the sums, then dx): its channel
+    /// spans the batch and cannot stay in cache in between.
+    private var forwardBytes: Double { Double((shape.normalization == .batch ? 3 : 2) * elementBytes * shape.elementCount) }
+    private var backwardBytes: Double { Double((shape.normalization == .batch ? 5 : 3) * elementBytes * shape.elementCount) }
 
     private struct Row {
         let name: String
@@ -65,7 +67,9 @@ struct BenchReport {
             "# \(options.iterations) timed iterations after \(options.warmup) warm-up; each phase time is the max over ranks",
             "# memory bandwidth of this job (STREAM-like, ordinary stores, 3 arrays of \(bandwidth.arrayBytes >> 20) MiB per rank, all ranks at once): "
                 + "copy \(gigabytes(bandwidth.copy)) GB/s, add \(gigabytes(bandwidth.add)) GB/s",
-            "# floor: forward moves \(2 * elementBytes) B/element against copy, backward \(3 * elementBytes) B/element against add",
+            "# floor: forward moves \(Int(forwardBytes) / shape.elementCount) B/element against copy, "
+                + "backward \(Int(backwardBytes) / shape.elementCount) B/element against add"
+                + (shape.normalization == .batch ? " (batch norm reads x, dy twice)" : ""),
             "# layout \(options.layout.rawValue); dgamma, dbeta reduced by \(reductionText), "
                 + "\(options.overlap ? "started as soon as the local sums exist, hidden behind the dx pass" : "blocking, after the dx pass")",
             "# reduction traffic per rank and backward: \(reductionBytes.sent) B sent, \(reductionBytes.received) B received",

@@ -74,7 +74,7 @@ struct BenchRun<T: DataParallelScalar> {
         for iteration in -options.warmup..<options.iterations {
             try communicator.barrier()
             let start = MPI.wallTime()
-            batch.forward()
+            try batch.forward()
             let forwardEnd = MPI.wallTime()
             if iteration == 0 && Failpoint.reducing.fires() {
                 // The others are about to wait in the allreduce this rank never joins.
@@ -83,7 +83,9 @@ struct BenchRun<T: DataParallelScalar> {
             let exposedWait = try batch.backward()
             let backwardEnd = MPI.wallTime()
             if iteration >= 0 {
-                local.record(iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd, exposed: exposedWait)
+                // BatchNorm's forward waits for its collectives too: count them.
+                let exposed = exposedWait + layer.lastForwardCollectiveSeconds
+                local.record(iteration, forward: forwardEnd - start, backward: backwardEnd - forwardEnd, exposed: exposed)
             }
             if options.checksum { checksums.record(batch.checksum()) }
         }

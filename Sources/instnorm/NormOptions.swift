@@ -6,7 +6,8 @@ import InstanceNorm
 struct NormOptions: ParsableArguments {
     @Option(help: """
         The norm: instance (per sample and channel), group (per sample and group of channels, \
-        with --groups) or layer (per row of the trailing --normalized-dims dimensions).
+        with --groups), layer (per row of the trailing --normalized-dims dimensions) or batch \
+        (per channel over the whole batch, synchronized across the ranks).
         """)
     var norm: NormKind = .instance
 
@@ -32,6 +33,7 @@ struct NormOptions: ParsableArguments {
         case .instance: .instance
         case .group: .group(groups: groups ?? 0)
         case .layer: .layer(normalizedDimensions: normalizedDims ?? dimensionCount - 1)
+        case .batch: .batch
         }
     }
 
@@ -42,14 +44,14 @@ struct NormOptions: ParsableArguments {
         try NormShape(normalization(dimensionCount: dimensions.count), dimensions: dimensions)
     }
 
-    /// Refuses what only InstanceNorm has: `--layout nhwc` with layer norm
+    /// Refuses what a norm does not have: `--layout nhwc` with layer norm
     /// (its layout is the natural one), running statistics with group or
     /// layer norm (PyTorch keeps none for them either).
     func checkFits(layout: Layout, runningStatistics: Bool) throws {
         if norm == .layer && layout == .nhwc {
             throw ToolError.usage("--layout nhwc does not apply to --norm layer: it normalizes the trailing dimensions as stored")
         }
-        if norm != .instance && runningStatistics {
+        if (norm == .group || norm == .layer) && runningStatistics {
             throw ToolError.usage("--norm \(norm.rawValue) keeps no running statistics (nor does PyTorch's): drop --running-mean and --running-var")
         }
     }
@@ -57,5 +59,15 @@ struct NormOptions: ParsableArguments {
 
 /// `Normalization`'s kinds as a flag value.
 enum NormKind: String, ExpressibleByArgument, CaseIterable {
-    case instance, group, layer
+    case instance, group, layer, batch
+}
+
+extension NormShape {
+    /// BatchNorm in training mode needs two values per channel in the whole
+    /// batch (N·M ≥ 2), as PyTorch's ("Expected more than 1 value per
+    /// channel when training"): the problem, or nil.
+    var singleValuePerChannel: String? {
+        guard normalization == .batch, batch * spatialCount < 2 else { return nil }
+        return "batch norm in training mode needs more than one value per channel (N·M = \(batch * spatialCount))"
+    }
 }

@@ -40,7 +40,7 @@ final class SyntheticBatch<T: DataParallelScalar> {
         dgamma = TensorBuffer(repeating: 0, count: parameters)
         dbeta = TensorBuffer(repeating: 0, count: parameters)
         statistics = TensorBuffer(
-            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.rowCount)
+            repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.statisticsCount)
     }
 
     /// The logical global index of local element `local` and its parameter
@@ -53,8 +53,9 @@ final class SyntheticBatch<T: DataParallelScalar> {
         return (first + instance * channelShape.spatialCount + position, instance % channelShape.channels)
     }
 
-    func forward() {
-        layer.forward(y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma.readOnly, beta: beta.readOnly)
+    /// The forward; collective for BatchNorm.
+    func forward() throws {
+        try layer.forward(y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma.readOnly, beta: beta.readOnly)
     }
 
     /// Makes this rank's results wrong where an `INSTNORM_FAILPOINT`

@@ -43,6 +43,11 @@ struct Verification {
     init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
         let arithmetic = KernelArithmetic(for: T.self)
         var local = Measures()
+        if layer.globalShape.normalization == .batch {
+            try local.recordBatchNorm(layer: layer, batch: batch, arithmetic: arithmetic)
+            try self.init(local, on: layer.communicator)
+            return
+        }
         let rows = RowValues(layer: layer)
         // (N_local, P, 2) shares of dβ, dγ, each as a Term of its exact value and errors.
         var shares = [ParameterGradientCheck.Term](
@@ -61,8 +66,13 @@ struct Verification {
             }
             check.addShares(to: &shares, blocks: &blocks, row: row, layer: layer, arithmetic: arithmetic)
         }
-        try local.recordParameterGradients(gathering: shares.flatMap(\.flattened), layer: layer, batch: batch, arithmetic: arithmetic)
-        let worst = try layer.communicator.allreduce(local.ratios + local.boundUlps, .max)
+        _ = try local.recordParameterGradients(gathering: shares.flatMap(\.flattened), layer: layer, batch: batch, arithmetic: arithmetic)
+        try self.init(local, on: layer.communicator)
+    }
+
+    /// The verdict of every rank's measures: the largest of each over ranks.
+    init(_ local: Measures, on communicator: Communicator) throws {
+        let worst = try communicator.allreduce(local.ratios + local.boundUlps, .max)
         ratios = Array(worst[..<Output.allCases.count])
         boundUlps = Array(worst[Output.allCases.count...])
     }
@@ -95,6 +105,8 @@ private enum RowCheck {
             self = .group(GroupRowCheck(
                 arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma, beta: beta, eps: layer.eps,
                 mean: mean, variance: variance, invstd: invstd))
+        case .batch:
+            preconditionFailure("BatchNorm's statistics span the ranks: Measures.recordBatchNorm checks it")
         case .layer:
             self = .layer(LayerRowCheck(
                 arithmetic: arithmetic, x: wideX, dy: wideDy, gamma: gamma, beta: beta, eps: layer.eps,
@@ -213,7 +225,7 @@ struct RowValues<T: DataParallelScalar> {
     func parameters(of row: Int) -> [Int] {
         let shape = layer.localShape
         switch shape.normalization {
-        case .instance: return [row % shape.rowsPerSample]
+        case .instance, .batch: return [row % shape.rowsPerSample]
         case .group: let count = shape.rowLength / shape.spatialCount
             return Array((row % shape.rowsPerSample) * count..<(row % shape.rowsPerSample + 1) * count)
         case .layer: return Array(0..<shape.rowLength)
@@ -223,7 +235,7 @@ struct RowValues<T: DataParallelScalar> {
 
 /// The largest error/bound ratio per output on this rank (NaN errors count
 /// as infinite: `errorRatio`), and the bounds in ulps at the largest values.
-private struct Measures {
+struct Measures {
     var ratios = [Double](repeating: 0, count: Verification.Output.allCases.count)
     var boundUlps = [Double](repeating: 0, count: Verification.Output.allCases.count)
     private var largest = [Double](repeating: -1, count: Verification.Output.allCases.count)
@@ -253,10 +265,11 @@ private struct Measures {
 
     /// dγ, dβ: every rank gathers every sample's shares (sample order is
     /// rank order) and checks its own copy of each parameter's sums.
+    /// Returns, per parameter, the exact dβ and dγ and their bounds.
     mutating func recordParameterGradients<T: DataParallelScalar>(
         gathering terms: [Double], layer: DataParallelNorm<T>, batch: SyntheticBatch<T>,
         arithmetic: KernelArithmetic
-    ) throws {
+    ) throws -> [(dbeta: (value: Double, bound: Double), dgamma: (value: Double, bound: Double))] {
         let parameters = layer.globalShape.parameterCount, fields = 2 * ParameterGradientCheck.Term.fieldCount
         let sharesByRank = layer.partition.counts.map { $0 * parameters }
         var gathered = [Double](repeating: 0, count: layer.globalShape.batch * parameters * fields)
@@ -270,12 +283,14 @@ private struct Measures {
         case .gather: .sampleOrder
         case .allreduce: .ranksThenAllreduce
         }
-        for parameter in 0..<parameters {
-            for (output, part, computed) in [(Verification.Output.dbeta, 0, batch.dbeta), (.dgamma, 1, batch.dgamma)] {
+        return (0..<parameters).map { parameter in
+            let checks = [(Verification.Output.dbeta, 0, batch.dbeta), (.dgamma, 1, batch.dgamma)].map { output, part, computed in
                 let termsByRank = parameterTerms(gathered, parameter: parameter, part: part, parameters: parameters, sharesByRank)
                 let exact = ParameterGradientCheck.check(termsByRank, order: order, arithmetic: arithmetic)
                 record(output, computed.elements[parameter].widened, exact, arithmetic)
+                return exact
             }
+            return (checks[0], checks[1])
         }
     }
 

@@ -14,7 +14,8 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
         let y = TensorBuffer<T>(repeating: .nan, count: x.count), dx = TensorBuffer<T>(repeating: .nan, count: x.count)
-        let statistics = TensorBuffer(repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.rowCount)
+        let statistics = TensorBuffer(
+            repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.statisticsCount)
         let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
         let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
         let sums = TensorBuffer<Double>(repeating: .nan, count: 2 * shape.batch * shape.parameterCount)
@@ -64,6 +65,8 @@ struct FamilyInputs<T: InstanceNormScalar> {
             .group(batch: shape.batch, channels: shape.dimensions[1], spatialCount: shape.spatialCount, groups: groups)
         case .layer:
             .layer(rowCount: shape.rowCount, rowLength: shape.rowLength)
+        case .batch:
+            .batch(batch: shape.batch, channels: shape.dimensions[1], spatialCount: shape.spatialCount)
         }
     }
 
@@ -120,6 +123,7 @@ func checkFamily<T: InstanceNormScalar>(
         (.layer(normalizedDimensions: 1), [3, 5, 37]), (.layer(normalizedDimensions: 2), [2, 3, 4, 9]),
         (.layer(normalizedDimensions: 3), [2, 3, 5, 7]), (.layer(normalizedDimensions: 1), [2, 1, 1]),
         (.layer(normalizedDimensions: 1), [2, 3, 1500]),
+        (.batch, [3, 4, 5]), (.batch, [2, 3, 4, 5]), (.batch, [4, 6, 1]), (.batch, [5, 3]), (.batch, [1, 2, 1100]),
     ]
 
     @Test(arguments: 0..<cases.count)
@@ -159,11 +163,11 @@ func checkFamily<T: InstanceNormScalar>(
         #expect(bitPatterns(group.dgamma) == bitPatterns(kernel.dgamma) && group.statistics == kernel.statistics)
     }
 
-    /// Channels-last GroupNorm gives the channels-first bits on the transposed data.
-    @Test(arguments: [1, 2, 4], [1, 3])
-    func groupsChannelsLastMatchChannelsFirst(groups: Int, threads: Int) {
+    /// Channels-last GroupNorm and BatchNorm give the channels-first bits on the transposed data.
+    @Test(arguments: [Normalization.group(groups: 1), .group(groups: 2), .group(groups: 4), .batch], [1, 3])
+    func channelsLastMatchesChannelsFirst(normalization: Normalization, threads: Int) {
         let dimensions = [3, 4, 5, 7]
-        let inputs = FamilyInputs<Float>(.group(groups: groups), dimensions, seed: 9)
+        let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 9)
         let first = inputs.run(threads: threads)
         let last = FamilyRun(
             x: channelsLast(inputs.x, channels: 4, positions: 35), dy: channelsLast(inputs.dy, channels: 4, positions: 35), gamma: inputs.gamma,
@@ -177,7 +181,8 @@ func checkFamily<T: InstanceNormScalar>(
 
     /// Mean 1e4, spread 1e-3 in Float (1e3 and 1 in half): the folded
     /// arithmetic about μ_hi keeps the digits, as for InstanceNorm.
-    @Test(arguments: [(Normalization.group(groups: 2), [2, 4, 64]), (.layer(normalizedDimensions: 1), [2, 3, 200])])
+    @Test(arguments: [(Normalization.group(groups: 2), [2, 4, 64]), (.layer(normalizedDimensions: 1), [2, 3, 200]),
+                      (.batch, [3, 2, 40])])
     func largeMeanTinySpread(_ normalization: Normalization, _ dimensions: [Int]) {
         // Condition |μ|/σ: an ulp of the mean in Double moves x̂ by ulp·μ/σ (see `largeMeanCheck`).
         checkFamily(FamilyInputs<Float>(normalization, dimensions, seed: 5, mean: 1e4, deviation: 1e-3), eps: 1e-12,
@@ -189,7 +194,7 @@ func checkFamily<T: InstanceNormScalar>(
     /// dx, dγ, dβ against central differences of the loss Σ w·y in Double:
     /// an independent check of the reference's and the kernel's calculus.
     @Test(arguments: [(Normalization.group(groups: 2), [2, 4, 3]), (.layer(normalizedDimensions: 1), [2, 2, 5]),
-                      (.layer(normalizedDimensions: 2), [2, 3, 4])])
+                      (.layer(normalizedDimensions: 2), [2, 3, 4]), (.batch, [3, 2, 4]), (.batch, [4, 3])])
     func finiteDifferences(_ normalization: Normalization, _ dimensions: [Int]) {
         let inputs = FamilyInputs<Double>(normalization, dimensions, seed: 17)
         let weights = inputs.dy  // dL/dy for L = Σ w·y

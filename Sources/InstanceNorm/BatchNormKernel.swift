@@ -1,0 +1,429 @@
+import _InstanceNormShims
+
+/// BatchNorm's pieces over a batch (N, C, S…) held by one process: the
+/// statistics are per channel, over all N·M values of the channel, so they
+/// are finished elsewhere (in one process by `forward`, across ranks by the
+/// data-parallel layer) from per-instance partial sums, and applied by the
+/// instance kernels with every instance (n, c) given its channel's
+/// statistics and sums:
+///
+///     μ_c = K_c + S_c/L      σ²_c = Q_c/L − (S_c/L)²       L = N·M (the global count)
+///       S_c = Σ_n Σ_m (x − K_c),  Q_c = Σ_n Σ_m (x − K_c)², K_c a shift shared by all
+///     y = γ_c·(x − μ_c)·r_c + β_c
+///     dβ_c = Σ_n s1(n,c)    dγ_c = Σ_n s2(n,c)    (s1, s2 of each instance, x̂ from the channel's statistics)
+///     dx = γ_c·r_c·(dy − dβ_c/L − x̂·dγ_c/L)
+///
+/// Per instance everything is the instance kernels' arithmetic, in a fixed
+/// order, so the partial sums of a sample do not depend on who computes
+/// them; both layouts give the same bits (channels last in the channels-first
+/// lane order, see `ChannelsLast`). The shift K_c keeps the one-pass sums
+/// small (no E[x²] − E[x]²); when it lies far from the mean
+/// ((S/L)² > 4σ², `needsSecondPass`), a second pass about μ_c does what the
+/// instance kernel's second pass does.
+public enum BatchNormKernel {
+    /// Per instance (n, c), S = Σ (x − shift_c) and Q = Σ (x − shift_c)²
+    /// into `sums` (N, C, 2).
+    ///
+    /// - Parameters:
+    ///   - sums: 2·N·C outputs.
+    ///   - x: the batch in `layout`.
+    ///   - shifts: C values, each channel's K (or, for a second pass, its μ_hi).
+    ///   - shape: (N, C, S…).
+    ///   - threads: worker threads, ≥ 1.
+    ///   - layout: channels first or last.
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func partialMoments<T: InstanceNormScalar>(
+        into sums: UnsafeMutableBufferPointer<Double>, x: UnsafeBufferPointer<T>, shifts: UnsafeBufferPointer<T.Compute>,
+        shape: InstanceNormShape, threads: Int = 1, layout: TensorLayout = .channelsFirst
+    ) {
+        precondition(sums.count == 2 * shape.instanceCount && x.count == shape.elementCount && shifts.count == shape.channels)
+        let input = SharedBuffer(x), centers = SharedBuffer(shifts)
+        instanceSums(into: sums, shape: shape, threads: threads, layout: layout) { instance, range in
+            shiftedChunkSums(input.base + instance * shape.spatialCount, range, shift: centers.base[instance % shape.channels])
+        } channelsLast: { batch in
+            ShiftedTermsPreparer(x: input, shifts: centers, sampleLength: batch.sampleLength)
+        }
+    }
+
+    /// Per instance (n, c), s1 = Σ dy and s2 = Σ dy·x̂ with x̂ from channel
+    /// c's `statistics` (as `InstanceKernel.gradientSums`), into `sums` (N, C, 2).
+    ///
+    /// - Parameters:
+    ///   - sums: 2·N·C outputs.
+    ///   - dy: the gradient, in `layout`.
+    ///   - x: the forward's input, in `layout`.
+    ///   - statistics: C channel statistics.
+    ///   - shape: (N, C, S…).
+    ///   - threads: worker threads, ≥ 1.
+    ///   - layout: channels first or last.
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func partialGradientSums<T: InstanceNormScalar>(
+        into sums: UnsafeMutableBufferPointer<Double>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, shape: InstanceNormShape, threads: Int = 1,
+        layout: TensorLayout = .channelsFirst
+    ) {
+        precondition(sums.count == 2 * shape.instanceCount && statistics.count == shape.channels)
+        let centers = statistics.map { $0.splitMean(as: T.self).high }
+        let gradients = SharedBuffer(dy), input = SharedBuffer(x), saved = SharedBuffer(statistics)
+        centers.withUnsafeBufferPointer { centers in
+            let shared = SharedBuffer(centers)
+            instanceSums(into: sums, shape: shape, threads: threads, layout: layout) { instance, range in
+                let start = instance * shape.spatialCount
+                return gradientChunkSums(
+                    gradients.base + start, input.base + start, range, center: shared.base[instance % shape.channels])
+            } channelsLast: { batch in
+                GradientTermsPreparer(dy: gradients, x: input, centers: shared, sampleLength: batch.sampleLength)
+            }
+        }
+        // Σ dy·(x − μ_hi) → s2, channel by channel (as `InstanceKernel.gradientSums`).
+        for instance in 0..<shape.instanceCount {
+            (sums[2 * instance], sums[2 * instance + 1]) = InstanceKernel.gradientSums(
+                sumDy: sums[2 * instance], sumDyCentered: sums[2 * instance + 1],
+                statistics: saved.base[instance % shape.channels], as: T.self)
+        }
+    }
+
+    /// y = γ_c·(x − μ_c)·r_c + β_c with each channel's statistics.
+    ///
+    /// - Parameters:
+    ///   - y: output, in `layout`.
+    ///   - x: input, in `layout`.
+    ///   - statistics: C channel statistics.
+    ///   - gamma: C entries, or nil for γ = 1.
+    ///   - beta: C entries, or nil for β = 0.
+    ///   - shape: (N, C, S…).
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how y is written.
+    ///   - layout: channels first or last.
+    @inlinable
+    public static func normalize<T: InstanceNormScalar>(
+        y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>, statistics: UnsafeBufferPointer<InstanceStatistics>,
+        gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?, shape: InstanceNormShape, threads: Int = 1,
+        stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst
+    ) {
+        BatchKernel.normalize(
+            y: y, x: x, channelStatistics: statistics, gamma: gamma, beta: beta, shape: shape, threads: threads,
+            stores: stores, layout: layout)
+    }
+
+    /// dx = γ_c·r_c·(dy − dβ_c/L − x̂·dγ_c/L), L = `count`, with each
+    /// channel's statistics and its sums over the whole batch (`channelSums`, (C, 2): dβ_c, dγ_c).
+    ///
+    /// - Parameters:
+    ///   - dx: output, in `layout`.
+    ///   - dy: the gradient, in `layout`.
+    ///   - x: the forward's input, in `layout`.
+    ///   - statistics: C channel statistics.
+    ///   - gamma: C entries, or nil for γ = 1.
+    ///   - channelSums: (C, 2): Σ dy and Σ dy·x̂ of every channel over the batch.
+    ///   - count: L, the values of a channel in the whole batch (N·M, N global).
+    ///   - shape: (N, C, S…) of this batch.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how dx is written.
+    ///   - layout: channels first or last.
+    @inlinable
+    @_specialize(where T == Float16)
+    @_specialize(where T == Float)
+    @_specialize(where T == Double)
+    public static func inputGradient<T: InstanceNormScalar>(
+        dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
+        channelSums: UnsafeBufferPointer<Double>, count: Int, shape: InstanceNormShape, threads: Int = 1,
+        stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst
+    ) {
+        precondition(statistics.count == shape.channels && channelSums.count == 2 * shape.channels)
+        guard shape.instanceCount > 0 else { return }
+        let streaming = stores.streams(dx, tensors: 3)
+        if layout == .channelsLast {
+            return inputGradientChannelsLast(
+                dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, channelSums: channelSums, count: count,
+                shape: shape, threads: threads, streaming: streaming)
+        }
+        let (output, gradients, input) = (SharedBuffer(dx), SharedBuffer(dy), SharedBuffer(x))
+        let (saved, sums, weights) = (SharedBuffer(statistics), SharedBuffer(channelSums), gamma.map { SharedBuffer($0) })
+        let split = WorkSplit(shape: shape, threads: threads)
+        split.run { worker in
+            split.forEachPiece(of: worker) { instance, range in
+                let channel = instance % shape.channels, start = instance * shape.spatialCount
+                let operation = InstanceKernel.inputGradientOperation(
+                    dy: gradients.base + start, x: input.base + start, statistics: saved.base[channel],
+                    gamma: weights.map { $0.base[channel].widened } ?? 1,
+                    sumDy: sums.base[2 * channel], sumDyXHat: sums.base[2 * channel + 1], spatialCount: count)
+                writeElementwise(output.base + start, range, streaming: streaming, operation)
+            }
+        }
+        if streaming { instnorm_store_fence() }
+    }
+
+    /// The channels' statistics from the sums of their instances (C, 2),
+    /// `count` values each: μ = K + S/L, σ² = Q/L − (S/L)², or nil for the
+    /// channels where the shift K was too far from the mean for that to
+    /// keep its digits ((S/L)² > 4σ²: run a second `partialMoments` about
+    /// `secondPassCenter` and finish them with `momentsFromCenteredSums`).
+    public static func moments<T: InstanceNormScalar>(
+        channelSums: UnsafeBufferPointer<Double>, count: Int, shifts: UnsafeBufferPointer<T.Compute>, as _: T.Type
+    ) -> [(mean: Double, variance: Double)?] {
+        (0..<shifts.count).map { channel in
+            InstanceKernel.momentsFromShiftedSums(
+                channelSums[2 * channel], channelSums[2 * channel + 1], count: count, shift: shifts[channel])
+        }
+    }
+
+    // MARK: - Implementation
+
+    /// Two sums per instance into `sums` (N, C, 2), in the fixed order of the
+    /// instance kernels: channels first by `chunkSums(instance, range)` over
+    /// chunks (whole instances per worker, or chunks shared and combined in
+    /// chunk order); channels last by the channels-last lane sums of each
+    /// sample's terms.
+    @inlinable
+    static func instanceSums<T: InstanceNormScalar, Preparer: LaneTermsPreparer>(
+        into sums: UnsafeMutableBufferPointer<Double>, shape: InstanceNormShape, threads: Int, layout: TensorLayout,
+        chunkSums: @escaping @Sendable (Int, Range<Int>) -> (Double, Double),
+        channelsLast preparer: (ChannelsLastBatch<T>) -> Preparer
+    ) where Preparer.Terms.Scalar == T {
+        guard shape.instanceCount > 0 else { return }
+        let output = SharedBuffer(sums)
+        if layout == .channelsLast {
+            let batch = ChannelsLastBatch<T>(shape: shape, streaming: false)
+            let prepare = preparer(batch)
+            let store = { @Sendable (sample: Int, channel: Int, first: Double, second: Double) in
+                let instance = sample * shape.channels + channel
+                output.base[2 * instance] = first
+                output.base[2 * instance + 1] = second
+            }
+            let split = batch.split(threads: threads)
+            if batch.sharesSamples(split) {
+                let shared = SharedSample(batch, split)
+                defer { shared.deallocate() }
+                for sample in 0..<shape.batch {
+                    batch.sharedSums(sample, shared, prepare: { prepare.terms(sample: $0, scratch: $1) }, store: store)
+                }
+            } else {
+                split.run { worker in
+                    let scratch = ChannelsLastScratch<T>(channels: shape.channels)
+                    for sample in split.instances(of: worker) {
+                        let plan = batch.prefetchPlan(sample, of: split.instances(of: worker), arrays: Preparer.arrays)
+                        batch.sampleSums(sample, scratch, prefetch: plan, prepare: { prepare.terms(sample: $0, scratch: $1) },
+                                         store: store)
+                    }
+                }
+            }
+            return
+        }
+        let split = WorkSplit(shape: shape, threads: threads)
+        if split.splitsInstances {
+            for (instance, total) in split.sumsInChunkOrder(chunkSums).enumerated() {
+                (output.base[2 * instance], output.base[2 * instance + 1]) = total
+            }
+        } else {
+            split.run { worker in
+                for instance in split.instances(of: worker) {
+                    (output.base[2 * instance], output.base[2 * instance + 1]) =
+                        chunkedSums(shape.spatialCount) { chunkSums(instance, $0) }
+                }
+            }
+        }
+    }
+
+    /// dx channels last: the instance kernels' tiled operation with every
+    /// instance given its channel's statistics, the batch's sums and count.
+    @inlinable
+    static func inputGradientChannelsLast<T: InstanceNormScalar>(
+        dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
+        channelSums: UnsafeBufferPointer<Double>, count: Int, shape: InstanceNormShape, threads: Int, streaming: Bool
+    ) {
+        let batch = ChannelsLastBatch<T>(shape: shape, streaming: streaming)
+        let perInstance = (0..<shape.instanceCount).map { statistics[$0 % shape.channels] }
+        perInstance.withUnsafeBufferPointer { perInstance in
+            let passes = GradientPasses(batch, dy: dy, x: x, statistics: perInstance, gamma: gamma, count: count)
+            for instance in 0..<shape.instanceCount {
+                passes.sums.elements[2 * instance] = channelSums[2 * (instance % shape.channels)]
+                passes.sums.elements[2 * instance + 1] = channelSums[2 * (instance % shape.channels) + 1]
+            }
+            batch.write(batch.split(threads: threads), dx, prepare: passes.operation)
+        }
+        if streaming { instnorm_store_fence() }
+    }
+}
+
+/// Makes the lane terms of one channels-last sample for `BatchNormKernel`'s sums.
+@usableFromInline
+protocol LaneTermsPreparer: Sendable {
+    associatedtype Terms: LaneTerms
+    /// How many tensors the terms read (for the prefetch distance).
+    static var arrays: Int { get }
+    func terms(sample: Int, scratch: ChannelsLastScratch<Terms.Scalar>) -> Terms
+}
+
+/// x − shift_c, with each channel's shift tiled into the scratch.
+@usableFromInline
+struct ShiftedTermsPreparer<T: InstanceNormScalar>: LaneTermsPreparer, @unchecked Sendable {
+    @usableFromInline let x: SharedBuffer<T>
+    @usableFromInline let shifts: SharedBuffer<T.Compute>
+    @usableFromInline let sampleLength: Int
+    @usableFromInline static var arrays: Int { 1 }
+
+    @inlinable init(x: SharedBuffer<T>, shifts: SharedBuffer<T.Compute>, sampleLength: Int) {
+        self.x = x
+        self.shifts = shifts
+        self.sampleLength = sampleLength
+    }
+
+    @inlinable func terms(sample: Int, scratch: ChannelsLastScratch<T>) -> ShiftedTerms<T> {
+        scratch.tile(0) { shifts.base[$0] }
+        return ShiftedTerms(x: x.base + sample * sampleLength, shift: scratch.tiledBase(0))
+    }
+}
+
+/// (dy, x − center_c), with each channel's center tiled into the scratch.
+@usableFromInline
+struct GradientTermsPreparer<T: InstanceNormScalar>: LaneTermsPreparer, @unchecked Sendable {
+    @usableFromInline let dy, x: SharedBuffer<T>
+    @usableFromInline let centers: SharedBuffer<T.Compute>
+    @usableFromInline let sampleLength: Int
+    @usableFromInline static var arrays: Int { 2 }
+
+    @inlinable init(dy: SharedBuffer<T>, x: SharedBuffer<T>, centers: SharedBuffer<T.Compute>, sampleLength: Int) {
+        self.dy = dy
+        self.x = x
+        self.centers = centers
+        self.sampleLength = sampleLength
+    }
+
+    @inlinable func terms(sample: Int, scratch: ChannelsLastScratch<T>) -> GradientTerms<T> {
+        scratch.tile(0) { centers.base[$0] }
+        return GradientTerms(dy: dy.base + sample * sampleLength, x: x.base + sample * sampleLength, center: scratch.tiledBase(0))
+    }
+}
+
+// MARK: - Forward and backward
+
+extension BatchNormKernel {
+    /// Training-mode forward: the channels' statistics from this batch's
+    /// instance sums, finished by `channelTotals` ((N, C, 2) sums → (C, 2)
+    /// totals: in sample order for one process, across ranks for the
+    /// data-parallel layer), then y.
+    ///
+    /// - Parameters:
+    ///   - y: output, in `layout`.
+    ///   - statistics: C outputs, each channel's mean, biased variance, invstd.
+    ///   - x: input, in `layout`.
+    ///   - gamma: C entries, or nil for γ = 1.
+    ///   - beta: C entries, or nil for β = 0.
+    ///   - shape: (N, C, S…) of this batch.
+    ///   - count: L, a channel's values in the whole batch (N·M, N global), ≥ 1.
+    ///   - shifts: each channel's K, the same wherever the batch is split (a value of the batch's first sample).
+    ///   - eps: ε > 0.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how y is written.
+    ///   - layout: channels first or last.
+    ///   - channelTotals: sums the instances' sums of each channel over the whole batch.
+    @inlinable
+    public static func forward<T: InstanceNormScalar>(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
+        shape: InstanceNormShape, count: Int, shifts: [T.Compute], eps: Double, threads: Int = 1,
+        stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst,
+        channelTotals: (UnsafeBufferPointer<Double>) throws -> [Double]
+    ) rethrows {
+        precondition(statistics.count == shape.channels && count >= 1)
+        let sums = TensorBuffer<Double>(repeating: 0, count: 2 * shape.instanceCount)
+        let totals = try shifts.withUnsafeBufferPointer { shifts in
+            partialMoments(into: sums.elements, x: x, shifts: shifts, shape: shape, threads: threads, layout: layout)
+            return try channelTotals(sums.readOnly)
+        }
+        var channelMoments = totals.withUnsafeBufferPointer { totals in
+            shifts.withUnsafeBufferPointer { Self.moments(channelSums: totals, count: count, shifts: $0, as: T.self) }
+        }
+        if channelMoments.contains(where: { $0 == nil }) {
+            // Every rank runs the second pass for the same channels (the totals are the same everywhere).
+            let centers = (0..<shape.channels).map { channel in
+                channelMoments[channel] == nil
+                    ? InstanceKernel.secondPassCenter(totals[2 * channel], count: count, shift: shifts[channel]) : shifts[channel]
+            }
+            let second = try centers.withUnsafeBufferPointer { centers in
+                partialMoments(into: sums.elements, x: x, shifts: centers, shape: shape, threads: threads, layout: layout)
+                return try channelTotals(sums.readOnly)
+            }
+            for channel in 0..<shape.channels where channelMoments[channel] == nil {
+                channelMoments[channel] = InstanceKernel.momentsFromCenteredSums(
+                    second[2 * channel], second[2 * channel + 1], count: count, center: centers[channel])
+            }
+        }
+        for channel in 0..<shape.channels {
+            statistics[channel] = InstanceStatistics(mean: channelMoments[channel]!.mean, variance: channelMoments[channel]!.variance, eps: eps)
+        }
+        normalize(y: y, x: x, statistics: UnsafeBufferPointer(statistics), gamma: gamma, beta: beta, shape: shape,
+                  threads: threads, stores: stores, layout: layout)
+    }
+
+    /// Backward of `forward`: every instance's (s1, s2) into `parameterSums`
+    /// (N, C, 2), their totals over the whole batch by `channelTotals` into
+    /// dβ, dγ, then dx.
+    ///
+    /// - Parameters:
+    ///   - dx: output, in `layout`.
+    ///   - dgamma: C outputs, Σ dy·x̂ over the batch.
+    ///   - dbeta: C outputs, Σ dy over the batch.
+    ///   - dy: the gradient, in `layout`.
+    ///   - x: the forward's input.
+    ///   - statistics: the forward's C channel statistics.
+    ///   - gamma: C entries, or nil for γ = 1.
+    ///   - parameterSums: 2·N·C outputs.
+    ///   - shape: (N, C, S…) of this batch.
+    ///   - count: L, a channel's values in the whole batch.
+    ///   - threads: worker threads, ≥ 1.
+    ///   - stores: how dx is written.
+    ///   - layout: channels first or last.
+    ///   - channelTotals: sums the instances' sums of each channel over the whole batch.
+    @inlinable
+    public static func backward<T: InstanceNormScalar>(
+        dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
+        dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>, statistics: UnsafeBufferPointer<InstanceStatistics>,
+        gamma: UnsafeBufferPointer<T>?, parameterSums: UnsafeMutableBufferPointer<Double>,
+        shape: InstanceNormShape, count: Int, threads: Int = 1, stores: StorePolicy = .automatic,
+        layout: TensorLayout = .channelsFirst,
+        channelTotals: (UnsafeBufferPointer<Double>) throws -> [Double]
+    ) rethrows {
+        partialGradientSums(into: parameterSums, dy: dy, x: x, statistics: statistics, shape: shape, threads: threads, layout: layout)
+        let totals = try channelTotals(UnsafeBufferPointer(parameterSums))
+        for channel in 0..<shape.channels {
+            dbeta[channel] = totals[2 * channel]
+            dgamma[channel] = totals[2 * channel + 1]
+        }
+        totals.withUnsafeBufferPointer { totals in
+            inputGradient(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, channelSums: totals, count: count,
+                          shape: shape, threads: threads, stores: stores, layout: layout)
+        }
+    }
+
+    /// Each channel's K: the first value of the channel in sample 0
+    /// (nothing when the batch is empty).
+    @inlinable
+    public static func shifts<T: InstanceNormScalar>(
+        of x: UnsafeBufferPointer<T>, shape: InstanceNormShape, layout: TensorLayout
+    ) -> [T.Compute] {
+        guard shape.batch > 0 else { return [] }
+        return (0..<shape.channels).map { x[shape.offset(sample: 0, channel: $0, position: 0, in: layout)].computed }
+    }
+
+    /// Σ over n of (N, C, 2) instance sums, per channel, in sample order: the
+    /// totals of one process.
+    @inlinable
+    public static func sampleOrderTotals(_ sums: UnsafeBufferPointer<Double>, channels: Int) -> [Double] {
+        var totals = [Double](repeating: 0, count: 2 * channels)
+        for instance in 0..<sums.count / 2 {
+            totals[2 * (instance % channels)] += sums[2 * instance]
+            totals[2 * (instance % channels) + 1] += sums[2 * instance + 1]
+        }
+        return totals
+    }
+}
