@@ -51,10 +51,12 @@ CHANNELS_LAST_CASES = [
 ]
 
 
-# GroupNorm and LayerNorm: (norm flags, shape, dtype, affine, grad, layout).
-# Groups of 1, 2 and C channels (C: InstanceNorm's bits), a batch smaller
-# than the largest rank count; layer norm over one, two and all trailing
-# dimensions, transformer-like (N, L, D).
+# GroupNorm, LayerNorm and BatchNorm: (norm flags, shape, dtype, affine,
+# grad, layout[, running, eval]). Groups of 1, 2 and C channels (C:
+# InstanceNorm's bits), a batch smaller than the largest rank count; layer
+# norm over one, two and all trailing dimensions, transformer-like (N, L, D);
+# batch norm synchronized across ranks, (N, C) and (N, C, S...), both
+# layouts, with running statistics and in evaluation mode.
 FAMILY_CASES = [
     (["--norm", "group", "--groups", "2"], (7, 4, 5, 3), np.float32, True, True, "nchw"),
     (["--norm", "group", "--groups", "1"], (3, 6, 11), np.float64, True, True, "nchw"),
@@ -65,12 +67,17 @@ FAMILY_CASES = [
     (["--norm", "layer", "--normalized-dims", "2"], (3, 4, 6, 5), np.float64, True, True, "nchw"),
     (["--norm", "layer"], (7, 3, 5, 2), np.float16, True, True, "nchw"),
     (["--norm", "layer", "--normalized-dims", "1"], (2, 9, 64), np.float64, False, True, "nchw"),
+    (["--norm", "batch"], (7, 3, 5, 4), np.float32, True, True, "nchw", True, False),
+    (["--norm", "batch"], (3, 6), np.float64, True, True, "nchw", False, False),
+    (["--norm", "batch"], (5, 3, 4, 6), np.float16, True, True, "nhwc", True, False),
+    (["--norm", "batch"], (5, 4, 9), np.float64, True, False, "nchw", True, True),
 ]
 
 
 def family_rows(flags, shape):
     """(rows, statistics shape, parameter index per element) of GroupNorm
-    (flags --groups G) or LayerNorm (--normalized-dims K, default all but N)."""
+    (flags --groups G) or LayerNorm (--normalized-dims K, default all but N);
+    BatchNorm is `batch_numpy_reference`'s."""
     n = shape[0]
     if flags[1] == "group":
         groups, m = int(flags[3]), int(np.prod(shape[2:]))
@@ -105,6 +112,65 @@ def family_numpy_reference(flags, x, dy, gamma, beta, eps):
             count = gamma.size
             out["dgamma"] = np.bincount(parameter, (d * xhat).reshape(-1), count).reshape(gamma.shape)
             out["dbeta"] = np.bincount(parameter, d.reshape(-1), count).reshape(gamma.shape)
+    return out
+
+
+def batch_numpy_reference(x, dy, gamma, beta, eps, running, momentum, evaluate):
+    """Textbook BatchNorm in float64: statistics per channel over (N, S...)."""
+    n, c = x.shape[:2]
+    x3 = x.astype(np.float64).reshape(n, c, -1)
+    g = np.ones(c) if gamma is None else gamma.astype(np.float64)
+    b = np.zeros(c) if beta is None else beta.astype(np.float64)
+    if evaluate:
+        rm, rv = (r.astype(np.float64) for r in running)
+        mean, var = rm, rv
+    else:
+        mean, var = x3.mean(axis=(0, 2)), x3.var(axis=(0, 2))
+    invstd = 1 / np.sqrt(var + eps)
+    xhat = (x3 - mean[None, :, None]) * invstd[None, :, None]
+    out = {"y": (g[None, :, None] * xhat + b[None, :, None]).reshape(x.shape)}
+    if evaluate:
+        return out
+    out["mean"], out["invstd"] = mean, invstd
+    count = x3.shape[0] * x3.shape[2]
+    if dy is not None:
+        d3 = dy.astype(np.float64).reshape(x3.shape)
+        s1, s2 = d3.sum(axis=(0, 2)), (d3 * xhat).sum(axis=(0, 2))
+        out["dx"] = (g * invstd)[None, :, None] * (d3 - s1[None, :, None] / count - xhat * s2[None, :, None] / count)
+        out["dx"] = out["dx"].reshape(x.shape)
+        if gamma is not None:
+            out["dgamma"], out["dbeta"] = s2, s1
+    if running is not None:
+        rm, rv = (r.astype(np.float64) for r in running)
+        out["running_mean"] = (1 - momentum) * rm + momentum * mean
+        out["running_var"] = (1 - momentum) * rv + momentum * var * count / (count - 1)
+    return out
+
+
+def batch_torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, evaluate):
+    """PyTorch's CPU batch_norm in float64 (autograd for the backward)."""
+    t = lambda a: None if a is None else torch.tensor(a.astype(np.float64))
+    xt = t(x).requires_grad_(dy is not None)
+    g, b = t(gamma), t(beta)
+    if g is not None and dy is not None:
+        g.requires_grad_(True)
+        b.requires_grad_(True)
+    rm, rv = (t(running[0]), t(running[1])) if running is not None else (None, None)
+    y = torch.nn.functional.batch_norm(xt, rm, rv, g, b, training=not evaluate, momentum=momentum, eps=eps)
+    out = {"y": y.detach().numpy()}
+    if evaluate:
+        return out
+    dims = [0] + list(range(2, x.ndim))
+    var = xt.detach().var(dim=dims, unbiased=False)
+    out["mean"] = xt.detach().mean(dim=dims).numpy()
+    out["invstd"] = (1 / torch.sqrt(var + eps)).numpy()
+    if dy is not None:
+        y.backward(t(dy))
+        out["dx"] = xt.grad.numpy()
+        if g is not None:
+            out["dgamma"], out["dbeta"] = g.grad.numpy(), b.grad.numpy()
+    if rm is not None:
+        out["running_mean"], out["running_var"] = rm.numpy(), rv.numpy()
     return out
 
 
@@ -258,8 +324,8 @@ def main():
     try:
         cases = ([(["--norm", "instance"],) + case + ("nchw",) for case in CASES]
                  + [(["--norm", "instance"],) + case + ("nhwc",) for case in CHANNELS_LAST_CASES]
-                 + [(flags, shape, dtype, affine, grad, False, False, layout)
-                    for flags, shape, dtype, affine, grad, layout in FAMILY_CASES])
+                 + [(case[0], case[1], case[2], case[3], case[4], *(case[6:] if len(case) > 6 else (False, False)), case[5])
+                    for case in FAMILY_CASES])
         for index, (norm, shape, dtype, affine, grad, running, evaluate, layout) in enumerate(cases):
             family = norm[1] != "instance"
             stored = to_last if layout == "nhwc" else (lambda a: a)
@@ -297,7 +363,11 @@ def main():
             # statistics ("Expected more than 1 spatial element"); instnorm
             # accepts it (y = beta, dx = 0), so that case uses numpy.
             spatial_one = int(np.prod(shape[2:])) == 1 and not evaluate
-            if family:
+            if norm[1] == "batch":
+                reference = (batch_torch_reference(torch, x, dy, gamma, beta, eps, run_stats, momentum, evaluate)
+                             if torch is not None
+                             else batch_numpy_reference(x, dy, gamma, beta, eps, run_stats, momentum, evaluate))
+            elif family:
                 reference = (family_torch_reference(torch, norm, x, dy, gamma, beta, eps) if torch is not None
                              else family_numpy_reference(norm, x, dy, gamma, beta, eps))
             elif torch is not None and not spatial_one:

@@ -54,7 +54,9 @@ struct ApplyFiles {
     /// norm of the kind takes, a bad input (65).
     private static func shape(of input: NPYReader, _ options: Apply) throws -> NormShape {
         var dimensions = input.header.shape
-        if options.family.norm != .layer {
+        // Layer norm's dimensions are as stored; batch norm also takes (N, C), the same in either layout.
+        let isFeatureBatch = options.family.norm == .batch && dimensions.count == 2
+        if options.family.norm != .layer && !isFeatureBatch {
             do {
                 dimensions = try InstanceNormShape(dimensions: dimensions, layout: options.layout.tensorLayout).dimensions
             } catch {
