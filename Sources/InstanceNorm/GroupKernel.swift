@@ -149,6 +149,53 @@ final class GroupBackward<T: InstanceNormScalar>: @unchecked Sendable {
         combine(group)
     }
 
+    /// s1, s2, A, B of each of `groups`, and dx of those outside `tail`: in
+    /// the fused order (see `BackwardBatch.sumsAndDx`) where it pays, each
+    /// group's dx streamed out segment by segment while the next group's
+    /// segments are summed. The same arithmetic, so the same bits.
+    @inlinable func sumsAndDx(of groups: Range<Int>, tail: Range<Int>) {
+        let length = batch.groupLength
+        guard batch.streaming && fusedOrderPays(forRunsOf: batch.shape.spatialCount, T.self) else {
+            for group in groups {
+                sums(group)
+                if !tail.contains(group) { inputGradient(group, 0..<length) }
+            }
+            return
+        }
+        var waiting: Int?  // summed, its dx not yet written
+        for group in groups {
+            if let previous = waiting { sumsWritingDx(of: previous, sumsOf: group) } else { sums(group) }
+            waiting = tail.contains(group) ? nil : group
+        }
+        if let previous = waiting { inputGradient(previous, 0..<length) }
+    }
+
+    /// Segment j of `next` summed while segment j of `previous` (summed)
+    /// streams its dx out, for every j; then `next`'s A, B.
+    @inlinable func sumsWritingDx(of previous: Int, sumsOf next: Int) {
+        let spatialCount = batch.shape.spatialCount, whole = 0..<spatialCount
+        let center = statistics[next].splitMean(as: T.self).high
+        for index in 0..<batch.channelsPerGroup {
+            let written = batch.instance(previous, index), summed = batch.instance(next, index)
+            let gradient = gradientOperation(previous, written, start: 0), out = segment(dx, written, whole)
+            let beforeBoundary = streamingStart(out, whole)
+            writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
+            let nextDy = segment(dy, summed, whole), nextX = segment(batch.x, summed, whole)
+            var writer = StreamingWriter(
+                out: out, gradient, written: beforeBoundary, count: spatialCount,
+                prefetching: (UnsafeRawPointer(nextDy), UnsafeRawPointer(nextX)))
+            let (sumDy, sumDyCentered) = chunkedSums(spatialCount) { chunk in
+                var local = writer  // in registers, not reloaded through the capture
+                defer { writer = local }
+                return gradientChunkSums(nextDy, nextX, chunk, center: center, alongside: &local)
+            }
+            segmentSums[summed] = InstanceKernel.gradientSums(
+                sumDy: sumDy, sumDyCentered: sumDyCentered, statistics: statistics[next], as: T.self)
+            writeElementwise(out, writer.written..<spatialCount, streaming: true, gradient)
+        }
+        combine(next)
+    }
+
     /// A = Σ_c γ_c·s1_c and B = Σ_c γ_c·s2_c of one group, in channel order.
     @inlinable func combine(_ group: Int) {
         var total = (0.0, 0.0)
@@ -225,12 +272,7 @@ extension GroupBatch {
         if split.splitsInstances {
             work.sharedSums(threads: threads)
         } else {
-            split.run { worker in
-                for group in split.instances(of: worker) {
-                    work.sums(group)
-                    if !tails[worker].contains(group) { work.inputGradient(group, 0..<self.groupLength) }
-                }
-            }
+            split.run { worker in work.sumsAndDx(of: split.instances(of: worker), tail: tails[worker]) }
         }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
