@@ -235,6 +235,14 @@ func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
     (8 << 10...64 << 10).contains(count * MemoryLayout<T>.stride)
 }
 
+/// Asks for the cache lines of `count` values from `start` into L2
+/// (`instnorm_prefetch`; a prefetch never faults).
+@inlinable
+func prefetchLines<T>(_ start: UnsafePointer<T>, count: Int) {
+    let raw = UnsafeRawPointer(start)
+    for offset in stride(from: 0, to: count * MemoryLayout<T>.stride, by: 64) { instnorm_prefetch(raw + offset) }
+}
+
 /// The companion of the fused backward's sums: streams out two vectors of
 /// another instance's dx per step (while they last), and asks for the
 /// summed instance's lines 12 KiB ahead of the step into L2, so that the

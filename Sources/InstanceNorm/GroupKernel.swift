@@ -88,11 +88,23 @@ extension GroupBatch {
             split.run { worker in split.forEachPiece(of: worker) { normalizeRange($0, $1, perGroup[$0]) } }
         } else {
             split.run { worker in
-                for group in split.instances(of: worker) {
+                let groups = split.instances(of: worker)
+                for group in groups {
                     let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: base.base + group * length, count: length))
                     let groupStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                     saved?.base[group] = groupStatistics
-                    normalizeRange(group, 0..<length, groupStatistics)
+                    // While y streams out from cache, the next group's lines
+                    // are asked into L2, piece by piece, so that its sums
+                    // do not wait on memory.
+                    var start = 0
+                    while start < length {
+                        let end = min(start + reductionChunk, length)
+                        normalizeRange(group, start..<end, groupStatistics)
+                        if self.streaming && group + 1 < groups.upperBound {
+                            prefetchLines(base.base + (group + 1) * length + start, count: end - start)
+                        }
+                        start = end
+                    }
                 }
             }
         }
