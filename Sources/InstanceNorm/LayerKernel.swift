@@ -73,11 +73,25 @@ extension LayerBatch {
             split.run { worker in split.forEachPiece(of: worker) { write($0, $1, perRow[$0]) } }
         } else {
             split.run { worker in
-                for row in split.instances(of: worker) {
-                    let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: self.row(self.x, row), count: self.rowLength))
+                let rows = split.instances(of: worker), length = self.rowLength
+                // Rows under 8 KiB ran slower with the prefetches (the hardware's own run ahead covers them).
+                let prefetches = self.streaming && length * MemoryLayout<T>.stride >= 8 << 10
+                for row in rows {
+                    let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: self.row(self.x, row), count: length))
                     let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                     saved?.base[row] = rowStatistics
-                    write(row, 0..<self.rowLength, rowStatistics)
+                    guard prefetches && row + 1 < rows.upperBound else {
+                        write(row, 0..<length, rowStatistics)
+                        continue
+                    }
+                    // As GroupNorm's forward: the next row asked into L2 while y streams out.
+                    var start = 0
+                    while start < length {
+                        let end = min(start + reductionChunk, length)
+                        write(row, start..<end, rowStatistics)
+                        prefetchLines(self.row(self.x, row + 1) + start, count: end - start)
+                        start = end
+                    }
                 }
             }
         }
