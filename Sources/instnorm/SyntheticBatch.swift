@@ -23,15 +23,16 @@ final class SyntheticBatch<T: DataParallelScalar> {
         let first = layer.localElements.lowerBound
         x = TensorBuffer(repeating: 0, count: count)
         dy = TensorBuffer(repeating: 0, count: count)
+        // Hoisted: parameterCount builds an array, and this loop runs once per value.
+        let parameters = shape.parameterCount
         for local in 0..<count {
             // g counts in logical order whatever the layout, so a channels-last
             // run holds the transposed data of a channels-first one.
-            let (global, parameter) = Self.logicalIndex(of: local, first: first, layer: layer)
+            let (global, parameter) = Self.logicalIndex(of: local, first: first, layer: layer, parameters: parameters)
             let feature = Double(shape.normalization == .instance || parameter < 8 ? parameter : parameter % 8)
             x.elements[local] = T(feature - 3 + (1 + feature / 8) * uniform(seed, 0, global))
             dy.elements[local] = T(uniform(seed, 1, global))
         }
-        let parameters = shape.parameterCount
         gamma = TensorBuffer((0..<parameters).map { T(1 + 0.5 * uniform(seed, 2, $0)) })
         beta = TensorBuffer((0..<parameters).map { T(0.5 * uniform(seed, 3, $0)) })
         // Written by every iteration; touched now so no page faults are timed.
@@ -45,9 +46,11 @@ final class SyntheticBatch<T: DataParallelScalar> {
 
     /// The logical global index of local element `local` and its parameter
     /// (channel, or position in a layer-norm row).
-    private static func logicalIndex(of local: Int, first: Int, layer: DataParallelNorm<T>) -> (global: Int, parameter: Int) {
+    private static func logicalIndex(
+        of local: Int, first: Int, layer: DataParallelNorm<T>, parameters: Int
+    ) -> (global: Int, parameter: Int) {
         guard let channelShape = layer.localShape.channelShape else {
-            return (first + local, (first + local) % layer.globalShape.parameterCount)
+            return (first + local, (first + local) % parameters)
         }
         let (instance, position) = channelShape.instanceAndPosition(ofOffset: local, in: layer.layout)
         return (first + instance * channelShape.spatialCount + position, instance % channelShape.channels)
