@@ -88,6 +88,11 @@ public enum BatchKernel {
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps,
                 threads: threads, stores: stores)
         }
+        if SmallInstances.applies(to: shape) {
+            return SmallForward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores
+            ).run(threads: threads)
+        }
         let batch = ForwardBatch(
             y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)
@@ -200,6 +205,10 @@ public enum BatchKernel {
             return backwardChannelsLast(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 shape: shape, threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
+        }
+        if SmallInstances.applies(to: shape) {
+            return SmallBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
+                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums, overlap: overlap)
         }
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)

@@ -1,0 +1,64 @@
+/// InstanceNorm over small instances (M ≤ `limit` values each), a block of
+/// B = `T.Vector.scalarCount` instances at a time, one instance per lane.
+///
+/// The per-instance kernels pay per instance what a large instance
+/// amortizes: a call's setup, the widening of the lane sums to `Double`
+/// (two horizontal sums of 16 lanes), a scalar tail whose `Double`
+/// additions form a latency chain, and a division and square root in
+/// `Double`. Here B instances go through each of these at once:
+///
+///     load      B·M values (M whole vectors), transposed into M columns
+///               of B lanes (`BlockScratch`)
+///     sums      per lane, Σ (x − K), Σ (x − K)² (and Σ dy, Σ dy·(x − μ_hi))
+///               over the columns (`laneSums`)
+///     per lane  μ, σ², r, the folded constants, in `Double` lanes
+///               (`LaneStatistics`), a second pass where a lane needs one
+///     output    y (or dx) column by column from per-lane constants,
+///               transposed back and stored as the tensor's M vectors
+///
+/// Every lane runs the operations that `InstanceKernel` runs for one
+/// instance, in the same order (IEEE arithmetic rounds each lane as it
+/// rounds a scalar), so each instance's results are the bits of the
+/// per-instance kernels: a function of that instance's data alone, whatever
+/// block, worker or rank it falls in. Blocks may therefore start anywhere;
+/// they are cut from each worker's run of instances.
+public enum SmallInstances {
+    /// The largest M that takes the blocked kernels. Above it an instance
+    /// amortizes its own setup (at M = 196 the per-instance kernels ran at
+    /// 85% of the floor, against ... here), and the columns of a block
+    /// (B·M values, twice for the backward) would outgrow the L1 cache.
+    public static let limit = 256
+
+    /// Whether a channels-first call on `shape` takes these kernels.
+    @inlinable
+    static func applies(to shape: InstanceNormShape) -> Bool {
+        shape.spatialCount <= limit
+    }
+
+    /// `count` instances cut into blocks of `lanes` (the last may be shorter).
+    @inlinable
+    static func blocks(_ count: Int, lanes: Int) -> InstanceBlocks {
+        InstanceBlocks(instances: 0..<count, lanes: lanes)
+    }
+}
+
+/// A run of instances cut into blocks of `lanes`, from its start; the
+/// last block may hold fewer.
+@usableFromInline
+struct InstanceBlocks: RandomAccessCollection, Sendable {
+    @usableFromInline let instances: Range<Int>
+    @usableFromInline let lanes: Int
+
+    @inlinable init(instances: Range<Int>, lanes: Int) {
+        self.instances = instances
+        self.lanes = lanes
+    }
+
+    @inlinable var startIndex: Int { 0 }
+    @inlinable var endIndex: Int { (instances.count + lanes - 1) / lanes }
+
+    @inlinable subscript(block: Int) -> Range<Int> {
+        let start = instances.lowerBound + block * lanes
+        return start..<Swift.min(start + lanes, instances.upperBound)
+    }
+}
