@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Time PyTorch's CPU instance_norm, group_norm or layer_norm forward +
-backward (affine), the way `instnorm bench` times its own: warm-up, then the
-median over iterations. Prints one JSON object: forward_ms, backward_ms,
+"""Time PyTorch's CPU instance_norm, group_norm, layer_norm or batch_norm
+(training mode) forward + backward (affine), the way `instnorm bench` times
+its own: warm-up, then the median over iterations. Prints one JSON object: forward_ms, backward_ms,
 step_ms (medians)."""
 import argparse
 import json
@@ -16,7 +16,7 @@ parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--dtype", default="float32", choices=["float16", "float32", "float64"])
 parser.add_argument("--iterations", type=int, default=20)
 parser.add_argument("--warmup", type=int, default=3)
-parser.add_argument("--norm", default="instance", choices=["instance", "group", "layer"])
+parser.add_argument("--norm", default="instance", choices=["instance", "group", "layer", "batch"])
 parser.add_argument("--groups", type=int)
 parser.add_argument("--normalized-dims", type=int)
 args = parser.parse_args()
@@ -35,6 +35,7 @@ norm = {
     "instance": lambda: F.instance_norm(x, weight=gamma, bias=beta, eps=1e-5),
     "group": lambda: F.group_norm(x, args.groups, gamma, beta, 1e-5),
     "layer": lambda: F.layer_norm(x, normalized, gamma, beta, 1e-5),
+    "batch": lambda: F.batch_norm(x, None, None, gamma, beta, training=True, eps=1e-5),
 }[args.norm]
 
 forward, backward = [], []

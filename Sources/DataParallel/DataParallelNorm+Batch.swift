@@ -73,10 +73,7 @@ extension DataParallelNorm {
         switch reduction {
         case .reproducible:
             let sums = ReproducibleSums(count: 2 * parameters)
-            for share in 0..<shares.count / 2 {
-                sums.add(shares[2 * share], to: 2 * (share % parameters))
-                sums.add(shares[2 * share + 1], to: 2 * (share % parameters) + 1)
-            }
+            sums.add(rows: shares)  // a row per sample: (s1, s2) of each parameter
             try communicator.allreduce(sums)
             return sums.sums()
         case .allreduce:

@@ -227,7 +227,11 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let waitStart = MPI.wallTime()
         if overlapsReduction { try collective.finish() } else { try startReduction().wait() }
         switch reduction {
-        case .reproducible: exactSums.round(into: sums)
+        case .reproducible:
+            for parameter in 0..<parameters {
+                sums[parameter] = exactSums.sum(at: 2 * parameter + 1)
+                sums[parameters + parameter] = exactSums.sum(at: 2 * parameter)
+            }
         case .gather: sumGatheredInSampleOrder()
         case .allreduce: break
         }
@@ -254,24 +258,17 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         }
     }
 
-    /// This rank's addends of dγ_p = Σ_n s2(n,p) (sum p) and dβ_p = Σ_n s1(n,p)
-    /// (sum P + p), one per sample and parameter. Each worker thread takes a
-    /// run of parameters: their sums are disjoint cache lines, and the
-    /// result does not depend on who adds what.
+    /// This rank's addends of dβ_p = Σ_n s1(n,p) (sum 2p) and dγ_p = Σ_n s2(n,p)
+    /// (sum 2p + 1): the (N_local, P, 2) shares are a table with a row per
+    /// sample. Each worker thread takes a run of parameters: their sums are
+    /// disjoint cache lines, and the result does not depend on who adds what.
     private func addLocalSums(to sums: ReproducibleSums) {
         sums.removeAll()
-        let parameters = globalShape.parameterCount, samples = localShape.batch
-        let parameterSums = SendablePointer(localParameterSums.elements.baseAddress!)
+        let parameters = globalShape.parameterCount
+        let table = SendablePointer(localParameterSums.elements.baseAddress!), size = localParameterSums.elements.count
         let workers = min(threads, parameters)
         let addRun = { @Sendable (worker: Int) in
-            let run = parameters * worker / workers..<parameters * (worker + 1) / workers
-            for sample in 0..<samples {
-                for parameter in run {
-                    let share = sample * parameters + parameter
-                    sums.add(parameterSums.pointer[2 * share + 1], to: parameter)
-                    sums.add(parameterSums.pointer[2 * share], to: parameters + parameter)
-                }
-            }
+            sums.add(rows: UnsafeBufferPointer(start: table.pointer, count: size), columns: 2 * (parameters * worker / workers)..<2 * (parameters * (worker + 1) / workers))
         }
         if workers == 1 { return addRun(0) }
         DispatchQueue.concurrentPerform(iterations: workers, execute: addRun)
@@ -306,16 +303,15 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         precondition(channelShape.spatialCount >= 2, "the unbiased variance needs at least two values per instance")
         let channels = channelShape.channels
         let besselCorrection = Double(globalShape.spatialCount) / Double(globalShape.spatialCount - 1)
+        // A row per sample: (μ, σ²·M/(M − 1)) of each channel, summed into 2c, 2c + 1.
+        let table = statistics.flatMap { [$0.mean, $0.variance * besselCorrection] }
         let sums = ReproducibleSums(count: 2 * channels)
-        for (instance, instanceStatistics) in statistics.enumerated() {
-            sums.add(instanceStatistics.mean, to: instance % channels)
-            sums.add(instanceStatistics.variance * besselCorrection, to: channels + instance % channels)
-        }
+        table.withUnsafeBufferPointer { sums.add(rows: $0) }
         try communicator.allreduce(sums)
-        let totals = sums.sums()
         RunningStatistics.update(
             runningMean: runningMean, runningVar: runningVar,
-            meanSum: Array(totals[0..<channels]), unbiasedVarianceSum: Array(totals[channels...]),
+            meanSum: (0..<channels).map { sums.sum(at: 2 * $0) },
+            unbiasedVarianceSum: (0..<channels).map { sums.sum(at: 2 * $0 + 1) },
             batch: globalShape.batch, momentum: momentum)
     }
 }

@@ -126,9 +126,7 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     /// faster), and small enough that x and dy of two instances stay in a
     /// 1 MiB L2 with room to spare (up to 64 KiB, where it gained 2-4%; at
     /// 128 KiB it was even, with 1 MiB instances 15% slower).
-    @inlinable var fusesInstances: Bool {
-        streaming && (8 << 10...64 << 10).contains(spatialCount * MemoryLayout<T>.stride)
-    }
+    @inlinable var fusesInstances: Bool { streaming && fusedOrderPays(forRunsOf: spatialCount, T.self) }
 
     /// s1, s2 of each of `instances`, and dx of those outside `tail`.
     ///
@@ -227,6 +225,22 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
             dgamma[instance % shape.channels] += instanceSums[instance].sumDyXHat
         }
     }
+}
+
+/// Whether the fused backward (a run's dx written while the next run of
+/// `count` values is summed, `BackwardBatch.sumsAndDx`) was the faster
+/// order on the bench machine: for runs of 8-64 KiB per tensor.
+@inlinable
+func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
+    (8 << 10...64 << 10).contains(count * MemoryLayout<T>.stride)
+}
+
+/// Asks for the cache lines of `count` values from `start` into L2
+/// (`instnorm_prefetch`; a prefetch never faults).
+@inlinable
+func prefetchLines<T>(_ start: UnsafePointer<T>, count: Int) {
+    let raw = UnsafeRawPointer(start)
+    for offset in stride(from: 0, to: count * MemoryLayout<T>.stride, by: 64) { instnorm_prefetch(raw + offset) }
 }
 
 /// The companion of the fused backward's sums: streams out two vectors of

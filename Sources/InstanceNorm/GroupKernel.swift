@@ -88,11 +88,23 @@ extension GroupBatch {
             split.run { worker in split.forEachPiece(of: worker) { normalizeRange($0, $1, perGroup[$0]) } }
         } else {
             split.run { worker in
-                for group in split.instances(of: worker) {
+                let groups = split.instances(of: worker)
+                for group in groups {
                     let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: base.base + group * length, count: length))
                     let groupStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                     saved?.base[group] = groupStatistics
-                    normalizeRange(group, 0..<length, groupStatistics)
+                    // While y streams out from cache, the next group's lines
+                    // are asked into L2, piece by piece, so that its sums
+                    // do not wait on memory.
+                    var start = 0
+                    while start < length {
+                        let end = min(start + reductionChunk, length)
+                        normalizeRange(group, start..<end, groupStatistics)
+                        if self.streaming && group + 1 < groups.upperBound {
+                            prefetchLines(base.base + (group + 1) * length + start, count: end - start)
+                        }
+                        start = end
+                    }
                 }
             }
         }
@@ -147,6 +159,53 @@ final class GroupBackward<T: InstanceNormScalar>: @unchecked Sendable {
                 statistics: statistics[group])
         }
         combine(group)
+    }
+
+    /// s1, s2, A, B of each of `groups`, and dx of those outside `tail`: in
+    /// the fused order (see `BackwardBatch.sumsAndDx`) where it pays, each
+    /// group's dx streamed out segment by segment while the next group's
+    /// segments are summed. The same arithmetic, so the same bits.
+    @inlinable func sumsAndDx(of groups: Range<Int>, tail: Range<Int>) {
+        let length = batch.groupLength
+        guard batch.streaming && fusedOrderPays(forRunsOf: batch.shape.spatialCount, T.self) else {
+            for group in groups {
+                sums(group)
+                if !tail.contains(group) { inputGradient(group, 0..<length) }
+            }
+            return
+        }
+        var waiting: Int?  // summed, its dx not yet written
+        for group in groups {
+            if let previous = waiting { sumsWritingDx(of: previous, sumsOf: group) } else { sums(group) }
+            waiting = tail.contains(group) ? nil : group
+        }
+        if let previous = waiting { inputGradient(previous, 0..<length) }
+    }
+
+    /// Segment j of `next` summed while segment j of `previous` (summed)
+    /// streams its dx out, for every j; then `next`'s A, B.
+    @inlinable func sumsWritingDx(of previous: Int, sumsOf next: Int) {
+        let spatialCount = batch.shape.spatialCount, whole = 0..<spatialCount
+        let center = statistics[next].splitMean(as: T.self).high
+        for index in 0..<batch.channelsPerGroup {
+            let written = batch.instance(previous, index), summed = batch.instance(next, index)
+            let gradient = gradientOperation(previous, written, start: 0), out = segment(dx, written, whole)
+            let beforeBoundary = streamingStart(out, whole)
+            writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
+            let nextDy = segment(dy, summed, whole), nextX = segment(batch.x, summed, whole)
+            var writer = StreamingWriter(
+                out: out, gradient, written: beforeBoundary, count: spatialCount,
+                prefetching: (UnsafeRawPointer(nextDy), UnsafeRawPointer(nextX)))
+            let (sumDy, sumDyCentered) = chunkedSums(spatialCount) { chunk in
+                var local = writer  // in registers, not reloaded through the capture
+                defer { writer = local }
+                return gradientChunkSums(nextDy, nextX, chunk, center: center, alongside: &local)
+            }
+            segmentSums[summed] = InstanceKernel.gradientSums(
+                sumDy: sumDy, sumDyCentered: sumDyCentered, statistics: statistics[next], as: T.self)
+            writeElementwise(out, writer.written..<spatialCount, streaming: true, gradient)
+        }
+        combine(next)
     }
 
     /// A = Σ_c γ_c·s1_c and B = Σ_c γ_c·s2_c of one group, in channel order.
@@ -225,12 +284,7 @@ extension GroupBatch {
         if split.splitsInstances {
             work.sharedSums(threads: threads)
         } else {
-            split.run { worker in
-                for group in split.instances(of: worker) {
-                    work.sums(group)
-                    if !tails[worker].contains(group) { work.inputGradient(group, 0..<self.groupLength) }
-                }
-            }
+            split.run { worker in work.sumsAndDx(of: split.instances(of: worker), tail: tails[worker]) }
         }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)

@@ -164,13 +164,20 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
         block.update(repeating: 0, count: 2 * length)
+        var waiting: Int?  // summed, its dx not yet written (the fused order)
         for row in rows {
-            rowSums(row, addingTo: block)
-            if writeDx { inputGradient(row, 0..<length) }
+            if let previous = waiting {
+                rowSumsWritingDx(of: previous, sumsOf: row, addingTo: block)
+            } else {
+                rowSums(row, addingTo: block)
+            }
+            waiting = nil
+            if writeDx { if fusesRows { waiting = row } else { inputGradient(row, 0..<length) } }
             if (row - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || row == rows.upperBound - 1 {
                 flush(block, into: columns)
             }
         }
+        if let previous = waiting { inputGradient(previous, 0..<length) }
         let shares = parameterSums.baseAddress! + 2 * sample * length
         for position in 0..<length {
             shares[2 * position] = columns[position]
@@ -183,16 +190,51 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// (x̂ formed as `LayerNormalizeOperation` forms it, all in the compute
     /// precision): one read of the row for both.
     @inlinable func rowSums(_ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+        var none = NoCompanion()
+        rowSums(row, addingTo: block, alongside: &none)
+    }
+
+    /// `rowSums(_:addingTo:)` with `companion` stepping along.
+    @inlinable @inline(__always)
+    func rowSums<Companion: SumsCompanion>(
+        _ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>, alongside companion: inout Companion
+    ) {
         let rowStatistics = statistics[row]
         let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
         let columns = LayerColumns<T>(
             block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
             lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
         let gradients = batch.row(dy, row), values = batch.row(batch.x, row), gamma = batch.gamma.base
-        let (sumA, centered) = chunkedSums(batch.rowLength) {
-            weightedGradientChunkSums(gradients, values, gamma, $0, center: meanHigh, columns: columns)
+        let (sumA, centered) = chunkedSums(batch.rowLength) { chunk in
+            // A local copy: through the capture the optimizer would reload
+            // the companion after every store.
+            var local = companion
+            defer { companion = local }
+            return weightedGradientChunkSums(gradients, values, gamma, chunk, center: meanHigh, columns: columns, alongside: &local)
         }
         rowSums[row] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
+    }
+
+    /// Whether rows take the fused order: the dx of row i streamed out in
+    /// the loop that sums row i + 1, with that row's lines asked into L2
+    /// ahead of the loads (see `BackwardBatch.sumsAndDx`). Written in order,
+    /// each row's dx waits for its sums and a row's read and the previous
+    /// row's streaming stores do not overlap on one core. The arithmetic
+    /// is that of the plain order: the same bits.
+    @inlinable var fusesRows: Bool { batch.streaming }
+
+    /// A, S and the column sums of `next` while dx of `previous` (already
+    /// summed) is streamed out, two vectors per step; the rest of dx after.
+    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+        let length = batch.rowLength, gradient = gradientOperation(of: previous)
+        let out = batch.row(dx, previous)
+        let beforeBoundary = streamingStart(out, 0..<length)
+        writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
+        var writer = StreamingWriter(
+            out: out, gradient, written: beforeBoundary, count: length,
+            prefetching: (UnsafeRawPointer(batch.row(dy, next)), UnsafeRawPointer(batch.row(batch.x, next))))
+        rowSums(next, addingTo: block, alongside: &writer)
+        writeElementwise(out, writer.written..<length, streaming: true, gradient)
     }
 
     /// columns += block, widened exactly, in `Double`; block ← 0.
@@ -216,18 +258,21 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     ///
     ///     p = −r²·S/D     q = r·(Ā − A/D) − p·μ_lo     dx = r·(γ·dy − Ā) + p·(x − μ_hi) + q
     @inlinable func inputGradient(_ row: Int, _ range: Range<Int>) {
+        writeElementwise(batch.row(dx, row), range, streaming: batch.streaming, gradientOperation(of: row))
+    }
+
+    /// The per-value dx of one summed row, indexed from the row's start.
+    @inlinable func gradientOperation(of row: Int) -> LayerGradientOperation<T> {
         let rowStatistics = statistics[row], invstd = rowStatistics.invstd
         let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
         let count = Double(batch.rowLength), (sumA, sumS) = rowSums[row]
         let meanWeighted = T.Compute(sumA / count)
         let centeredScale = -invstd * invstd * sumS / count
         let offset = invstd * (meanWeighted.widened - sumA / count) - centeredScale * meanLow
-        writeElementwise(
-            batch.row(dx, row), range, streaming: batch.streaming,
-            LayerGradientOperation(
-                dy: batch.row(dy, row), x: batch.row(batch.x, row), gamma: batch.gamma.base, meanHigh: meanHigh,
-                meanWeighted: meanWeighted, invstd: T.Compute(invstd), centeredScale: T.Compute(centeredScale),
-                offset: T.Compute(offset)))
+        return LayerGradientOperation(
+            dy: batch.row(dy, row), x: batch.row(batch.x, row), gamma: batch.gamma.base, meanHigh: meanHigh,
+            meanWeighted: meanWeighted, invstd: T.Compute(invstd), centeredScale: T.Compute(centeredScale),
+            offset: T.Compute(offset))
     }
 }
 
@@ -274,17 +319,19 @@ struct LayerColumns<Scalar: InstanceNormScalar> {
 }
 
 /// Σ γ·dy and Σ γ·dy·(x − center) over one chunk of a row, and the row's
-/// column sums added to `columns` on the way.
-@inlinable
-func weightedGradientChunkSums<T: InstanceNormScalar>(
+/// column sums added to `columns` on the way; `companion` steps along (the
+/// fused order writes the previous row's dx there, see `SumsCompanion`).
+@inlinable @inline(__always)
+func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
     _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
-    columns: LayerColumns<T>
+    columns: LayerColumns<T>, alongside companion: inout Companion
 ) -> (Double, Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
     var weighted0 = T.Vector(), weighted1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
+        companion.step(at: index)
         let dy0 = loadVector(dy, index), dy1 = loadVector(dy, index + lanes)
         let centered0 = loadVector(x, index) - centerVector, centered1 = loadVector(x, index + lanes) - centerVector
         let gradient0 = loadVector(gamma, index) * dy0

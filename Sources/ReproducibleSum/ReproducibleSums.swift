@@ -7,6 +7,7 @@
 /// which is associative; the result is rounded once, at the end:
 ///
 ///     sums.add(x, to: i)          exact (above the window, see below)
+///     sums.add(rows: table)       exact: value j of every row to sum j
 ///     sums.add(other)             exact: two partial sums merged
 ///     sums.sum(at: i)             Σ of every addend of sum i, rounded once
 ///
@@ -70,6 +71,27 @@ public final class ReproducibleSums: @unchecked Sendable {
     public func add(_ values: UnsafeBufferPointer<Double>) {
         precondition(values.count == count, "\(values.count) values for \(count) sums")
         for (index, value) in values.enumerated() { BinnedSum.add(value, to: words.baseAddress! + index * BinnedSum.words) }
+    }
+
+    /// Adds a table of addends: `table` holds rows of `count` values, and
+    /// value j of every row goes to sum j. With `columns`, only the sums in
+    /// that range take their values (threads that share a table take
+    /// disjoint ranges: each sum is its own cache line).
+    ///
+    /// The same words as adding the values one by one, in any order, and
+    /// about three times faster: the sums of four columns are worked in
+    /// the lanes of one vector (see `BinnedSum.addLanes`).
+    public func add(rows table: UnsafeBufferPointer<Double>, columns: Range<Int>? = nil) {
+        precondition(table.count % max(count, 1) == 0, "a table of \(table.count) values does not hold rows of \(count)")
+        let columns = columns ?? 0..<count
+        precondition(columns.lowerBound >= 0 && columns.upperBound <= count, "columns \(columns) of \(count) sums")
+        guard let base = table.baseAddress, count > 0 else { return }
+        let rows = table.count / count
+        let vectorEnd = columns.lowerBound + columns.count / BinnedSum.laneCount * BinnedSum.laneCount
+        BinnedSum.addTable(base, rows: rows, rowLength: count, columns: columns.lowerBound..<vectorEnd, to: words.baseAddress!)
+        for row in 0..<rows {
+            for column in vectorEnd..<columns.upperBound { add(base[row * count + column], to: column) }
+        }
     }
 
     /// Adds every sum of `other` to the same sum of this one: afterwards this

@@ -75,7 +75,8 @@ struct Collectives: ParsableCommand {
 
 extension Collectives {
     /// What the modes cost outside the collective, per value, on one core:
-    /// an exact deposit into `ReproducibleSums` (reproducible), the final
+    /// an exact deposit into `ReproducibleSums` (reproducible; from a table,
+    /// as the library makes them, and one by one), the final
     /// rounding of one sum, and one `Double` addition in sample order
     /// (gather adds every sample's sums; allreduce its own). Best of five.
     func printLocalCosts() {
@@ -87,7 +88,12 @@ extension Collectives {
         let sums = ReproducibleSums(count: sumCount)
         let plain = TensorBuffer<Double>(repeating: 0, count: sumCount)
         let costs: [(String, Int, () -> Void)] = [
+            // As the library deposits: a table with a row per sample.
             ("deposit", addends, {
+                sums.removeAll()
+                sums.add(rows: UnsafeBufferPointer(values.elements))
+            }),
+            ("deposit_one_by_one", addends, {
                 sums.removeAll()
                 for index in 0..<addends { sums.add(values.elements[index], to: index & (sumCount - 1)) }
             }),

@@ -150,6 +150,25 @@ func checkFamily<T: InstanceNormScalar>(
         }
     }
 
+    /// The fused backward orders (dx of one group or row streamed while the
+    /// next is summed) are taken only with streamed outputs and, for
+    /// GroupNorm, channel segments of 8-64 KiB: such shapes, streamed, give
+    /// the bits of the plain order at every thread count (and the plain
+    /// order is checked against the reference above).
+    @Test(arguments: [
+        (Normalization.group(groups: 2), [3, 4, 2100]), (.group(groups: 3), [2, 6, 2049]), (.layer(normalizedDimensions: 1), [2, 9, 700]),
+    ])
+    func fusedBackwardKeepsBits(_ normalization: Normalization, _ dimensions: [Int]) {
+        let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 17)
+        let plain = inputs.run(stores: .cached)
+        for threads in [1, 2, 3] {
+            #expect(inputs.run(threads: threads, stores: .streaming) == plain, "threads \(threads)")
+        }
+        let wide = FamilyInputs<Double>(normalization, dimensions, seed: 18)
+        #expect(wide.run(stores: .streaming) == wide.run(stores: .cached))
+        checkFamily(inputs)
+    }
+
     /// G = C is InstanceNorm: the same bits as `BatchKernel`, every output.
     @Test(arguments: [[2, 3, 5], [3, 4, 17, 9], [2, 5, 1]])
     func groupsOfOneChannelAreInstanceNorm(_ dimensions: [Int]) {

@@ -1,0 +1,97 @@
+import ReproducibleSum
+import Testing
+import TestSupport
+
+/// `add(rows:)`, the lane-wise path, against adding the same values one by
+/// one: the words must be identical, whatever the values (every binade,
+/// subnormals, signed zeros, NaN and infinities in some columns), the
+/// number of columns (a partial vector at the end), the column range and
+/// what the sums held before.
+struct TableAddTests {
+    /// A random double from anywhere in the finite range (or a special
+    /// value now and then), so that columns mix tops, straddle the window
+    /// and fall below it.
+    func wildValue(_ generator: inout SeededGenerator, specials: Bool) -> Double {
+        let kind = Int.random(in: 0..<40, using: &generator)
+        let sign: Double = Bool.random(using: &generator) ? 1 : -1
+        switch kind {
+        case 0: return sign * 0
+        case 1: return sign * Double.leastNonzeroMagnitude * Double(Int.random(in: 1..<1 << 20, using: &generator))
+        case 2: return sign * Double.greatestFiniteMagnitude / Double(Int.random(in: 1..<4, using: &generator))
+        case 3 where specials: return [Double.nan, .infinity, -.infinity][Int.random(in: 0..<3, using: &generator)]
+        case 4...20:
+            // Near 1: most addends of a column close together.
+            return sign * Double(sign: .plus, exponent: Int.random(in: -30...30, using: &generator),
+                                 significand: Double.random(in: 1..<2, using: &generator))
+        default:
+            return sign * Double(sign: .plus, exponent: Int.random(in: -1074...1023, using: &generator),
+                                 significand: Double.random(in: 1..<2, using: &generator))
+        }
+    }
+
+    func words(_ sums: ReproducibleSums) -> [Int64] { Array(sums.words) }
+
+    @Test(arguments: [(1, 4), (3, 8), (50, 13), (200, 5), (0, 6), (17, 1)])
+    func tableGivesTheWordsOfOneByOneAdds(rows: Int, columns: Int) {
+        for seed in 1...30 as ClosedRange<UInt64> {
+            var generator = SeededGenerator(seed: seed)
+            let table = (0..<rows * columns).map { _ in wildValue(&generator, specials: seed % 3 == 0) }
+            let byTable = ReproducibleSums(count: columns), oneByOne = ReproducibleSums(count: columns)
+            // Some sums start non-empty, above or below the table's values.
+            for column in 0..<columns where column % 2 == 0 {
+                let start = wildValue(&generator, specials: false)
+                byTable.add(start, to: column)
+                oneByOne.add(start, to: column)
+            }
+            table.withUnsafeBufferPointer { byTable.add(rows: $0) }
+            for index in table.indices.shuffled(using: &generator) { oneByOne.add(table[index], to: index % columns) }
+            #expect(words(byTable) == words(oneByOne), "seed \(seed), \(rows)x\(columns)")
+            for column in 0..<columns {
+                #expect(byTable.sum(at: column).bitPattern == oneByOne.sum(at: column).bitPattern)
+            }
+        }
+    }
+
+    /// Threads that share a table take disjoint column ranges; the ranges
+    /// together give the words of the whole table at once, and a range
+    /// leaves the other sums alone.
+    @Test func columnRangesSplitTheTable() {
+        var generator = SeededGenerator(seed: 7)
+        let rows = 40, columns = 22
+        let table = (0..<rows * columns).map { _ in wildValue(&generator, specials: true) }
+        let whole = ReproducibleSums(count: columns), split = ReproducibleSums(count: columns)
+        table.withUnsafeBufferPointer { values in
+            whole.add(rows: values)
+            split.add(rows: values, columns: 0..<5)
+            let untouched = 5 * ReproducibleSums.wordsPerSum
+            #expect(Array(words(split)[untouched...]) == Array(words(ReproducibleSums(count: columns))[untouched...]))
+            split.add(rows: values, columns: 5..<14)
+            split.add(rows: values, columns: 14..<columns)
+        }
+        #expect(words(whole) == words(split))
+    }
+
+    /// A column whose values cancel exactly over 80 binades sums to 0.0,
+    /// and one with a NaN is NaN while its neighbours in the same vector
+    /// stay finite.
+    @Test func closedForms() {
+        var generator = SeededGenerator(seed: 11)
+        let rows = 64
+        var table = [Double](repeating: 0, count: rows * 4)
+        for row in 0..<rows / 2 {
+            let value = Double(sign: .plus, exponent: Int.random(in: -40...40, using: &generator),
+                               significand: Double.random(in: 1..<2, using: &generator))
+            table[row * 4] = value
+            table[(rows - 1 - row) * 4] = -value
+            for column in 1..<4 { table[row * 4 + column] = 1; table[(rows - 1 - row) * 4 + column] = 0.5 }
+        }
+        table[5 * 4 + 2] = .nan
+        let sums = ReproducibleSums(count: 4)
+        table.withUnsafeBufferPointer { sums.add(rows: $0) }
+        #expect(sums.sum(at: 0).bitPattern == (0.0).bitPattern)
+        #expect(sums.sum(at: 1) == 48)
+        #expect(sums.sum(at: 2).isNaN)
+        #expect(sums.sum(at: 3) == 48)
+        #expect(sums.addendCount(at: 3) == rows)
+    }
+}
