@@ -83,6 +83,10 @@ public enum BatchKernel {
     ) {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
         guard shape.instanceCount > 0 else { return }
+        if layout == .channelsLast && SmallInstances.applies(to: shape) {
+            return SmallChannelsLast<T>(shape: shape).forward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps, threads: threads)
+        }
         if layout == .channelsLast {
             return forwardChannelsLast(
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps,
@@ -201,6 +205,11 @@ public enum BatchKernel {
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
+        if layout == .channelsLast && SmallInstances.applies(to: shape) {
+            return SmallChannelsLast<T>(shape: shape).backward(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                threads: threads, instanceSums: instanceSums, overlap: overlap)
+        }
         if layout == .channelsLast {
             return backwardChannelsLast(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,

@@ -46,41 +46,27 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
             lanes: LaneStatistics(statistics.base + block.lowerBound, count: block.count, staging: scratch.staging))
     }
 
-    /// s1 = Σ dy and s2 = r·(Σ dy·(x − μ_hi) − μ_lo·s1) of every lane, as
-    /// `InstanceKernel.gradientSums` computes them (the block loaded).
+    /// s1 and s2 of every lane (`gradientLaneSums`), the block loaded.
     @inlinable @inline(__always)
     func sums(_ lanes: LaneStatistics<C>, _ set: Int, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
-        let (meanHigh, meanLow) = lanes.splitMean
-        let terms = GradientColumns(
-            gradients: UnsafePointer(scratch.columns(set, 1)), values: UnsafePointer(scratch.columns(set, 0)),
-            center: meanHigh)
-        let (sumDy, sumDyCentered) = laneSums(terms, count: spatialCount)
-        return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
+        gradientLaneSums(lanes, dy: UnsafePointer(scratch.columns(set, 1)), x: UnsafePointer(scratch.columns(set, 0)),
+                         count: spatialCount)
     }
 
     /// Leaves in the constants of set `set` the per-lane constants of dx
-    /// of a block from its lanes' s1, s2, as `InstanceKernel.inputGradient`
-    /// folds them:
-    ///
-    ///     k = γ·r    p = −k·r·s2/M    m̄ = s1/M rounded    q = k·(m̄ − s1/M) − p·μ_lo
-    ///     dx = k·(dy − m̄) + p·(x − μ_hi) + q
+    /// of a block (`GradientLaneConstants`) from its lanes' s1, s2.
     @inlinable @inline(__always)
     func gradientConstants(
         _ block: Range<Int>, _ lanes: LaneStatistics<C>, sumDy: C.WideLanes, sumDyXHat: C.WideLanes, _ set: Int,
         _ scratch: BlockScratch<T>
     ) {
-        let gammaLanes: C.WideLanes = gamma.lanes(from: block.lowerBound)
-        let (meanHigh, meanLow) = lanes.splitMean
-        let gradientScaleWide = gammaLanes * lanes.invstd
-        let centeredScaleWide = divisor.divide(-gradientScaleWide * lanes.invstd * sumDyXHat)
-        let meanDyWide = divisor.divide(sumDy)
-        let meanDy = C.narrow(meanDyWide)
-        let offset = C.narrow(gradientScaleWide * (C.widen(meanDy) - meanDyWide) - centeredScaleWide * meanLow)
-        storeVector(meanHigh, scratch.constant(set, 0), 0)
-        storeVector(meanDy, scratch.constant(set, 1), 0)
-        storeVector(C.narrow(gradientScaleWide), scratch.constant(set, 2), 0)
-        storeVector(C.narrow(centeredScaleWide), scratch.constant(set, 3), 0)
-        storeVector(offset, scratch.constant(set, 4), 0)
+        let constants = GradientLaneConstants(
+            gamma: gamma.lanes(from: block.lowerBound), lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
+        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
+        storeVector(constants.meanDy, scratch.constant(set, 1), 0)
+        storeVector(constants.gradientScale, scratch.constant(set, 2), 0)
+        storeVector(constants.centeredScale, scratch.constant(set, 3), 0)
+        storeVector(constants.offset, scratch.constant(set, 4), 0)
     }
 
     /// Writes dx of a block from its x and dy in natural order and the
@@ -273,5 +259,47 @@ final class DeferredSums<C: InstanceNormComputeScalar>: @unchecked Sendable {
 
     @inlinable func kept(_ worker: Int, _ index: Int) -> (C.WideLanes, C.WideLanes) {
         sums[offsets[worker] + index]
+    }
+}
+
+/// s1 = Σ dy and s2 = r·(Σ dy·(x − μ_hi) − μ_lo·s1) of every lane of a
+/// block held as columns, as `InstanceKernel.gradientSums` forms them.
+@inlinable @inline(__always)
+func gradientLaneSums<C: InstanceNormComputeScalar>(
+    _ lanes: LaneStatistics<C>, dy: UnsafePointer<C>, x: UnsafePointer<C>, count: Int
+) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
+    let (meanHigh, meanLow) = lanes.splitMean
+    let (sumDy, sumDyCentered) = laneSums(GradientColumns(gradients: dy, values: x, center: meanHigh), count: count)
+    return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
+}
+
+/// The per-lane constants of dx, as `InstanceKernel.inputGradient` folds
+/// them for one instance:
+///
+///     k = γ·r    p = −k·r·s2/M    m̄ = s1/M rounded    q = k·(m̄ − s1/M) − p·μ_lo
+///     dx = k·(dy − m̄) + p·(x − μ_hi) + q
+@usableFromInline
+struct GradientLaneConstants<C: InstanceNormComputeScalar> {
+    /// μ_hi, m̄, k, p, q per lane.
+    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: C.Lanes
+
+    @inlinable @inline(__always)
+    init(gamma: C.WideLanes, _ lanes: LaneStatistics<C>, sumDy: C.WideLanes, sumDyXHat: C.WideLanes, divisor: LaneDivisor) {
+        let (meanHigh, meanLow) = lanes.splitMean
+        let gradientScaleWide = gamma * lanes.invstd
+        let centeredScaleWide = divisor.divide(-gradientScaleWide * lanes.invstd * sumDyXHat)
+        let meanDyWide = divisor.divide(sumDy)
+        let meanDy = C.narrow(meanDyWide)
+        self.meanHigh = meanHigh
+        self.meanDy = meanDy
+        gradientScale = C.narrow(gradientScaleWide)
+        centeredScale = C.narrow(centeredScaleWide)
+        offset = C.narrow(gradientScaleWide * (C.widen(meanDy) - meanDyWide) - centeredScaleWide * meanLow)
+    }
+
+    /// dx of one lane's position from its x and dy, in the compute precision.
+    @inlinable @inline(__always)
+    func value(x: C.Lanes, dy: C.Lanes) -> C.Lanes {
+        offset.addingProduct(centeredScale, x - meanHigh).addingProduct(gradientScale, dy - meanDy)
     }
 }

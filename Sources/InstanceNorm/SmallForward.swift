@@ -71,12 +71,10 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
         let lanes = LaneStatistics<C>(
             columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
         lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
-        let gammaLanes: C.WideLanes = gamma.lanes(from: first), betaLanes: C.WideLanes = beta.lanes(from: first)
-        let (meanHigh, meanLow) = lanes.splitMean
-        let scaleWide = gammaLanes * lanes.invstd
-        storeVector(meanHigh, scratch.constant(set, 0), 0)
-        storeVector(C.narrow(scaleWide), scratch.constant(set, 1), 0)
-        storeVector(C.narrow(betaLanes - meanLow * scaleWide), scratch.constant(set, 2), 0)
+        let constants = NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes)
+        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
+        storeVector(constants.scale, scratch.constant(set, 1), 0)
+        storeVector(constants.offset, scratch.constant(set, 2), 0)
         return source
     }
 
@@ -89,4 +87,27 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
         writeInOrder(output, count: block.count, spatialCount: spatialCount, to: y.base + block.lowerBound * spatialCount,
                      streaming: streaming)
     }
+}
+
+/// The per-lane constants of y, as `InstanceKernel.normalize` folds them
+/// for one instance:
+///
+///     a = γ·r        b = β − μ_lo·a        y = (x − μ_hi)·a + b
+@usableFromInline
+struct NormalizeLaneConstants<C: InstanceNormComputeScalar> {
+    /// μ_hi, a, b per lane.
+    @usableFromInline let meanHigh, scale, offset: C.Lanes
+
+    @inlinable @inline(__always)
+    init(gamma: C.WideLanes, beta: C.WideLanes, _ lanes: LaneStatistics<C>) {
+        let (meanHigh, meanLow) = lanes.splitMean
+        let scaleWide = gamma * lanes.invstd
+        self.meanHigh = meanHigh
+        scale = C.narrow(scaleWide)
+        offset = C.narrow(beta - meanLow * scaleWide)
+    }
+
+    /// y of one lane's position from its x, in the compute precision.
+    @inlinable @inline(__always)
+    func value(x: C.Lanes) -> C.Lanes { offset.addingProduct(x - meanHigh, scale) }
 }
