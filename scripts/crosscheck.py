@@ -49,6 +49,14 @@ CHANNELS_LAST_CASES = [
     ((3, 19, 17), np.float64, True, True, False, False),
     ((4, 6, 5, 7), np.float64, True, False, True, True),
 ]
+# Small instances (M <= 256 take the blocked kernels, one instance per vector
+# lane): the sizes below a vector, odd ones, one and several groups of 8, in
+# every dtype and both layouts; N*C = 35 is no multiple of the lanes (8, 16),
+# so the last block of each rank is short.
+SMALL_SPATIAL = [(1,), (2,), (3,), (2, 2), (5,), (7,), (4, 4), (7, 7), (8, 8)]
+SMALL_CASES = [((5, 7) + spatial, dtype, True, True, False, False, layout)
+               for spatial in SMALL_SPATIAL for dtype in (np.float16, np.float32, np.float64)
+               for layout in ("nchw", "nhwc")]
 
 
 # GroupNorm, LayerNorm and BatchNorm: (norm flags, shape, dtype, affine,
@@ -324,6 +332,7 @@ def main():
     try:
         cases = ([(["--norm", "instance"],) + case + ("nchw",) for case in CASES]
                  + [(["--norm", "instance"],) + case + ("nhwc",) for case in CHANNELS_LAST_CASES]
+                 + [(["--norm", "instance"],) + case for case in SMALL_CASES]
                  + [(case[0], case[1], case[2], case[3], case[4], *(case[6:] if len(case) > 6 else (False, False)), case[5])
                     for case in FAMILY_CASES])
         for index, (norm, shape, dtype, affine, grad, running, evaluate, layout) in enumerate(cases):

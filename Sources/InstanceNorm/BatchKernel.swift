@@ -85,7 +85,7 @@ public enum BatchKernel {
         guard shape.instanceCount > 0 else { return }
         if layout == .channelsLast && SmallInstances.applies(to: shape) {
             return SmallChannelsLast<T>(shape: shape).forward(
-                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps, threads: threads)
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps, threads: threads, stores: stores)
         }
         if layout == .channelsLast {
             return forwardChannelsLast(
@@ -208,7 +208,7 @@ public enum BatchKernel {
         if layout == .channelsLast && SmallInstances.applies(to: shape) {
             return SmallChannelsLast<T>(shape: shape).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
-                threads: threads, instanceSums: instanceSums, overlap: overlap)
+                threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
         }
         if layout == .channelsLast {
             return backwardChannelsLast(

@@ -1,3 +1,5 @@
+import _InstanceNormShims
+
 /// InstanceNorm channels last (N, S…, C) over small instances (M ≤
 /// `SmallInstances.limit`): a sample's B = `T.Vector.scalarCount`
 /// consecutive channels are already B lanes, position after position, so
@@ -61,13 +63,19 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     /// out[position, lane] = value(position) for the block's M positions,
     /// rounded to T: whole vectors when the block holds B channels, its
     /// `count` lanes one by one otherwise (the same bits: IEEE arithmetic
-    /// rounds a lane as it rounds a scalar).
+    /// rounds a lane as it rounds a scalar). With `streaming`, the whole
+    /// vectors that sit on their alignment go out with non-temporal stores.
     @inlinable @inline(__always)
-    func scatter(_ out: UnsafeMutablePointer<T>, count: Int, _ value: (Int) -> C.Lanes) {
+    func scatter(_ out: UnsafeMutablePointer<T>, count: Int, streaming: Bool, _ value: (Int) -> C.Lanes) {
+        let alignment = min(64, lanes &* MemoryLayout<T>.stride)
         for position in 0..<spatialCount {
             let row = out + position &* channels, vector = value(position)
             if count == lanes {
-                storeVector(vector, row, 0)
+                if streaming && Int(bitPattern: row) % alignment == 0 {
+                    T.streamStore(vector, to: row)
+                } else {
+                    storeVector(vector, row, 0)
+                }
             } else {
                 for lane in 0..<count { row[lane] = T(rounding: vector[lane]) }
             }
@@ -80,8 +88,9 @@ extension SmallChannelsLast {
     @inlinable func forward(
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        eps: Double, threads: Int
+        eps: Double, threads: Int, stores: StorePolicy
     ) {
+        let streaming = stores.streams(y, tensors: 2)
         let gammaLanes = ChannelLanes(gamma, channels: channels, lanes: lanes, default: 1)
         let betaLanes = ChannelLanes(beta, channels: channels, lanes: lanes, default: 0)
         let (output, input, stored) = (SharedBuffer(y), SharedBuffer(x), SharedBuffer(statistics))
@@ -97,9 +106,12 @@ extension SmallChannelsLast {
                 statistics.store(to: stored.base + first, count: count, staging: scratch.staging)
                 let constants = NormalizeLaneConstants(
                     gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
-                scatter(output.base + offset, count: count) { constants.value(x: scratch.column(columns, $0)) }
+                scatter(output.base + offset, count: count, streaming: streaming) {
+                    constants.value(x: scratch.column(columns, $0))
+                }
             }
         }
+        if streaming { instnorm_store_fence() }
     }
 
     /// The backward (see `BatchKernel.backward`): s1, s2 of every instance,
@@ -110,8 +122,9 @@ extension SmallChannelsLast {
         dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>,
         dbeta: UnsafeMutableBufferPointer<Double>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, threads: Int,
-        instanceSums: UnsafeMutableBufferPointer<Double>?, overlap: BackwardOverlap?
+        stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, overlap: BackwardOverlap?
     ) {
+        let streaming = stores.streams(dx, tensors: 3)
         let gammaLanes = ChannelLanes(gamma, channels: channels, lanes: lanes, default: 1)
         let (output, gradients, input) = (SharedBuffer(dx), SharedBuffer(dy), SharedBuffer(x))
         let saved = SharedBuffer(statistics)
@@ -137,11 +150,12 @@ extension SmallChannelsLast {
                 let constants = GradientLaneConstants(
                     gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat,
                     divisor: divisor)
-                scatter(output.base + offset, count: count) {
+                scatter(output.base + offset, count: count, streaming: streaming) {
                     constants.value(x: scratch.column(values, $0), dy: scratch.column(deltas, $0))
                 }
             }
         }
+        if streaming { instnorm_store_fence() }
         parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount)
         overlap?.sumsReady()
     }
