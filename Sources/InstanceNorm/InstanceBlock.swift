@@ -30,11 +30,6 @@ final class BlockScratch<T: InstanceNormScalar> {
     /// hold fewer than B instances: B·M values and a vector.
     @usableFromInline let paddedSlots: UnsafeMutablePointer<T>
     @usableFromInline let paddedCount: Int
-    /// Per set, an output block in natural order, in the compute
-    /// precision, with a tile's room after it (the last row's tile runs
-    /// past its end). Only for M < B (see `transposeBack`).
-    @usableFromInline let rowSets: UnsafeMutablePointer<T.Compute>
-    @usableFromInline let rowCount: Int
     /// Room for three vectors of per-lane doubles, gathered or scattered
     /// one lane at a time (see `LaneStatistics`).
     @usableFromInline let staging: UnsafeMutablePointer<Double>
@@ -47,11 +42,9 @@ final class BlockScratch<T: InstanceNormScalar> {
         let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize
         self.spatialCount = spatialCount
         columnCount = (spatialCount + tile - 1) / tile * tile
-        rowCount = lanes * spatialCount + tile
         paddedCount = lanes * spatialCount + lanes
         columnSlots = Self.allocate(4 * columnCount * lanes, of: T.Compute.self)
         paddedSlots = Self.allocate(4 * paddedCount, of: T.self)
-        rowSets = Self.allocate(2 * rowCount, of: T.Compute.self)
         staging = Self.allocate(3 * lanes, of: Double.self)
         constantSets = Self.allocate(2 * 5 * lanes, of: T.Compute.self)
     }
@@ -67,7 +60,6 @@ final class BlockScratch<T: InstanceNormScalar> {
     deinit {
         columnSlots.deallocate()
         paddedSlots.deallocate()
-        rowSets.deallocate()
         staging.deallocate()
         constantSets.deallocate()
     }
@@ -100,14 +92,7 @@ final class BlockScratch<T: InstanceNormScalar> {
     @inlinable @inline(__always)
     func load(_ block: UnsafePointer<T>, count: Int, available: Int, set: Int, kind: Int = 0) -> UnsafePointer<T> {
         let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize, length = spatialCount
-        #if PF2
-        prefetch(UnsafeRawPointer(block + 2 * lanes * length), bytes: lanes * length * MemoryLayout<T>.stride)
-        #elseif PF16K
-        let bytes = lanes * length * MemoryLayout<T>.stride
-        prefetch(UnsafeRawPointer(block) + max(bytes, 16 << 10), bytes: bytes)
-        #elseif !NO_PREFETCH
         prefetch(UnsafeRawPointer(block + lanes * length), bytes: lanes * length * MemoryLayout<T>.stride)
-        #endif
         var source = block
         if count < lanes || lanes * length + lanes > available {
             let padded = paddedSlots + (2 * set + kind) * paddedCount
@@ -134,49 +119,4 @@ final class BlockScratch<T: InstanceNormScalar> {
     func prefetch(_ start: UnsafeRawPointer, bytes: Int) {
         for offset in stride(from: 0, to: bytes, by: 64) { instnorm_prefetch(start + offset) }
     }
-
-    /// Transposes the x columns of `set` back into the natural order in
-    /// row set `set` (for M < B, where a vector holds several instances).
-    ///
-    /// A tile's row holds `tileSize` values of one instance and runs past
-    /// its end into the next instance's place; the tiles are taken from the
-    /// last columns to the first, so that the next instance's own first
-    /// values overwrite that spill.
-    @inlinable @inline(__always)
-    func transposeBack(_ set: Int) {
-        let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize, length = spatialCount
-        let rows = rowSets + set * rowCount, columns = columns(set)
-        for firstColumn in stride(from: columnCount - tile, through: 0, by: -tile) {
-            for firstRow in stride(from: 0, to: lanes, by: tile) {
-                T.Compute.transposeTile(
-                    columns + firstColumn * lanes + firstRow, rowStride: lanes,
-                    into: rows + firstRow * length + firstColumn, columnStride: length)
-            }
-        }
-    }
-
-    /// Writes the first `count` instances of row set `set` to `out` (the
-    /// block's place in the output), rounded to T, as `writeElementwise`
-    /// writes an instance. Called a block after `transposeBack` filled the
-    /// set: the vectors read here straddle the tiles' overlapping stores,
-    /// which the core cannot forward to a load.
-    @inlinable @inline(__always)
-    func writeRows(_ set: Int, count: Int, to out: UnsafeMutablePointer<T>, streaming: Bool) {
-        let rows = UnsafePointer(rowSets + set * rowCount)
-        writeElementwise(out, 0..<count * spatialCount, streaming: streaming, StagedValues<T>(rows: rows))
-    }
-}
-
-/// Values already computed, in `rows`, to be rounded to storage.
-@usableFromInline
-struct StagedValues<Scalar: InstanceNormScalar>: ElementwiseOperation {
-    @usableFromInline let rows: UnsafePointer<Scalar.Compute>
-
-    @inlinable init(rows: UnsafePointer<Scalar.Compute>) { self.rows = rows }
-
-    @inlinable @inline(__always)
-    func vector(at index: Int) -> Scalar.Vector { loadVector(rows, index) }
-
-    @inlinable @inline(__always)
-    func scalar(at index: Int) -> Scalar.Compute { rows[index] }
 }

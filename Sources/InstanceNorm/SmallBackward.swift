@@ -179,7 +179,7 @@ struct ParameterSums: @unchecked Sendable {
     /// (N·C, 2): s1, s2 per instance, or nil.
     @usableFromInline let stored: SharedBuffer<Double>?
     @usableFromInline let channels: Int
-    /// Whether `record` adds into dγ, dβ (the worker owns the channels).
+    /// Whether `record` adds into dγ, dβ (one worker takes every instance, in order).
     @usableFromInline let inLine: Bool
 
     @inlinable init(dgamma: SharedBuffer<Double>, dbeta: SharedBuffer<Double>, stored: SharedBuffer<Double>?,

@@ -13,20 +13,26 @@
 ///               over the columns (`laneSums`)
 ///     per lane  μ, σ², r, the folded constants, in `Double` lanes
 ///               (`LaneStatistics`), a second pass where a lane needs one
-///     output    y (or dx) column by column from per-lane constants,
-///               transposed back and stored as the tensor's M vectors
+///     output    y (or dx) in the tensor's order, each vector with its
+///               instances' constants (`writeInOrder`): no transposition back
 ///
 /// Every lane runs the operations that `InstanceKernel` runs for one
-/// instance, in the same order (IEEE arithmetic rounds each lane as it
-/// rounds a scalar), so each instance's results are the bits of the
-/// per-instance kernels: a function of that instance's data alone, whatever
-/// block, worker or rank it falls in. Blocks may therefore start anywhere;
-/// they are cut from each worker's run of instances.
+/// instance (the shifted one-pass moments, the second pass about the mean
+/// for an outlying first value, μ split into hi and lo, the folded
+/// constants), except for the order of the sums: groups of 8 positions in
+/// the compute precision, widened to `Double` per group (`laneSums`),
+/// where the per-instance kernels widen 32 lane sums per chunk whatever M
+/// is. IEEE arithmetic rounds each lane as it rounds a scalar, so each
+/// instance's results are a function of that instance's data alone,
+/// whatever block, lane, worker or rank it falls in, and the channels-last
+/// kernels (`SmallChannelsLast`), whose lanes are a sample's channels, give
+/// the same bits. Blocks may therefore start anywhere; they are cut from
+/// each worker's run of instances.
 public enum SmallInstances {
     /// The largest M that takes the blocked kernels. Above it an instance
-    /// amortizes its own setup (at M = 196 the per-instance kernels ran at
-    /// 85% of the floor, against ... here), and the columns of a block
-    /// (B·M values, twice for the backward) would outgrow the L1 cache.
+    /// amortizes its own setup (the per-instance kernels ran at 85% / 78%
+    /// of the floor at M = 196 before), and the columns of a block (B·M
+    /// values, twice for the backward) would outgrow the L1 cache.
     public static let limit = 256
 
     /// Whether a channels-first call on `shape` takes these kernels.
