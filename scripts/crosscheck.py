@@ -49,7 +49,7 @@ CHANNELS_LAST_CASES = [
     ((3, 19, 17), np.float64, True, True, False, False),
     ((4, 6, 5, 7), np.float64, True, False, True, True),
 ]
-# Small instances (M <= 256 take the blocked kernels, one instance per vector
+# Small instances (M <= 100 take the blocked kernels, one instance per vector
 # lane): the sizes below a vector, odd ones, one and several groups of 8, in
 # every dtype and both layouts; N*C = 35 is no multiple of the lanes (8, 16),
 # so the last block of each rank is short. At P = 1 and 3 only (see main).

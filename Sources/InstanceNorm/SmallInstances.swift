@@ -29,11 +29,14 @@
 /// the same bits. Blocks may therefore start anywhere; they are cut from
 /// each worker's run of instances.
 public enum SmallInstances {
-    /// The largest M that takes the blocked kernels. Above it an instance
-    /// amortizes its own setup (the per-instance kernels ran at 85% / 78%
-    /// of the floor at M = 196 before), and the columns of a block (B·M
-    /// values, twice for the backward) would outgrow the L1 cache.
-    public static let limit = 256
+    /// The largest M that takes the blocked kernels. Measured against the
+    /// per-instance kernels side by side (one thread, float32, about 16 M
+    /// values, 3 rounds; their time over the blocked kernels', forward /
+    /// backward): M = 64 1.75 / 1.06, M = 100 1.43 / 0.93, M = 121
+    /// 1.13 / 0.93, M = 144 0.79 / 0.55, M = 196 0.85 / 0.64, M = 256
+    /// 0.30 / 0.31. Above about a hundred values an instance amortizes its
+    /// own setup, and the transposition costs more than it saves.
+    public static let limit = 100
 
     /// Whether a channels-first call on `shape` takes these kernels.
     @inlinable

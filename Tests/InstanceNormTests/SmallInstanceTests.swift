@@ -2,7 +2,7 @@ import InstanceNorm
 import TestSupport
 import Testing
 
-/// The blocked kernels of small instances (`SmallInstances`, M ≤ 256): a
+/// The blocked kernels of small instances (`SmallInstances`, M ≤ 100): a
 /// block of B instances (B = 16 for half and float, 8 for double) is
 /// computed one instance per vector lane, in both layouts.
 ///
@@ -11,8 +11,9 @@ import Testing
 /// in several ways: by blocks of instances in the forward, by samples
 /// (C < B) or by blocks of channels (C ≥ 2B) in the backward.
 @Suite struct SmallInstances_ {
-    /// The sizes the issue names: below a vector, odd, one and several groups of 8.
-    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64]
+    /// The sizes the issue names (below a vector, odd, one and several
+    /// groups of 8) and the largest that takes the blocked kernels.
+    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64, SmallInstances.limit]
 
     /// Against the Double reference (data's-scale tolerance and each value's
     /// own rounding bound), the same bits at threads 1-4, and channels last
