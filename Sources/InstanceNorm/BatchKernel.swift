@@ -83,10 +83,19 @@ public enum BatchKernel {
     ) {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
         guard shape.instanceCount > 0 else { return }
+        if layout == .channelsLast && SmallInstances.applies(to: shape) {
+            return SmallChannelsLast<T>(shape: shape).forward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps, threads: threads, stores: stores)
+        }
         if layout == .channelsLast {
             return forwardChannelsLast(
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps,
                 threads: threads, stores: stores)
+        }
+        if SmallInstances.applies(to: shape) {
+            return SmallForward(
+                y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores
+            ).run(threads: threads)
         }
         let batch = ForwardBatch(
             y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: shape, eps: eps, stores: stores)
@@ -196,10 +205,19 @@ public enum BatchKernel {
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
+        if layout == .channelsLast && SmallInstances.applies(to: shape) {
+            return SmallChannelsLast<T>(shape: shape).backward(
+                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
+                threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
+        }
         if layout == .channelsLast {
             return backwardChannelsLast(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 shape: shape, threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
+        }
+        if SmallInstances.applies(to: shape) {
+            return SmallBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
+                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums, overlap: overlap)
         }
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)

@@ -39,4 +39,11 @@ extension Float16: InstanceNormScalar {
     public static func streamStore(_ vector: SIMD16<Float>, to address: UnsafeMutablePointer<Float16>) {
         instnorm_stream_store_half16(address, vector.lowHalf, vector.highHalf)
     }
+
+    @inlinable @inline(__always)
+    public static func transposeTile(
+        _ rows: UnsafePointer<Float16>, rowStride: Int, into columns: UnsafeMutablePointer<Float>, columnStride: Int
+    ) {
+        instnorm_transpose_half8x8(rows, rowStride, columns, columnStride)
+    }
 }

@@ -32,6 +32,11 @@ public protocol InstanceNormScalar: BinaryFloatingPoint, Codable, Sendable {
     /// Stores `vector` rounded to `Self` without reading the cache lines it
     /// writes first; `address` must be 64-byte aligned.
     static func streamStore(_ vector: Vector, to address: UnsafeMutablePointer<Self>)
+    /// A tile of `Compute.tileSize` rows of as many values (row r at
+    /// `rows + r·rowStride`, any alignment), widened and transposed:
+    /// columns[c·columnStride + r] = rows[r·rowStride + c].
+    static func transposeTile(
+        _ rows: UnsafePointer<Self>, rowStride: Int, into columns: UnsafeMutablePointer<Compute>, columnStride: Int)
 }
 
 /// A precision the kernels compute in: `Float` or `Double`. It is also a
@@ -47,6 +52,45 @@ public protocol InstanceNormComputeScalar: InstanceNormScalar, SIMDScalar where 
     static func widenedSum(_ vector: Lanes) -> Double
     /// sums[i] += lane i, widened exactly, for every lane (`sums` of any alignment).
     static func addWidened(_ vector: Lanes, to sums: UnsafeMutablePointer<Double>)
+    /// As many `Double` lanes as `Lanes` has: the per-instance arithmetic
+    /// of a block of instances, one instance per lane (`SmallInstances`).
+    associatedtype WideLanes: SIMD where WideLanes.Scalar == Double
+    /// Every lane widened exactly to `Double`.
+    static func widen(_ lanes: Lanes) -> WideLanes
+    /// Every lane rounded to `Self`, to nearest even: `Self(lane)` lane by lane.
+    static func narrow(_ lanes: WideLanes) -> Lanes
+    /// The side of the square tiles `transposeTile` turns: one register of
+    /// values (8 floats, 4 doubles); it divides `Lanes.scalarCount`.
+    static var tileSize: Int { get }
+    /// The correctly rounded square root of every lane.
+    static func squareRoot(_ lanes: WideLanes) -> WideLanes
+    /// Whether a ≤ b in every lane (false where either is NaN).
+    static func allAtMost(_ a: WideLanes, _ b: WideLanes) -> Bool
+    /// Per lane, a ≤ b ? ifAtMost : otherwise (otherwise where either is NaN).
+    static func select(_ a: WideLanes, atMost b: WideLanes, _ ifAtMost: WideLanes, else otherwise: WideLanes) -> WideLanes
+    /// Lanes 0..<first of a, the others of b (0 ≤ first ≤ `Lanes.scalarCount`).
+    static func blend(_ a: Lanes, _ b: Lanes, from first: Int) -> Lanes
+}
+
+// Swift's SIMD comparisons, masks and `squareRoot()` go one lane at a time
+// through memory; the per-lane statistics of `SmallInstances` use these,
+// one instruction per register of 4 doubles.
+extension SIMD8<Double> {
+    @inlinable @inline(__always)
+    static func squareRoot(_ lanes: Self) -> Self {
+        Self(lowHalf: instnorm_sqrt_double4(lanes.lowHalf), highHalf: instnorm_sqrt_double4(lanes.highHalf))
+    }
+
+    @inlinable @inline(__always)
+    static func allAtMost(_ a: Self, _ b: Self) -> Bool {
+        instnorm_all_at_most_double4(a.lowHalf, b.lowHalf) & instnorm_all_at_most_double4(a.highHalf, b.highHalf) != 0
+    }
+
+    @inlinable @inline(__always)
+    static func select(_ a: Self, atMost b: Self, _ ifAtMost: Self, else otherwise: Self) -> Self {
+        Self(lowHalf: instnorm_select_at_most_double4(a.lowHalf, b.lowHalf, ifAtMost.lowHalf, otherwise.lowHalf),
+             highHalf: instnorm_select_at_most_double4(a.highHalf, b.highHalf, ifAtMost.highHalf, otherwise.highHalf))
+    }
 }
 
 extension InstanceNormComputeScalar {
@@ -89,6 +133,55 @@ extension Float: InstanceNormComputeScalar {
         instnorm_stream_store_float8(address, vector.lowHalf)
         instnorm_stream_store_float8(address + 8, vector.highHalf)
     }
+
+    @inlinable @inline(__always) public static var tileSize: Int { 8 }
+
+    @inlinable @inline(__always)
+    public static func transposeTile(
+        _ rows: UnsafePointer<Float>, rowStride: Int, into columns: UnsafeMutablePointer<Float>, columnStride: Int
+    ) {
+        instnorm_transpose_float8x8(rows, rowStride, columns, columnStride)
+    }
+
+    @inlinable @inline(__always)
+    public static func widen(_ lanes: SIMD16<Float>) -> SIMD16<Double> {
+        SIMD16(lowHalf: SIMD8(lowHalf: instnorm_widen_float4(lanes.lowHalf.lowHalf),
+                              highHalf: instnorm_widen_float4(lanes.lowHalf.highHalf)),
+               highHalf: SIMD8(lowHalf: instnorm_widen_float4(lanes.highHalf.lowHalf),
+                               highHalf: instnorm_widen_float4(lanes.highHalf.highHalf)))
+    }
+
+    @inlinable @inline(__always)
+    public static func squareRoot(_ lanes: SIMD16<Double>) -> SIMD16<Double> {
+        SIMD16(lowHalf: .squareRoot(lanes.lowHalf), highHalf: .squareRoot(lanes.highHalf))
+    }
+
+    @inlinable @inline(__always)
+    public static func allAtMost(_ a: SIMD16<Double>, _ b: SIMD16<Double>) -> Bool {
+        SIMD8.allAtMost(a.lowHalf, b.lowHalf) && SIMD8.allAtMost(a.highHalf, b.highHalf)
+    }
+
+    @inlinable @inline(__always)
+    public static func select(
+        _ a: SIMD16<Double>, atMost b: SIMD16<Double>, _ ifAtMost: SIMD16<Double>, else otherwise: SIMD16<Double>
+    ) -> SIMD16<Double> {
+        SIMD16(lowHalf: .select(a.lowHalf, atMost: b.lowHalf, ifAtMost.lowHalf, else: otherwise.lowHalf),
+               highHalf: .select(a.highHalf, atMost: b.highHalf, ifAtMost.highHalf, else: otherwise.highHalf))
+    }
+
+    @inlinable @inline(__always)
+    public static func blend(_ a: SIMD16<Float>, _ b: SIMD16<Float>, from first: Int) -> SIMD16<Float> {
+        SIMD16(lowHalf: instnorm_blend_float8(a.lowHalf, b.lowHalf, Int32(truncatingIfNeeded: first)),
+               highHalf: instnorm_blend_float8(a.highHalf, b.highHalf, Int32(truncatingIfNeeded: first &- 8)))
+    }
+
+    @inlinable @inline(__always)
+    public static func narrow(_ lanes: SIMD16<Double>) -> SIMD16<Float> {
+        SIMD16(lowHalf: SIMD8(lowHalf: instnorm_narrow_double4(lanes.lowHalf.lowHalf),
+                              highHalf: instnorm_narrow_double4(lanes.lowHalf.highHalf)),
+               highHalf: SIMD8(lowHalf: instnorm_narrow_double4(lanes.highHalf.lowHalf),
+                               highHalf: instnorm_narrow_double4(lanes.highHalf.highHalf)))
+    }
 }
 
 extension Double: InstanceNormComputeScalar {
@@ -110,6 +203,38 @@ extension Double: InstanceNormComputeScalar {
     public static func streamStore(_ vector: SIMD8<Double>, to address: UnsafeMutablePointer<Double>) {
         instnorm_stream_store_double4(address, vector.lowHalf)
         instnorm_stream_store_double4(address + 4, vector.highHalf)
+    }
+
+    @inlinable @inline(__always) public static var tileSize: Int { 4 }
+
+    @inlinable @inline(__always)
+    public static func transposeTile(
+        _ rows: UnsafePointer<Double>, rowStride: Int, into columns: UnsafeMutablePointer<Double>, columnStride: Int
+    ) {
+        instnorm_transpose_double4x4(rows, rowStride, columns, columnStride)
+    }
+
+    @inlinable @inline(__always) public static func widen(_ lanes: SIMD8<Double>) -> SIMD8<Double> { lanes }
+
+    @inlinable @inline(__always) public static func narrow(_ lanes: SIMD8<Double>) -> SIMD8<Double> { lanes }
+
+    @inlinable @inline(__always)
+    public static func squareRoot(_ lanes: SIMD8<Double>) -> SIMD8<Double> { .squareRoot(lanes) }
+
+    @inlinable @inline(__always)
+    public static func blend(_ a: SIMD8<Double>, _ b: SIMD8<Double>, from first: Int) -> SIMD8<Double> {
+        SIMD8(lowHalf: instnorm_blend_double4(a.lowHalf, b.lowHalf, first),
+              highHalf: instnorm_blend_double4(a.highHalf, b.highHalf, first &- 4))
+    }
+
+    @inlinable @inline(__always)
+    public static func allAtMost(_ a: SIMD8<Double>, _ b: SIMD8<Double>) -> Bool { SIMD8.allAtMost(a, b) }
+
+    @inlinable @inline(__always)
+    public static func select(
+        _ a: SIMD8<Double>, atMost b: SIMD8<Double>, _ ifAtMost: SIMD8<Double>, else otherwise: SIMD8<Double>
+    ) -> SIMD8<Double> {
+        SIMD8.select(a, atMost: b, ifAtMost, else: otherwise)
     }
 }
 

@@ -34,6 +34,12 @@ public struct KernelArithmetic: Sendable {
     public let chunk: Int
     /// Significant bits of the compute precision (24, 53).
     public let computeBits: Int
+    /// The largest instance the kernels sum in the blocked order (groups
+    /// of `blockedGroup` values, see `laneSumErrors`), 0 for none: set it
+    /// for InstanceNorm (`SmallInstances.limit`), not for the other norms.
+    public var blockedLimit = 0
+    /// Values per compute-precision running sum in the blocked order.
+    public var blockedGroup = 8
 
     /// u of `Double`.
     public static let double = 0x1p-53
@@ -159,10 +165,14 @@ extension KernelArithmetic {
     /// term i (|x − shift| for a difference, 2·(x − shift)² for its
     /// square, 0 when exact); `tailProduct(i)` that of a `Double` product
     /// the values after the last block form instead of an FMA.
+    ///
+    /// Instances of at most `blockedLimit` values are summed in the blocked
+    /// order instead (`blockedSumErrors`).
     public func laneSumErrors(
         count: Int, term: (Int) -> Double, formation: (Int) -> Double = { _ in 0 },
         tailProduct: (Int) -> Double = { _ in 0 }
     ) -> RoundingErrors {
+        if count <= blockedLimit { return blockedSumErrors(count: count, term: term, formation: formation) }
         var errors = RoundingErrors()
         var total = 0.0
         var lanePartials = [Double](repeating: 0, count: 2 * lanes)
@@ -187,6 +197,29 @@ extension KernelArithmetic {
                 index += 1
             }
             total += chunkTotal
+            errors.event(Self.double, total)
+        }
+        return errors
+    }
+
+    /// The rounding events of Σ term(i) in the blocked order of small
+    /// instances (`laneSums` of the kernels): groups of `blockedGroup`
+    /// consecutive values, each a running sum in the compute precision from
+    /// zero (an add or an FMA: one rounding each, plus the term's own
+    /// formation), widened exactly and added to a `Double` total in order.
+    public func blockedSumErrors(
+        count: Int, term: (Int) -> Double, formation: (Int) -> Double = { _ in 0 }
+    ) -> RoundingErrors {
+        var errors = RoundingErrors()
+        var total = 0.0
+        for start in stride(from: 0, to: count, by: blockedGroup) {
+            var group = 0.0
+            for index in start..<min(start + blockedGroup, count) {
+                group += term(index)
+                errors.event(compute, group)
+                errors.event(compute, formation(index))
+            }
+            total += group
             errors.event(Self.double, total)
         }
         return errors

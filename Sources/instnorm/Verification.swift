@@ -41,7 +41,14 @@ struct Verification {
     }
 
     init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
-        let arithmetic = KernelArithmetic(for: T.self)
+        var arithmetic = KernelArithmetic(for: T.self)
+        // InstanceNorm (GroupNorm with G = C runs it) sums small instances in blocks.
+        switch layer.globalShape.normalization {
+        case .instance: arithmetic.blockedLimit = SmallInstances.limit
+        case .group(let groups) where groups == layer.globalShape.channelShape?.channels:
+            arithmetic.blockedLimit = SmallInstances.limit
+        default: break
+        }
         var local = Measures()
         if layer.globalShape.normalization == .batch {
             try local.recordBatchNorm(layer: layer, batch: batch, arithmetic: arithmetic)

@@ -16,7 +16,8 @@ extension KernelArithmetic {
 /// against the exact ones; dγ and dβ (which the kernels return in `Double`)
 /// as the data-parallel layer stores them, rounded to T.
 func errorBoundRatios<T: InstanceNormScalar>(_ inputs: Inputs<T>, _ run: KernelRun<T>, eps: Double) -> [String: Double] {
-    let arithmetic = KernelArithmetic(for: T.self)
+    var arithmetic = KernelArithmetic(for: T.self)
+    arithmetic.blockedLimit = SmallInstances.limit
     let (channels, count) = (inputs.shape.channels, inputs.shape.spatialCount)
     let x = inputs.wideX, dy = inputs.wideDy
     var ratios: [String: Double] = [:]

@@ -31,7 +31,8 @@ import Testing
         for (name, output, reference, floor) in [("y", run.y, forward.y, 1.0), ("dx", run.dx, backward.dx, 1e-3)] {
             let check = HalfRounding(output, reference, scale: magnitude(reference, minimum: floor))
             #expect(check.outliers == 0, "\(name) \(dimensions): \(check.outliers) values more than one half ulp off")
-            #expect(check.neighbours <= reference.count / 1000, "\(name) \(dimensions): \(check.neighbours) of \(reference.count) not rounded to nearest")
+            // 0.1%, rounded up: one neighbour is a chance midpoint, not a rate, in 30 values.
+            #expect(check.neighbours <= (reference.count + 999) / 1000, "\(name) \(dimensions): \(check.neighbours) of \(reference.count) not rounded to nearest")
         }
         // What stays in Double has only the Float lane sums' error.
         let tolerance = computeTolerance(Float16.self)

@@ -66,6 +66,182 @@ void instnorm_add_widened_float8(double *sums, instnorm_float8x value) {
     __builtin_memcpy(sums + 4, &second, sizeof second);
 }
 
+// MARK: - Blocks of small instances (SmallInstances.swift)
+
+typedef float instnorm_float4x __attribute__((ext_vector_type(4)));
+
+/// 4 floats widened exactly to doubles (one `vcvtps2pd`).
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_widen_float4(instnorm_float4x value) {
+    return __builtin_convertvector(value, instnorm_double4x);
+}
+
+/// 4 doubles rounded to floats, to nearest even (one `vcvtpd2ps`).
+static inline __attribute__((always_inline))
+instnorm_float4x instnorm_narrow_double4(instnorm_double4x value) {
+    return __builtin_convertvector(value, instnorm_float4x);
+}
+
+typedef long instnorm_long4x __attribute__((ext_vector_type(4)));
+
+/// The square root of each lane, correctly rounded (one `vsqrtpd`; Swift's
+/// SIMD `squareRoot()` takes one lane at a time).
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_sqrt_double4(instnorm_double4x value) {
+    return __builtin_elementwise_sqrt(value);
+}
+
+/// 1 when a <= b in every lane, else 0 (a NaN lane compares false).
+static inline __attribute__((always_inline))
+int instnorm_all_at_most_double4(instnorm_double4x a, instnorm_double4x b) {
+    instnorm_long4x atMost = a <= b;
+    return __builtin_reduce_and(atMost) != 0;
+}
+
+/// Per lane, a <= b ? ifAtMost : otherwise (a NaN lane compares false).
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_select_at_most_double4(
+    instnorm_double4x a, instnorm_double4x b, instnorm_double4x ifAtMost, instnorm_double4x otherwise) {
+    instnorm_long4x atMost = a <= b;
+    return (instnorm_double4x)(((instnorm_long4x)ifAtMost & atMost) | ((instnorm_long4x)otherwise & ~atMost));
+}
+
+typedef int instnorm_int8x __attribute__((ext_vector_type(8)));
+
+/// Lanes 0..<first of a, the others of b (a compare and a blend).
+static inline __attribute__((always_inline))
+instnorm_float8x instnorm_blend_float8(instnorm_float8x a, instnorm_float8x b, int first) {
+    instnorm_int8x lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    instnorm_int8x fromB = lane >= first;
+    return (instnorm_float8x)(((instnorm_int8x)a & ~fromB) | ((instnorm_int8x)b & fromB));
+}
+
+/// Lanes 0..<first of a, the others of b.
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_blend_double4(instnorm_double4x a, instnorm_double4x b, long first) {
+    instnorm_long4x lane = {0, 1, 2, 3};
+    instnorm_long4x fromB = lane >= first;
+    return (instnorm_double4x)(((instnorm_long4x)a & ~fromB) | ((instnorm_long4x)b & fromB));
+}
+
+/// Four instances' statistics, (mean, variance, invstd) each, stored as
+/// twelve consecutive doubles at `out` (any alignment): three stores.
+static inline __attribute__((always_inline))
+void instnorm_store_statistics4(double *out, instnorm_double4x mean, instnorm_double4x variance, instnorm_double4x invstd) {
+    instnorm_double4x low = __builtin_shufflevector(mean, variance, 0, 4, 1, 5);   // m0 v0 m1 v1
+    instnorm_double4x high = __builtin_shufflevector(mean, variance, 2, 6, 3, 7);  // m2 v2 m3 v3
+    instnorm_double4x first = __builtin_shufflevector(low, invstd, 0, 1, 4, 2);    // m0 v0 r0 m1
+    instnorm_double4x second = __builtin_shufflevector(
+        __builtin_shufflevector(low, invstd, 3, 5, 3, 5), high, 0, 1, 4, 5);        // v1 r1 m2 v2
+    instnorm_double4x third = __builtin_shufflevector(high, invstd, 6, 2, 3, 7);   // r2 m3 v3 r3
+    __builtin_memcpy(out, &first, sizeof first);
+    __builtin_memcpy(out + 4, &second, sizeof second);
+    __builtin_memcpy(out + 8, &third, sizeof third);
+}
+
+/// The inverse of `instnorm_store_statistics4`: the means and invstds of
+/// the four instances whose statistics are the twelve doubles at `source`,
+/// stored at `means` and `invstds` (four each, any alignment).
+static inline __attribute__((always_inline))
+void instnorm_load_statistics4(const double *source, double *means, double *invstds) {
+    instnorm_double4x first, second, third;
+    __builtin_memcpy(&first, source, sizeof first);        // m0 v0 r0 m1
+    __builtin_memcpy(&second, source + 4, sizeof second);  // v1 r1 m2 v2
+    __builtin_memcpy(&third, source + 8, sizeof third);    // r2 m3 v3 r3
+    instnorm_double4x low = __builtin_shufflevector(first, second, 0, 3, 2, 5);   // m0 m1 r0 r1
+    instnorm_double4x high = __builtin_shufflevector(second, third, 2, 5, 4, 7);  // m2 m3 r2 r3
+    instnorm_double4x mean = __builtin_shufflevector(low, high, 0, 1, 4, 5);
+    instnorm_double4x invstd = __builtin_shufflevector(low, high, 2, 3, 6, 7);
+    __builtin_memcpy(means, &mean, sizeof mean);
+    __builtin_memcpy(invstds, &invstd, sizeof invstd);
+}
+
+/// Four instances' (s1, s2) stored as eight consecutive doubles at `out`.
+static inline __attribute__((always_inline))
+void instnorm_store_pairs4(double *out, instnorm_double4x first, instnorm_double4x second) {
+    instnorm_double4x low = __builtin_shufflevector(first, second, 0, 4, 1, 5);
+    instnorm_double4x high = __builtin_shufflevector(first, second, 2, 6, 3, 7);
+    __builtin_memcpy(out, &low, sizeof low);
+    __builtin_memcpy(out + 4, &high, sizeof high);
+}
+
+/// The 8x8 transpose of rows r0..r7 into columns, stored at `columns`,
+/// column c at columns + c * columnStride: unpack, shuffle, then swap
+/// 128-bit halves, 24 shuffles in all.
+static inline __attribute__((always_inline))
+void instnorm_store_columns_float8x8(
+    instnorm_float8x r0, instnorm_float8x r1, instnorm_float8x r2, instnorm_float8x r3,
+    instnorm_float8x r4, instnorm_float8x r5, instnorm_float8x r6, instnorm_float8x r7,
+    float *columns, long columnStride) {
+    instnorm_float8x t0 = __builtin_shufflevector(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t1 = __builtin_shufflevector(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);
+    instnorm_float8x t2 = __builtin_shufflevector(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t3 = __builtin_shufflevector(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);
+    instnorm_float8x t4 = __builtin_shufflevector(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t5 = __builtin_shufflevector(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);
+    instnorm_float8x t6 = __builtin_shufflevector(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t7 = __builtin_shufflevector(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);
+    instnorm_float8x u0 = __builtin_shufflevector(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);
+    instnorm_float8x u1 = __builtin_shufflevector(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);
+    instnorm_float8x u2 = __builtin_shufflevector(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    instnorm_float8x u3 = __builtin_shufflevector(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+    instnorm_float8x u4 = __builtin_shufflevector(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);
+    instnorm_float8x u5 = __builtin_shufflevector(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
+    instnorm_float8x u6 = __builtin_shufflevector(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);
+    instnorm_float8x u7 = __builtin_shufflevector(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
+    instnorm_float8x c[8] = {
+        __builtin_shufflevector(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11),
+        __builtin_shufflevector(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11),
+        __builtin_shufflevector(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11),
+        __builtin_shufflevector(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11),
+        __builtin_shufflevector(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15),
+        __builtin_shufflevector(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15),
+        __builtin_shufflevector(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15),
+        __builtin_shufflevector(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15),
+    };
+    for (int column = 0; column < 8; column++) {
+        __builtin_memcpy(columns + column * columnStride, &c[column], sizeof c[column]);
+    }
+}
+
+/// columns[c * columnStride + r] = rows[r * rowStride + c] for r, c < 8
+/// (any alignment).
+static inline __attribute__((always_inline))
+void instnorm_transpose_float8x8(const float *rows, long rowStride, float *columns, long columnStride) {
+    instnorm_float8x r[8];
+    for (int row = 0; row < 8; row++) __builtin_memcpy(&r[row], rows + row * rowStride, sizeof r[row]);
+    instnorm_store_columns_float8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], columns, columnStride);
+}
+
+/// The same from halves, each widened exactly to float (rowStride in halves).
+static inline __attribute__((always_inline))
+void instnorm_transpose_half8x8(const void *rows, long rowStride, float *columns, long columnStride) {
+    instnorm_float8x r[8];
+    for (int row = 0; row < 8; row++) r[row] = instnorm_load_half8((const _Float16 *)rows + row * rowStride);
+    instnorm_store_columns_float8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], columns, columnStride);
+}
+
+/// columns[c * columnStride + r] = rows[r * rowStride + c] for r, c < 4
+/// (any alignment): unpack, then swap 128-bit halves, 8 shuffles.
+static inline __attribute__((always_inline))
+void instnorm_transpose_double4x4(const double *rows, long rowStride, double *columns, long columnStride) {
+    instnorm_double4x r[4];
+    for (int row = 0; row < 4; row++) __builtin_memcpy(&r[row], rows + row * rowStride, sizeof r[row]);
+    instnorm_double4x t0 = __builtin_shufflevector(r[0], r[1], 0, 4, 2, 6);
+    instnorm_double4x t1 = __builtin_shufflevector(r[0], r[1], 1, 5, 3, 7);
+    instnorm_double4x t2 = __builtin_shufflevector(r[2], r[3], 0, 4, 2, 6);
+    instnorm_double4x t3 = __builtin_shufflevector(r[2], r[3], 1, 5, 3, 7);
+    instnorm_double4x c[4] = {
+        __builtin_shufflevector(t0, t2, 0, 1, 4, 5),
+        __builtin_shufflevector(t1, t3, 0, 1, 4, 5),
+        __builtin_shufflevector(t0, t2, 2, 3, 6, 7),
+        __builtin_shufflevector(t1, t3, 2, 3, 6, 7),
+    };
+    for (int column = 0; column < 4; column++) {
+        __builtin_memcpy(columns + column * columnStride, &c[column], sizeof c[column]);
+    }
+}
+
 /// Fences issued by this thread (`instnorm_store_fence`), for the tests: a
 /// missing fence changes no result a test can see on x86, so they count it.
 extern _Thread_local unsigned long instnorm_thread_store_fences;

@@ -1,0 +1,127 @@
+/// An output of a block of instances computed in the tensor's order: the
+/// vector of values index..<index + L of the block, each computed with the
+/// constants of one instance (`writeInOrder` keeps the lanes that belong
+/// to it). `constants(of:)` reads an instance's constants once for the
+/// vectors it fills.
+@usableFromInline
+protocol BlockOutput {
+    associatedtype Scalar: InstanceNormScalar
+    associatedtype Constants
+    func constants(of instance: Int) -> Constants
+    func vector(at index: Int, _ constants: Constants) -> Scalar.Vector
+}
+
+/// Writes the first `count` instances of a block's output to `out`, a
+/// vector at a time in the tensor's order, as `writeElementwise` writes one
+/// instance: the vectors inside one instance take that instance's
+/// constants; a vector that crosses into the next instances takes, from
+/// each crossing lane on, the next instance's result (the same expression
+/// with the next constants). For M ≥ L a vector crosses at most once, and
+/// the block's vectors need no transposition back.
+///
+/// With `streaming`, full vectors go out with non-temporal stores when
+/// `out` is aligned for them (every block starts so in an aligned tensor:
+/// a block is M whole vectors), cached stores otherwise; the part of a
+/// last vector past `count` instances is stored lane by lane.
+@inlinable @inline(__always)
+func writeInOrder<Output: BlockOutput>(
+    _ output: Output, count: Int, spatialCount: Int, to out: UnsafeMutablePointer<Output.Scalar>, streaming: Bool
+) {
+    typealias T = Output.Scalar
+    let lanes = T.Vector.scalarCount, total = count &* spatialCount
+    let alignment = min(64, lanes &* MemoryLayout<T>.stride)
+    let streams = streaming && Int(bitPattern: out) % alignment == 0
+    @inline(__always) func store(_ vector: T.Vector, _ start: Int) {
+        if streams { T.streamStore(vector, to: out + start) } else { T.storeVector(vector, to: out + start) }
+    }
+    var start = 0, instance = 0
+    while instance < count {
+        let constants = output.constants(of: instance), end = (instance &+ 1) &* spatialCount
+        while start &+ lanes <= end {
+            store(output.vector(at: start, constants), start)
+            start &+= lanes
+        }
+        guard start < end else {
+            instance &+= 1
+            continue
+        }
+        // A vector that crosses into the next instances.
+        var vector = output.vector(at: start, constants), next = instance &+ 1
+        let vectorEnd = min(start &+ lanes, total)
+        while next &* spatialCount < vectorEnd {
+            vector = T.Compute.blend(vector, output.vector(at: start, output.constants(of: next)), from: next &* spatialCount &- start)
+            next &+= 1
+        }
+        if vectorEnd &- start < lanes {
+            for lane in 0..<vectorEnd &- start { out[start &+ lane] = T(rounding: vector[lane]) }
+        } else {
+            store(vector, start)
+        }
+        start &+= lanes
+        // The instance the vector ended in goes on from the next vector.
+        instance = next &- 1
+        if (instance &+ 1) &* spatialCount <= start { instance &+= 1 }
+    }
+}
+
+/// y = (x − μ_hi)·a + b with instance b's constants at lane b of the
+/// three constant vectors (see `InstanceKernel.normalize`).
+@usableFromInline
+struct NormalizeBlock<Scalar: InstanceNormScalar>: BlockOutput {
+    @usableFromInline let x: UnsafePointer<Scalar>
+    @usableFromInline let meanHigh, scale, offset: UnsafePointer<Scalar.Compute>
+
+    @inlinable init(x: UnsafePointer<Scalar>, meanHigh: UnsafePointer<Scalar.Compute>,
+                    scale: UnsafePointer<Scalar.Compute>, offset: UnsafePointer<Scalar.Compute>) {
+        self.x = x
+        self.meanHigh = meanHigh
+        self.scale = scale
+        self.offset = offset
+    }
+
+    @inlinable @inline(__always)
+    func constants(of instance: Int) -> (meanHigh: Scalar.Vector, scale: Scalar.Vector, offset: Scalar.Vector) {
+        (Scalar.Vector(repeating: meanHigh[instance]), Scalar.Vector(repeating: scale[instance]),
+         Scalar.Vector(repeating: offset[instance]))
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int, _ constants: (meanHigh: Scalar.Vector, scale: Scalar.Vector, offset: Scalar.Vector)) -> Scalar.Vector {
+        constants.offset.addingProduct(loadVector(x, index) - constants.meanHigh, constants.scale)
+    }
+}
+
+/// dx = k·(dy − m̄) + p·(x − μ_hi) + q with instance b's constants at
+/// lane b of the five constant vectors (see `InstanceKernel.inputGradient`).
+@usableFromInline
+struct InputGradientBlock<Scalar: InstanceNormScalar>: BlockOutput {
+    @usableFromInline let dy, x: UnsafePointer<Scalar>
+    /// μ_hi, m̄, k, p, q: five vectors of B lanes, one after the other.
+    @usableFromInline let constants: UnsafePointer<Scalar.Compute>
+
+    @inlinable init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, constants: UnsafePointer<Scalar.Compute>) {
+        self.dy = dy
+        self.x = x
+        self.constants = constants
+    }
+
+    /// μ_hi, m̄, k, p, q of one instance, each in every lane.
+    @usableFromInline typealias Constants = (Scalar.Vector, Scalar.Vector, Scalar.Vector, Scalar.Vector, Scalar.Vector)
+
+    @inlinable @inline(__always)
+    func constants(of instance: Int) -> Constants {
+        let lanes = Scalar.Vector.scalarCount
+        return (Scalar.Vector(repeating: constants[instance]), Scalar.Vector(repeating: constants[lanes &+ instance]),
+                Scalar.Vector(repeating: constants[2 &* lanes &+ instance]),
+                Scalar.Vector(repeating: constants[3 &* lanes &+ instance]),
+                Scalar.Vector(repeating: constants[4 &* lanes &+ instance]))
+    }
+
+    @inlinable @inline(__always)
+    func vector(at index: Int, _ constants: Constants) -> Scalar.Vector {
+        let (meanHigh, meanDy, gradientScale, centeredScale, offset) = constants
+        return offset
+            .addingProduct(centeredScale, loadVector(x, index) - meanHigh)
+            .addingProduct(gradientScale, loadVector(dy, index) - meanDy)
+    }
+}

@@ -1,0 +1,122 @@
+import _InstanceNormShims
+
+/// One worker's scratch for blocks of small instances (see
+/// `SmallInstances`): a block is B = `T.Vector.scalarCount` consecutive
+/// instances of M values, which are B·M consecutive values, or M whole
+/// vectors, of the tensor.
+///
+/// The block is held transposed, as M columns of B lanes: lane b of column
+/// m is value m of instance b, in the compute precision. Every per-value
+/// operation of a kernel is then lane-wise, and lane b computes exactly
+/// what the per-instance kernels compute for instance b.
+///
+///     natural (tensor):  instance b's values at b·M ..< (b+1)·M
+///     columns (scratch): value m of instance b at m·B + b
+///
+/// Both ways go through square tiles of `T.Compute.tileSize`, turned in
+/// registers (`InstanceNormScalar.transposeTile`).
+@usableFromInline
+final class BlockScratch<T: InstanceNormScalar> {
+    /// M.
+    @usableFromInline let spatialCount: Int
+    /// M rounded up to whole tiles: the columns a transpose fills (those
+    /// past M hold whatever follows an instance, and are never used).
+    @usableFromInline let columnCount: Int
+    /// Per set (two blocks in flight) and kind (x, and for the backward
+    /// dy): the columns.
+    @usableFromInline let columnSlots: UnsafeMutablePointer<T.Compute>
+    /// Per set and kind, room for an input block copied and padded with
+    /// zeros, for the blocks whose tiles would read past the tensor or that
+    /// hold fewer than B instances: B·M values and a vector.
+    @usableFromInline let paddedSlots: UnsafeMutablePointer<T>
+    @usableFromInline let paddedCount: Int
+    /// Room for three vectors of per-lane doubles, gathered or scattered
+    /// one lane at a time (see `LaneStatistics`).
+    @usableFromInline let staging: UnsafeMutablePointer<Double>
+    /// Per set, up to five vectors of per-lane constants of the block's
+    /// output, kept here between the stages of the pipelined loops
+    /// (passed as values, their 64-byte vectors are copied by memmove).
+    @usableFromInline let constantSets: UnsafeMutablePointer<T.Compute>
+
+    @inlinable init(spatialCount: Int) {
+        let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize
+        self.spatialCount = spatialCount
+        columnCount = (spatialCount + tile - 1) / tile * tile
+        paddedCount = lanes * spatialCount + lanes
+        columnSlots = Self.allocate(4 * columnCount * lanes, of: T.Compute.self)
+        paddedSlots = Self.allocate(4 * paddedCount, of: T.self)
+        staging = Self.allocate(3 * lanes, of: Double.self)
+        constantSets = Self.allocate(2 * 5 * lanes, of: T.Compute.self)
+    }
+
+    /// `count` zeros, 64-byte aligned.
+    @inlinable static func allocate<Element: BinaryFloatingPoint>(_ count: Int, of _: Element.Type) -> UnsafeMutablePointer<Element> {
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Element>.stride, alignment: 64)
+        let pointer = raw.bindMemory(to: Element.self, capacity: count)
+        pointer.initialize(repeating: 0, count: count)
+        return pointer
+    }
+
+    deinit {
+        columnSlots.deallocate()
+        paddedSlots.deallocate()
+        staging.deallocate()
+        constantSets.deallocate()
+    }
+
+    /// The columns of set 0 or 1, of x (kind 0) or dy (kind 1).
+    @inlinable @inline(__always)
+    func columns(_ set: Int, _ kind: Int = 0) -> UnsafeMutablePointer<T.Compute> {
+        columnSlots + (2 &* set &+ kind) &* columnCount &* T.Vector.scalarCount
+    }
+
+    /// Constant vector `index` (< 5) of set 0 or 1.
+    @inlinable @inline(__always)
+    func constant(_ set: Int, _ index: Int) -> UnsafeMutablePointer<T.Compute> {
+        constantSets + (set &* 5 &+ index) &* T.Vector.scalarCount
+    }
+
+    /// Lane b of column m of `columns`.
+    @inlinable @inline(__always)
+    func column(_ columns: UnsafeMutablePointer<T.Compute>, _ m: Int) -> T.Vector {
+        loadVector(UnsafePointer(columns), m &* T.Vector.scalarCount)
+    }
+
+    /// Transposes the `count` ≤ B instances at `block` into the columns of
+    /// `set` and `kind`, and returns where their values can be read in
+    /// natural order with a vector's room past their end: `block` itself,
+    /// or, for a block near the tensor's end (a tile or a vector reads past
+    /// an instance's end) or one of fewer than B instances, a copy padded
+    /// with zeros (the missing instances' lanes are computed, never stored).
+    /// `available` is how many values the tensor holds from `block` on.
+    @inlinable @inline(__always)
+    func load(_ block: UnsafePointer<T>, count: Int, available: Int, set: Int, kind: Int = 0) -> UnsafePointer<T> {
+        let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize, length = spatialCount
+        prefetch(UnsafeRawPointer(block + lanes * length), bytes: lanes * length * MemoryLayout<T>.stride)
+        var source = block
+        if count < lanes || lanes * length + lanes > available {
+            let padded = paddedSlots + (2 * set + kind) * paddedCount
+            padded.update(from: block, count: count * length)
+            (padded + count * length).update(repeating: 0, count: paddedCount - count * length)
+            source = UnsafePointer(padded)
+        }
+        let columns = columns(set, kind)
+        for firstRow in stride(from: 0, to: lanes, by: tile) {
+            for firstColumn in stride(from: 0, to: columnCount, by: tile) {
+                T.transposeTile(
+                    source + firstRow * length + firstColumn, rowStride: length,
+                    into: columns + firstColumn * lanes + firstRow, columnStride: lanes)
+            }
+        }
+        return source
+    }
+
+    /// Asks for the lines of `bytes` at `start` into L2: the next block,
+    /// which a worker usually reads next. The tiles read a block eight
+    /// rows at a time, an order the hardware prefetchers do not follow far
+    /// enough ahead. (A prefetch never faults, past the tensor's end too.)
+    @inlinable @inline(__always)
+    func prefetch(_ start: UnsafeRawPointer, bytes: Int) {
+        for offset in stride(from: 0, to: bytes, by: 64) { instnorm_prefetch(start + offset) }
+    }
+}

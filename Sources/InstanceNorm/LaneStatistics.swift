@@ -1,0 +1,148 @@
+import _InstanceNormShims
+
+/// Division by M, lane by lane: by multiplication when M is a power of
+/// two, where x·(1/M) and x/M are the same correctly rounded value of the
+/// same real number (so the same bits, at a fraction of a division's cost).
+@usableFromInline
+struct LaneDivisor: Sendable {
+    @usableFromInline let count: Double
+    @usableFromInline let reciprocal: Double?
+
+    @inlinable init(_ count: Int) {
+        self.count = Double(count)
+        reciprocal = count.nonzeroBitCount == 1 ? 1 / Double(count) : nil
+    }
+
+    @inlinable @inline(__always)
+    func divide<Wide: SIMD>(_ value: Wide) -> Wide where Wide.Scalar == Double {
+        if let reciprocal { return value * reciprocal }
+        return value / count
+    }
+}
+
+/// The statistics of a block's instances, one per lane, computed by the
+/// operations of `InstanceKernel.moments` and `InstanceStatistics` in their
+/// order: each lane holds its instance's bits.
+@usableFromInline
+struct LaneStatistics<C: InstanceNormComputeScalar> {
+    /// μ, σ², r = 1/sqrt(σ² + ε) per lane.
+    @usableFromInline var mean, variance, invstd: C.WideLanes
+
+    @inlinable init(mean: C.WideLanes, variance: C.WideLanes, invstd: C.WideLanes) {
+        self.mean = mean
+        self.variance = variance
+        self.invstd = invstd
+    }
+
+    /// The moments of every lane's instance from its columns (see
+    /// `InstanceKernel.moments`): one pass about the first value K, and,
+    /// if any lane's first value is an outlier, a second pass about each
+    /// lane's rounded mean, kept for exactly the lanes that need it.
+    @inlinable @inline(__always)
+    init(columns: UnsafePointer<C>, count: Int, divisor: LaneDivisor, eps: Double) {
+        let shift = loadVector(columns, 0)
+        let (sum, sumSquares) = laneSums(ShiftedColumns(columns, shift: shift), count: count)
+        let shiftedMean = divisor.divide(sum)
+        var variance = divisor.divide(sumSquares) - shiftedMean * shiftedMean
+        var mean = C.widen(shift) + shiftedMean
+        let outlier = shiftedMean * shiftedMean, limit = 4 * variance
+        // As `momentsFromShiftedSums`: a NaN lane takes the second pass too.
+        if !C.allAtMost(outlier, limit) {
+            let center = C.narrow(mean)
+            let (deviation, squaredDeviation) = laneSums(ShiftedColumns(columns, shift: center), count: count)
+            var centeredVariance = divisor.divide(squaredDeviation - divisor.divide(deviation * deviation))
+            // max(σ², 0) as Swift's `max` takes it: 0 where 0 >= σ².
+            centeredVariance = C.select(centeredVariance, atMost: C.WideLanes(), C.WideLanes(), else: centeredVariance)
+            mean = C.select(outlier, atMost: limit, mean, else: C.widen(center) + divisor.divide(deviation))
+            variance = C.select(outlier, atMost: limit, variance, else: centeredVariance)
+        }
+        self.init(mean: mean, variance: variance, invstd: 1 / C.squareRoot(variance + eps))
+    }
+
+    /// The lanes' means and invstds read from `statistics` (`count`
+    /// instances; the other lanes and the variances are zero), through
+    /// `staging` (3·B doubles).
+    @inlinable @inline(__always)
+    init(_ statistics: UnsafePointer<InstanceStatistics>, count: Int, staging: UnsafeMutablePointer<Double>) {
+        let lanes = C.WideLanes.scalarCount
+        if count == lanes {
+            let source = UnsafeRawPointer(statistics).assumingMemoryBound(to: Double.self)
+            for first in stride(from: 0, to: lanes, by: 4) {
+                instnorm_load_statistics4(source + 3 * first, staging + first, staging + lanes + first)
+            }
+        } else {
+            for lane in 0..<lanes {
+                staging[lane] = lane < count ? statistics[lane].mean : 0
+                staging[lanes + lane] = lane < count ? statistics[lane].invstd : 0
+            }
+        }
+        self.init(mean: lanesAt(staging), variance: C.WideLanes(), invstd: lanesAt(staging + lanes))
+    }
+
+    /// Writes the first `count` lanes to `statistics`, through `staging`.
+    @inlinable @inline(__always)
+    func store(to statistics: UnsafeMutablePointer<InstanceStatistics>, count: Int, staging: UnsafeMutablePointer<Double>) {
+        let lanes = C.WideLanes.scalarCount
+        storeLanes(mean, staging)
+        storeLanes(variance, staging + lanes)
+        storeLanes(invstd, staging + 2 * lanes)
+        if count == lanes {
+            let out = UnsafeMutableRawPointer(statistics).assumingMemoryBound(to: Double.self)
+            for first in stride(from: 0, to: lanes, by: 4) {
+                instnorm_store_statistics4(
+                    out + 3 * first, lanesAt(staging + first), lanesAt(staging + lanes + first),
+                    lanesAt(staging + 2 * lanes + first))
+            }
+            return
+        }
+        for lane in 0..<count {
+            statistics[lane] = InstanceStatistics(
+                mean: staging[lane], variance: staging[lanes + lane], invstd: staging[2 * lanes + lane])
+        }
+    }
+
+    /// μ = μ_hi + μ_lo per lane, as `InstanceStatistics.splitMean`.
+    @inlinable @inline(__always)
+    var splitMean: (high: C.Lanes, low: C.WideLanes) {
+        let high = C.narrow(mean)
+        return (high, mean - C.widen(high))
+    }
+}
+
+/// γ or β of every channel, widened, tiled so that the lanes of any run
+/// of B consecutive instances are one vector: value j is that of channel
+/// j mod C, for j < C + B.
+@usableFromInline
+final class ChannelLanes: @unchecked Sendable {
+    @usableFromInline let values: UnsafeMutablePointer<Double>
+    @usableFromInline let channels: Int
+
+    /// `parameters` widened, or `value` for every channel without them.
+    @inlinable init<T: InstanceNormScalar>(_ parameters: UnsafeBufferPointer<T>?, channels: Int, lanes: Int, default value: Double) {
+        self.channels = channels
+        values = .allocate(capacity: channels + lanes)
+        for index in 0..<channels + lanes {
+            values[index] = parameters.map { $0[index % channels].widened } ?? value
+        }
+    }
+
+    deinit { values.deallocate() }
+
+    /// The lanes of the B instances from `firstInstance` on.
+    @inlinable @inline(__always)
+    func lanes<Wide: SIMD>(from firstInstance: Int) -> Wide where Wide.Scalar == Double {
+        lanesAt(values + firstInstance % channels)
+    }
+}
+
+/// The vector of doubles at `address`.
+@inlinable @inline(__always)
+func lanesAt<Wide: SIMD>(_ address: UnsafeMutablePointer<Double>) -> Wide where Wide.Scalar == Double {
+    UnsafeRawPointer(address).loadUnaligned(as: Wide.self)
+}
+
+/// Stores the vector `lanes` at `address`.
+@inlinable @inline(__always)
+func storeLanes<Wide: SIMD>(_ lanes: Wide, _ address: UnsafeMutablePointer<Double>) where Wide.Scalar == Double {
+    UnsafeMutableRawPointer(address).storeBytes(of: lanes, as: Wide.self)
+}

@@ -1,0 +1,86 @@
+/// The terms a lane sum adds per column of a block (see `laneSums`): first
+/// += a, second += b·c, lane by lane. `ShiftedColumns` gives the statistics'
+/// sums, `GradientColumns` the backward's.
+@usableFromInline
+protocol ColumnTerms {
+    associatedtype Compute: InstanceNormComputeScalar
+    func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes)
+}
+
+/// (x − K, x − K, x − K): Σ (x − K) and Σ (x − K)², K per lane.
+@usableFromInline
+struct ShiftedColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
+    @usableFromInline let columns: UnsafePointer<Compute>
+    @usableFromInline let shift: Compute.Lanes
+
+    @inlinable init(_ columns: UnsafePointer<Compute>, shift: Compute.Lanes) {
+        self.columns = columns
+        self.shift = shift
+    }
+
+    @inlinable @inline(__always)
+    func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes) {
+        let deviation = loadVector(columns, column &* Compute.Lanes.scalarCount) - shift
+        return (deviation, deviation, deviation)
+    }
+}
+
+/// (dy, dy, x − center): Σ dy and Σ dy·(x − μ_hi), μ_hi per lane.
+@usableFromInline
+struct GradientColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
+    @usableFromInline let gradients: UnsafePointer<Compute>
+    @usableFromInline let values: UnsafePointer<Compute>
+    @usableFromInline let center: Compute.Lanes
+
+    @inlinable init(gradients: UnsafePointer<Compute>, values: UnsafePointer<Compute>, center: Compute.Lanes) {
+        self.gradients = gradients
+        self.values = values
+        self.center = center
+    }
+
+    @inlinable @inline(__always)
+    func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes) {
+        let offset = column &* Compute.Lanes.scalarCount
+        let gradient = loadVector(gradients, offset)
+        return (gradient, gradient, loadVector(values, offset) - center)
+    }
+}
+
+/// Positions per group of the blocked sums (`laneSums`): the most terms
+/// any compute-precision running sum adds, as in the per-instance kernels'
+/// lanes for M ≤ 256 (`reductionChunk` / 32 lanes · 256 / 1024 = 8).
+public let blockedSumGroup = 8
+
+/// Per lane, Σ a and Σ b·c over columns 0..<count, in the order of every
+/// kernel over instances of M ≤ `SmallInstances.limit` values (blocked
+/// channels first, and channels last, which must give the same bits):
+///
+/// - the columns in groups of `blockedSumGroup` consecutive positions;
+///   within a group, one running sum per lane in the compute type, column
+///   by column from zero (an add, or an FMA for b·c);
+/// - each group's sums widened exactly and added to a `Double` total per
+///   lane, group after group, from zero.
+///
+/// So no compute-precision sum adds more than 8 terms, and one widening
+/// serves 8 columns: the per-instance kernels' order, whose 32 lanes are
+/// each widened (64 conversions per instance whatever M), cost more than
+/// all the rest at M = 49.
+@inlinable @inline(__always)
+func laneSums<Terms: ColumnTerms>(_ terms: Terms, count: Int) -> (Terms.Compute.WideLanes, Terms.Compute.WideLanes) {
+    typealias C = Terms.Compute
+    let group = blockedSumGroup
+    var first = C.WideLanes(), second = C.WideLanes()
+    var start = 0
+    while start < count {
+        var groupFirst = C.Lanes(), groupSecond = C.Lanes()
+        for column in start..<min(start + group, count) {
+            let (a, b, c) = terms.terms(at: column)
+            groupFirst += a
+            groupSecond.addProduct(b, c)
+        }
+        first += C.widen(groupFirst)
+        second += C.widen(groupSecond)
+        start += group
+    }
+    return (first, second)
+}

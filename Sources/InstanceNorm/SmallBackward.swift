@@ -1,0 +1,305 @@
+import _InstanceNormShims
+
+/// The backward over blocks of small instances (see `SmallInstances`): per
+/// block, the columns of x and dy, every lane's s1 and s2, and, unless the
+/// block is in a worker's overlapped tail, dx column by column.
+@usableFromInline
+struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
+    @usableFromInline typealias C = T.Compute
+    @usableFromInline let dx: SharedBuffer<T>
+    @usableFromInline let dy: SharedBuffer<T>
+    @usableFromInline let x: SharedBuffer<T>
+    @usableFromInline let statistics: SharedBuffer<InstanceStatistics>
+    @usableFromInline let gamma: ChannelLanes
+    @usableFromInline let shape: InstanceNormShape
+    @usableFromInline let instanceCount, channels, spatialCount: Int
+    @usableFromInline let divisor: LaneDivisor
+    @usableFromInline let streaming: Bool
+
+    @inlinable init(
+        dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
+        statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
+        shape: InstanceNormShape, stores: StorePolicy
+    ) {
+        self.dx = SharedBuffer(dx)
+        self.dy = SharedBuffer(dy)
+        self.x = SharedBuffer(x)
+        self.statistics = SharedBuffer(statistics)
+        self.gamma = ChannelLanes(gamma, channels: shape.channels, lanes: T.Vector.scalarCount, default: 1)
+        self.shape = shape
+        instanceCount = shape.instanceCount
+        channels = shape.channels
+        spatialCount = shape.spatialCount
+        divisor = LaneDivisor(shape.spatialCount)
+        streaming = stores.streams(dx, tensors: 3)
+    }
+
+    /// The columns of x and dy of `block` into set `set`, the statistics
+    /// of its lanes, and where its x and dy can be read in natural order.
+    @inlinable @inline(__always)
+    func load(_ block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> LoadedBlock<T> {
+        let start = block.lowerBound * spatialCount, available = (instanceCount - block.lowerBound) * spatialCount
+        let values = scratch.load(x.base + start, count: block.count, available: available, set: set, kind: 0)
+        let gradients = scratch.load(dy.base + start, count: block.count, available: available, set: set, kind: 1)
+        return LoadedBlock(
+            block: block, set: set, x: values, dy: gradients,
+            lanes: LaneStatistics(statistics.base + block.lowerBound, count: block.count, staging: scratch.staging))
+    }
+
+    /// s1 and s2 of every lane (`gradientLaneSums`), the block loaded.
+    @inlinable @inline(__always)
+    func sums(_ lanes: LaneStatistics<C>, _ set: Int, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
+        gradientLaneSums(lanes, dy: UnsafePointer(scratch.columns(set, 1)), x: UnsafePointer(scratch.columns(set, 0)),
+                         count: spatialCount)
+    }
+
+    /// Leaves in the constants of set `set` the per-lane constants of dx
+    /// of a block (`GradientLaneConstants`) from its lanes' s1, s2.
+    @inlinable @inline(__always)
+    func gradientConstants(
+        _ block: Range<Int>, _ lanes: LaneStatistics<C>, sumDy: C.WideLanes, sumDyXHat: C.WideLanes, _ set: Int,
+        _ scratch: BlockScratch<T>
+    ) {
+        let constants = GradientLaneConstants(
+            gamma: gamma.lanes(from: block.lowerBound), lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
+        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
+        storeVector(constants.meanDy, scratch.constant(set, 1), 0)
+        storeVector(constants.gradientScale, scratch.constant(set, 2), 0)
+        storeVector(constants.centeredScale, scratch.constant(set, 3), 0)
+        storeVector(constants.offset, scratch.constant(set, 4), 0)
+    }
+
+    /// Writes dx of a block from its x and dy in natural order and the
+    /// constants of its set.
+    @inlinable @inline(__always)
+    func inputGradient(_ block: Range<Int>, _ set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
+        writeInOrder(
+            InputGradientBlock(dy: dy, x: x, constants: UnsafePointer(scratch.constant(set, 0))), count: block.count,
+            spatialCount: spatialCount, to: dx.base + block.lowerBound * spatialCount, streaming: streaming)
+    }
+}
+
+/// A block's place in the scratch after `SmallBackward.load`: its set, its
+/// x and dy in natural order (in the tensor or padded copies) and its lanes'
+/// statistics.
+@usableFromInline
+struct LoadedBlock<T: InstanceNormScalar> {
+    @usableFromInline let block: Range<Int>
+    @usableFromInline let set: Int
+    @usableFromInline let x, dy: UnsafePointer<T>
+    @usableFromInline let lanes: LaneStatistics<T.Compute>
+
+    @inlinable init(block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>, lanes: LaneStatistics<T.Compute>) {
+        self.block = block
+        self.set = set
+        self.x = x
+        self.dy = dy
+        self.lanes = lanes
+    }
+}
+
+extension SmallBackward {
+    /// The whole backward (see `BatchKernel.backward` for the arguments).
+    @inlinable func run(
+        threads: Int, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
+        instanceSums: UnsafeMutableBufferPointer<Double>?, overlap: BackwardOverlap?
+    ) {
+        let schedule = BackwardSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
+        let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
+        dgamma.update(repeating: 0)
+        dbeta.update(repeating: 0)
+        let stored = instanceSums ?? (schedule.combinesInLine ? nil : .allocate(capacity: 2 * instanceCount))
+        defer { if instanceSums == nil { stored?.deallocate() } }
+        let tails = (0..<schedule.workers).map {
+            schedule.tailBlocks(of: $0, elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
+        }
+        let waiting = DeferredSums<C>(blocks: tails)
+        defer { waiting.deallocate() }
+        let parameterSums = ParameterSums(
+            dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: stored.map { SharedBuffer($0) },
+            channels: channels, inLine: schedule.combinesInLine)
+        split.run { worker in
+            // Software-pipelined as the forward is: a block's sums before
+            // the dx of the block before it.
+            let scratch = BlockScratch<T>(spatialCount: spatialCount)
+            let tailStart = schedule.blockCount(of: worker) - tails[worker]
+            var waitingDx: (block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>)?
+            schedule.forEachBlock(of: worker) { index, block in
+                let loaded = load(block, index & 1, scratch)
+                let (sumDy, sumDyXHat) = sums(loaded.lanes, loaded.set, scratch)
+                parameterSums.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                if index < tailStart {
+                    gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, loaded.set, scratch)
+                } else {
+                    waiting.keep(worker, index - tailStart, sumDy, sumDyXHat)
+                }
+                if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
+                waitingDx = index < tailStart ? (block, loaded.set, loaded.x, loaded.dy) : nil
+            }
+            if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
+        }
+        if !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount) }
+        overlap?.sumsReady()
+        writeTails(schedule, split, tails, waiting, overlap)
+        if streaming { instnorm_store_fence() }
+    }
+
+    /// dx of every worker's tail blocks, from their kept sums; worker 0
+    /// calls `overlap.progress` every `progressInterval` values.
+    @inlinable func writeTails(
+        _ schedule: BackwardSchedule, _ split: WorkSplit, _ tails: [Int], _ waiting: DeferredSums<C>,
+        _ overlap: BackwardOverlap?
+    ) {
+        guard tails.contains(where: { $0 > 0 }) else { return }
+        split.run { worker in
+            let scratch = BlockScratch<T>(spatialCount: spatialCount)
+            let tailStart = schedule.blockCount(of: worker) - tails[worker]
+            var sinceProgress = 0
+            schedule.forEachBlock(of: worker) { index, block in
+                guard index >= tailStart else { return }
+                let (sumDy, sumDyXHat) = waiting.kept(worker, index - tailStart)
+                let loaded = load(block, 0, scratch)
+                gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, 0, scratch)
+                inputGradient(block, 0, x: loaded.x, dy: loaded.dy, scratch)
+                sinceProgress += block.count * spatialCount
+                if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
+                    overlap.progress()
+                    sinceProgress = 0
+                }
+            }
+        }
+    }
+}
+
+/// Where a block's s1, s2 go: the caller's per-instance sums (or, when
+/// the workers cannot add them in line, a buffer of them), and dγ, dβ.
+@usableFromInline
+struct ParameterSums: @unchecked Sendable {
+    @usableFromInline let dgamma, dbeta: SharedBuffer<Double>
+    /// (N·C, 2): s1, s2 per instance, or nil.
+    @usableFromInline let stored: SharedBuffer<Double>?
+    @usableFromInline let channels: Int
+    /// Whether `record` adds into dγ, dβ (one worker takes every instance, in order).
+    @usableFromInline let inLine: Bool
+
+    @inlinable init(dgamma: SharedBuffer<Double>, dbeta: SharedBuffer<Double>, stored: SharedBuffer<Double>?,
+                    channels: Int, inLine: Bool) {
+        self.dgamma = dgamma
+        self.dbeta = dbeta
+        self.stored = stored
+        self.channels = channels
+        self.inLine = inLine
+    }
+
+    /// Stores the lanes' sums of `block`, and adds them into dγ_c, dβ_c in
+    /// instance order when in line (through `staging`, 2·B doubles).
+    @inlinable @inline(__always)
+    func record<Wide: SIMD>(_ block: Range<Int>, sumDy: Wide, sumDyXHat: Wide, staging: UnsafeMutablePointer<Double>)
+    where Wide.Scalar == Double {
+        let lanes = Wide.scalarCount, count = block.count
+        storeLanes(sumDy, staging)
+        storeLanes(sumDyXHat, staging + lanes)
+        if let stored {
+            let out = stored.base + 2 * block.lowerBound
+            if count == lanes {
+                for first in stride(from: 0, to: lanes, by: 4) {
+                    instnorm_store_pairs4(out + 2 * first, lanesAt(staging + first), lanesAt(staging + lanes + first))
+                }
+            } else {
+                for lane in 0..<count {
+                    out[2 * lane] = staging[lane]
+                    out[2 * lane + 1] = staging[lanes + lane]
+                }
+            }
+        }
+        guard inLine else { return }
+        let channel = block.lowerBound % channels
+        if count == lanes && channel + lanes <= channels {
+            // B different channels: one addition each, as the loop below makes.
+            storeLanes(lanesAt(dbeta.base + channel) + sumDy, dbeta.base + channel)
+            storeLanes(lanesAt(dgamma.base + channel) + sumDyXHat, dgamma.base + channel)
+            return
+        }
+        var wrapped = channel
+        for lane in 0..<count {
+            dbeta.base[wrapped] += staging[lane]
+            dgamma.base[wrapped] += staging[lanes + lane]
+            wrapped = wrapped + 1 == channels ? 0 : wrapped + 1
+        }
+    }
+
+    /// dγ_c += s2, dβ_c += s1 over the stored sums, in instance order.
+    @inlinable func combineInSampleOrder(instanceCount: Int) {
+        guard let stored else { preconditionFailure("no stored sums to combine") }
+        for instance in 0..<instanceCount {
+            dbeta.base[instance % channels] += stored.base[2 * instance]
+            dgamma.base[instance % channels] += stored.base[2 * instance + 1]
+        }
+    }
+}
+
+/// Per worker, the s1, s2 lanes of its tail blocks, kept until their dx.
+@usableFromInline
+final class DeferredSums<C: InstanceNormComputeScalar>: @unchecked Sendable {
+    @usableFromInline let offsets: [Int]
+    @usableFromInline let sums: UnsafeMutablePointer<(C.WideLanes, C.WideLanes)>
+
+    @inlinable init(blocks: [Int]) {
+        var offsets = [0]
+        for count in blocks { offsets.append(offsets.last! + count) }
+        self.offsets = offsets
+        sums = .allocate(capacity: max(1, offsets.last!))
+    }
+
+    @inlinable func deallocate() { sums.deallocate() }
+
+    @inlinable func keep(_ worker: Int, _ index: Int, _ sumDy: C.WideLanes, _ sumDyXHat: C.WideLanes) {
+        (sums + offsets[worker] + index).initialize(to: (sumDy, sumDyXHat))
+    }
+
+    @inlinable func kept(_ worker: Int, _ index: Int) -> (C.WideLanes, C.WideLanes) {
+        sums[offsets[worker] + index]
+    }
+}
+
+/// s1 = Σ dy and s2 = r·(Σ dy·(x − μ_hi) − μ_lo·s1) of every lane of a
+/// block held as columns, as `InstanceKernel.gradientSums` forms them.
+@inlinable @inline(__always)
+func gradientLaneSums<C: InstanceNormComputeScalar>(
+    _ lanes: LaneStatistics<C>, dy: UnsafePointer<C>, x: UnsafePointer<C>, count: Int
+) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
+    let (meanHigh, meanLow) = lanes.splitMean
+    let (sumDy, sumDyCentered) = laneSums(GradientColumns(gradients: dy, values: x, center: meanHigh), count: count)
+    return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
+}
+
+/// The per-lane constants of dx, as `InstanceKernel.inputGradient` folds
+/// them for one instance:
+///
+///     k = γ·r    p = −k·r·s2/M    m̄ = s1/M rounded    q = k·(m̄ − s1/M) − p·μ_lo
+///     dx = k·(dy − m̄) + p·(x − μ_hi) + q
+@usableFromInline
+struct GradientLaneConstants<C: InstanceNormComputeScalar> {
+    /// μ_hi, m̄, k, p, q per lane.
+    @usableFromInline let meanHigh, meanDy, gradientScale, centeredScale, offset: C.Lanes
+
+    @inlinable @inline(__always)
+    init(gamma: C.WideLanes, _ lanes: LaneStatistics<C>, sumDy: C.WideLanes, sumDyXHat: C.WideLanes, divisor: LaneDivisor) {
+        let (meanHigh, meanLow) = lanes.splitMean
+        let gradientScaleWide = gamma * lanes.invstd
+        let centeredScaleWide = divisor.divide(-gradientScaleWide * lanes.invstd * sumDyXHat)
+        let meanDyWide = divisor.divide(sumDy)
+        let meanDy = C.narrow(meanDyWide)
+        self.meanHigh = meanHigh
+        self.meanDy = meanDy
+        gradientScale = C.narrow(gradientScaleWide)
+        centeredScale = C.narrow(centeredScaleWide)
+        offset = C.narrow(gradientScaleWide * (C.widen(meanDy) - meanDyWide) - centeredScaleWide * meanLow)
+    }
+
+    /// dx of one lane's position from its x and dy, in the compute precision.
+    @inlinable @inline(__always)
+    func value(x: C.Lanes, dy: C.Lanes) -> C.Lanes {
+        offset.addingProduct(centeredScale, x - meanHigh).addingProduct(gradientScale, dy - meanDy)
+    }
+}

@@ -1,0 +1,113 @@
+import _InstanceNormShims
+
+/// The training forward over blocks of small instances (see
+/// `SmallInstances`): per block, the columns, the statistics of every lane,
+/// then y column by column and back to the tensor's order.
+@usableFromInline
+struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
+    @usableFromInline let y: SharedBuffer<T>
+    @usableFromInline let statistics: SharedBuffer<InstanceStatistics>
+    @usableFromInline let x: SharedBuffer<T>
+    @usableFromInline let gamma: ChannelLanes
+    @usableFromInline let beta: ChannelLanes
+    @usableFromInline let instanceCount, channels, spatialCount: Int
+    @usableFromInline let eps: Double
+    @usableFromInline let divisor: LaneDivisor
+    @usableFromInline let streaming: Bool
+
+    @inlinable init(
+        y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
+        x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
+        shape: InstanceNormShape, eps: Double, stores: StorePolicy
+    ) {
+        self.y = SharedBuffer(y)
+        self.statistics = SharedBuffer(statistics)
+        self.x = SharedBuffer(x)
+        self.gamma = ChannelLanes(gamma, channels: shape.channels, lanes: T.Vector.scalarCount, default: 1)
+        self.beta = ChannelLanes(beta, channels: shape.channels, lanes: T.Vector.scalarCount, default: 0)
+        instanceCount = shape.instanceCount
+        channels = shape.channels
+        spatialCount = shape.spatialCount
+        self.eps = eps
+        divisor = LaneDivisor(shape.spatialCount)
+        streaming = stores.streams(y, tensors: 2)
+    }
+
+    /// Every block, the workers taking balanced runs of whole blocks.
+    ///
+    /// Software-pipelined: the statistics of a block (a chain of sums, a
+    /// square root and a division per lane) are computed before the y of
+    /// the block before it is written, so that the out-of-order core runs
+    /// that independent work while the chain waits. Two sets of scratch.
+    @inlinable func run(threads: Int) {
+        let blocks = SmallInstances.blocks(instanceCount, lanes: T.Vector.scalarCount)
+        let split = WorkSplit(units: blocks.count, length: 1, threads: threads)
+        split.run { worker in
+            let scratch = BlockScratch<T>(spatialCount: spatialCount)
+            var waiting: (block: Range<Int>, set: Int, source: UnsafePointer<T>)?
+            for index in split.instances(of: worker) {
+                let set = index & 1, source = statistics(of: blocks[index], set, scratch)
+                if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
+                waiting = (blocks[index], set, source)
+            }
+            if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
+        }
+        if streaming { instnorm_store_fence() }
+    }
+
+    /// Loads `block` (at most B instances) into the columns of `set`,
+    /// stores its statistics, and leaves y's per-lane constants in the
+    /// set's constants, as `InstanceKernel.normalize` folds them:
+    ///
+    ///     a = γ·r        b = β − μ_lo·a        y = (x − μ_hi)·a + b
+    ///
+    /// Returns where the block's x can be read in natural order.
+    @inlinable @inline(__always)
+    func statistics(of block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> UnsafePointer<T> {
+        typealias C = T.Compute
+        let first = block.lowerBound, count = block.count
+        let source = scratch.load(
+            x.base + first * spatialCount, count: count, available: (instanceCount - first) * spatialCount, set: set)
+        let lanes = LaneStatistics<C>(
+            columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
+        lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
+        let constants = NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes)
+        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
+        storeVector(constants.scale, scratch.constant(set, 1), 0)
+        storeVector(constants.offset, scratch.constant(set, 2), 0)
+        return source
+    }
+
+    /// Writes y of `block` from its x (at `source`) and the constants of `set`.
+    @inlinable @inline(__always)
+    func normalize(_ block: Range<Int>, _ set: Int, _ source: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
+        let output = NormalizeBlock(
+            x: source, meanHigh: UnsafePointer(scratch.constant(set, 0)), scale: UnsafePointer(scratch.constant(set, 1)),
+            offset: UnsafePointer(scratch.constant(set, 2)))
+        writeInOrder(output, count: block.count, spatialCount: spatialCount, to: y.base + block.lowerBound * spatialCount,
+                     streaming: streaming)
+    }
+}
+
+/// The per-lane constants of y, as `InstanceKernel.normalize` folds them
+/// for one instance:
+///
+///     a = γ·r        b = β − μ_lo·a        y = (x − μ_hi)·a + b
+@usableFromInline
+struct NormalizeLaneConstants<C: InstanceNormComputeScalar> {
+    /// μ_hi, a, b per lane.
+    @usableFromInline let meanHigh, scale, offset: C.Lanes
+
+    @inlinable @inline(__always)
+    init(gamma: C.WideLanes, beta: C.WideLanes, _ lanes: LaneStatistics<C>) {
+        let (meanHigh, meanLow) = lanes.splitMean
+        let scaleWide = gamma * lanes.invstd
+        self.meanHigh = meanHigh
+        scale = C.narrow(scaleWide)
+        offset = C.narrow(beta - meanLow * scaleWide)
+    }
+
+    /// y of one lane's position from its x, in the compute precision.
+    @inlinable @inline(__always)
+    func value(x: C.Lanes) -> C.Lanes { offset.addingProduct(x - meanHigh, scale) }
+}

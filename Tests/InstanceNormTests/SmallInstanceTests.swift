@@ -1,0 +1,135 @@
+import InstanceNorm
+import TestSupport
+import Testing
+
+/// The blocked kernels of small instances (`SmallInstances`, M ≤ 100): a
+/// block of B instances (B = 16 for half and float, 8 for double) is
+/// computed one instance per vector lane, in both layouts.
+///
+/// The instance counts here are not multiples of B (blocks of fewer lanes,
+/// with padding), and the thread counts 1-4 cut the blocks among workers
+/// in several ways: by blocks of instances in the forward, by samples
+/// (C < B) or by blocks of channels (C ≥ 2B) in the backward.
+@Suite struct SmallInstances_ {
+    /// The sizes the issue names (below a vector, odd, one and several
+    /// groups of 8) and the largest that takes the blocked kernels.
+    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64, SmallInstances.limit]
+
+    /// Against the Double reference (data's-scale tolerance and each value's
+    /// own rounding bound), the same bits at threads 1-4, and channels last
+    /// (on the transposed data) the same bits as channels first.
+    @Test(arguments: sizes, [[3, 7], [2, 37]])
+    func everyDtypeLayoutAndThreadCount(spatialCount: Int, batchAndChannels: [Int]) {
+        let dimensions = batchAndChannels + [spatialCount]
+        check(Float16.self, dimensions)
+        check(Float.self, dimensions)
+        check(Double.self, dimensions)
+    }
+
+    private func check<T: InstanceNormScalar>(_: T.Type, _ dimensions: [Int]) {
+        let label = "\(T.self) \(dimensions)"
+        checkAgainstReference(T.self, dimensions: dimensions, affine: true, seed: 71)
+        let inputs = Inputs<T>(dimensions, affine: true, seed: 71), shape = inputs.shape
+        let single = inputs.run(eps: 1e-5)
+        let transposedX = channelsLast(inputs.x, shape), transposedDy = channelsLast(inputs.dy, shape)
+        for threads in 1...4 {
+            let first = inputs.run(eps: 1e-5, threads: threads)
+            #expect(bitPatterns(first.y) == bitPatterns(single.y), "y, \(threads) threads, \(label)")
+            #expect(bitPatterns(first.dx) == bitPatterns(single.dx), "dx, \(threads) threads, \(label)")
+            #expect(first.statistics == single.statistics, "statistics, \(threads) threads, \(label)")
+            #expect(bitPatterns(first.dgamma) == bitPatterns(single.dgamma), "dgamma, \(threads) threads, \(label)")
+            #expect(bitPatterns(first.dbeta) == bitPatterns(single.dbeta), "dbeta, \(threads) threads, \(label)")
+            #expect(bitPatterns(first.instanceSums) == bitPatterns(single.instanceSums), "sums, \(threads) threads")
+            let last = KernelRun(
+                x: transposedX, dy: transposedDy, gamma: inputs.gamma, beta: inputs.beta, shape: shape, eps: 1e-5,
+                threads: threads, layout: .channelsLast)
+            expectSameBits(last, single, shape, "channels last, \(threads) threads, \(label)")
+        }
+    }
+
+    /// Mean 1e4, spread 1e-3 (half: 1e3, 1) at small M: every value within
+    /// its rounding bound. Not half at M = 2: with half's ulp of 0.5 at 1e3
+    /// a pair of equal values is likely, so σ = 0, r = 1/sqrt(ε) = 1e6, and
+    /// the exact dx = γ·r·(dy − s1/M) lies beyond half's range.
+    @Test(arguments: [[3, 7, 1], [3, 7, 2], [2, 9, 4], [2, 9, 5], [2, 9, 16], [2, 9, 49]])
+    func largeMeanTinySpread(dimensions: [Int]) {
+        if dimensions.last != 2 { largeMeanCheck(Float16.self, dimensions, affine: true, mean: 1e3, deviation: 1) }
+        largeMeanCheck(Float.self, dimensions, affine: true, mean: 1e4, deviation: 1e-3)
+        largeMeanCheck(Double.self, dimensions, affine: true, mean: 1e4, deviation: 1e-3)
+    }
+
+    /// One lane of a block whose first value lies 12σ out takes the second
+    /// pass alone: its outputs stay within their rounding bounds (which
+    /// assume the second pass), and every instance of the batch, that one
+    /// and its neighbours, gives the bits it gives computed on its own.
+    @Test(arguments: [4, 16, 49])
+    func outlierInOneLane(spatialCount: Int) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let plain = Inputs<T>([1, 21, spatialCount], affine: false, seed: 73, mean: 3, deviation: 1)
+            var x = plain.x
+            x[5 * spatialCount] = T(3 + 12)
+            let inputs = Inputs<T>(shape: plain.shape, x: x, dy: plain.dy, gamma: nil, beta: nil)
+            let run = inputs.run(eps: 1e-5)
+            expectWithinErrorBounds(inputs, run, eps: 1e-5, "\(T.self) M \(spatialCount), lane 5 12σ out")
+            expectEachInstanceAsAlone(inputs, run, finite: 0..<21, "\(T.self) M \(spatialCount) outlier")
+        }
+        check(Float16.self)
+        check(Float.self)
+        check(Double.self)
+    }
+
+    /// A NaN in one instance and an infinity in another: their own outputs
+    /// are not finite, the other instances of their blocks are finite and
+    /// the bits they give alone, whatever the layout.
+    @Test(arguments: [1, 4, 7, 49])
+    func nonFiniteLaneStaysInItsLane(spatialCount: Int) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let plain = Inputs<T>([1, 21, spatialCount], affine: false, seed: 79)
+            var x = plain.x
+            x[3 * spatialCount + spatialCount / 2] = .nan
+            x[10 * spatialCount] = .infinity
+            let inputs = Inputs<T>(shape: plain.shape, x: x, dy: plain.dy, gamma: nil, beta: nil)
+            let run = inputs.run(eps: 1e-5)
+            let others = (0..<21).filter { $0 != 3 && $0 != 10 }
+            for poisoned in [3, 10] {
+                #expect(!run.statistics[poisoned].mean.isFinite || !run.statistics[poisoned].variance.isFinite)
+                #expect(run.y[poisoned * spatialCount..<(poisoned + 1) * spatialCount].contains { !$0.isFinite })
+            }
+            expectEachInstanceAsAlone(inputs, run, finite: others, "\(T.self) M \(spatialCount) NaN, Inf")
+            let last = KernelRun(
+                x: channelsLast(x, inputs.shape), dy: channelsLast(inputs.dy, inputs.shape), gamma: nil, beta: nil,
+                shape: inputs.shape, eps: 1e-5, threads: 2, layout: .channelsLast)
+            let lastY = channelsFirst(last.y, inputs.shape), lastDx = channelsFirst(last.dx, inputs.shape)
+            for instance in others {
+                let values = instance * spatialCount..<(instance + 1) * spatialCount
+                #expect(bitPatterns(Array(lastY[values])) == bitPatterns(Array(run.y[values])), "channels last y \(instance)")
+                #expect(bitPatterns(Array(lastDx[values])) == bitPatterns(Array(run.dx[values])), "channels last dx \(instance)")
+                #expect(last.statistics[instance] == run.statistics[instance])
+            }
+        }
+        check(Float16.self)
+        check(Float.self)
+        check(Double.self)
+    }
+
+    /// Expects every instance in `finite` to have finite outputs, the same
+    /// bits as a run of that instance alone (shape (1, 1, M), so lane 0 of
+    /// a block of one).
+    private func expectEachInstanceAsAlone<T: InstanceNormScalar>(
+        _ inputs: Inputs<T>, _ run: KernelRun<T>, finite: some Sequence<Int>, _ label: String
+    ) {
+        let count = inputs.shape.spatialCount
+        for instance in finite {
+            let values = instance * count..<(instance + 1) * count
+            let alone = KernelRun(
+                x: Array(inputs.x[values]), dy: Array(inputs.dy[values]), gamma: nil, beta: nil,
+                shape: try! InstanceNormShape(dimensions: [1, 1, count]), eps: 1e-5)
+            #expect(run.y[values].allSatisfy(\.isFinite) && run.dx[values].allSatisfy(\.isFinite), "\(label) \(instance)")
+            #expect(bitPatterns(Array(run.y[values])) == bitPatterns(alone.y), "y of \(instance), \(label)")
+            #expect(bitPatterns(Array(run.dx[values])) == bitPatterns(alone.dx), "dx of \(instance), \(label)")
+            #expect(run.statistics[instance] == alone.statistics[0], "statistics of \(instance), \(label)")
+            #expect(bitPatterns(Array(run.instanceSums[2 * instance..<2 * instance + 2])) == bitPatterns(alone.instanceSums),
+                    "sums of \(instance), \(label)")
+        }
+    }
+}
