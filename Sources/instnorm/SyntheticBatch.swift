@@ -23,12 +23,12 @@ final class SyntheticBatch<T: DataParallelScalar> {
         let first = layer.localElements.lowerBound
         x = TensorBuffer(repeating: 0, count: count)
         dy = TensorBuffer(repeating: 0, count: count)
-        // Hoisted: parameterCount builds an array, and this loop runs once per value.
-        let parameters = shape.parameterCount
+        // Hoisted: both are derived from the shape's dimensions, and this loop runs once per value.
+        let parameters = shape.parameterCount, channelShape = layer.localShape.channelShape
         for local in 0..<count {
             // g counts in logical order whatever the layout, so a channels-last
             // run holds the transposed data of a channels-first one.
-            let (global, parameter) = Self.logicalIndex(of: local, first: first, layer: layer, parameters: parameters)
+            let (global, parameter) = Self.logicalIndex(of: local, first: first, channelShape: channelShape, layout: layer.layout, parameters: parameters)
             let feature = Double(shape.normalization == .instance || parameter < 8 ? parameter : parameter % 8)
             x.elements[local] = T(feature - 3 + (1 + feature / 8) * uniform(seed, 0, global))
             dy.elements[local] = T(uniform(seed, 1, global))
@@ -47,12 +47,12 @@ final class SyntheticBatch<T: DataParallelScalar> {
     /// The logical global index of local element `local` and its parameter
     /// (channel, or position in a layer-norm row).
     private static func logicalIndex(
-        of local: Int, first: Int, layer: DataParallelNorm<T>, parameters: Int
+        of local: Int, first: Int, channelShape: InstanceNormShape?, layout: TensorLayout, parameters: Int
     ) -> (global: Int, parameter: Int) {
-        guard let channelShape = layer.localShape.channelShape else {
+        guard let channelShape else {
             return (first + local, (first + local) % parameters)
         }
-        let (instance, position) = channelShape.instanceAndPosition(ofOffset: local, in: layer.layout)
+        let (instance, position) = channelShape.instanceAndPosition(ofOffset: local, in: layout)
         return (first + instance * channelShape.spatialCount + position, instance % channelShape.channels)
     }
 
