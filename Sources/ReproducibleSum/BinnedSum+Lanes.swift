@@ -1,22 +1,26 @@
 /// Adding a table of addends to several sums at once, one sum per vector
-/// lane: the same words as `BinnedSum.add` of every addend, about three
-/// times faster, because the lanes share no state.
+/// lane: the same words as `BinnedSum.add` of every addend, several times
+/// faster, because the lanes share no state.
 ///
 /// The scalar `add` spends most of its time deciding, addend by addend,
 /// whether the top must rise and which limbs take the digits. Here the top
 /// of each lane is raised once, to the bin of the largest addend of its
 /// column (the final top of the scalar sequence too: a top only rises, to
-/// the largest addend's bin), and then every addend's digits are added to
-/// six lane-wise limb accumulators without a branch:
+/// the largest addend's bin), and every addend's digits then come off in
+/// floating point, without a branch. Scaled by a power of two, so that
+/// the window's lowest bit weighs 1 (exact), an addend is y, |y| < 2^192,
+/// and its six 32-bit digits are
 ///
-///     offset = lowBit − 32·(top − 5)          where the addend starts in the window
-///     offset < 0: significand >>= −offset, offset = 0   (bits below the window dropped)
-///     d0, d1, d2 = the 32-bit digits of significand·2^(offset mod 32), signed
-///     limb[offset/32 + i] += d_i
+///     T_k = trunc(y / 2^32k)       d_5 = T_5      d_k = T_k − T_(k+1)·2^32   (k = 4 … 0)
 ///
-/// Digits land in the bins the scalar path gives them and integer addition
-/// is associative, so the words are the same bits as adding the addends
-/// one by one, in any order (the tests compare them word for word).
+/// (each step exact: a power of two, a truncation, and a difference below
+/// 2^32), which are the digits of the integer path: those of trunc(|y|),
+/// the bits below the window dropped, negated with the addend. Digits below 2^32
+/// add up exactly in doubles for 2^21 rows; every `digitFlushRows` rows
+/// they move to 64-bit limb sums. Digits land in the bins the scalar path
+/// gives them and integer addition is associative, so the words are the
+/// same bits as adding the addends one by one, in any order (the tests
+/// compare them word for word).
 extension BinnedSum {
     @usableFromInline typealias Lanes = SIMD4<Int64>
     @usableFromInline static let laneCount = Lanes.scalarCount
@@ -51,11 +55,24 @@ extension BinnedSum {
                     largest[block], table + column, rows: rows, rowLength: rowLength, sums: sums + column * words)
             }
             limbSums.initialize(repeating: .zero, count: limbs * blocks)
-            for row in 0..<rows {
-                let values = table + row * rowLength + columns.lowerBound
-                for block in 0..<blocks {
-                    addDigits(loadLanes(values + block * laneCount) & ~skipped[block],
-                              windowBase: windowBases[block], to: limbSums + limbs * block)
+            withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
+                let scales = floating.baseAddress!, digitSums = scales + blocks
+                for block in 0..<blocks { scales[block] = scale(windowBase: windowBases[block], skipped: skipped[block]) }
+                var start = 0
+                while start < rows {
+                    let flushEnd = min(start + digitFlushRows, rows)
+                    digitSums.initialize(repeating: .zero, count: limbs * blocks)
+                    // Rows in tiles that stay in L2, each column block down
+                    // a tile with its digit sums in registers.
+                    for tileStart in stride(from: start, to: flushEnd, by: digitTileRows) {
+                        for block in 0..<blocks {
+                            addDigits(table + columns.lowerBound + block * laneCount,
+                                      rows: tileStart..<min(tileStart + digitTileRows, flushEnd), rowLength: rowLength,
+                                      skipped: skipped[block], scale: scales[block], to: digitSums + limbs * block)
+                        }
+                    }
+                    for index in 0..<limbs * blocks { limbSums[index] &+= Lanes(digitSums[index], rounding: .towardZero) }
+                    start = flushEnd
                 }
             }
             for block in 0..<blocks {
@@ -69,9 +86,11 @@ extension BinnedSum {
 
     /// Before the digits of four columns are added: each sum counts its
     /// addends and raises its top to the bin of its column's largest
-    /// magnitude; a column with a NaN or infinity is added by the scalar
-    /// path. Returns 32·(top − 5) per lane, and −1 in the lanes that the
-    /// vector path must skip (scalar, or only zeros).
+    /// magnitude. A column with a NaN or infinity, or whose window lies so
+    /// low that the scale 2^(1074 − base) is not a double (tops below
+    /// about 2^-850), is added by the scalar path. Returns 32·(top − 5) per
+    /// lane, and −1 in the lanes that the vector path must skip (scalar, or
+    /// only zeros).
     @inlinable
     static func prepareLanes(
         _ largest: Lanes, _ column: UnsafePointer<Double>, rows: Int, rowLength: Int, sums: UnsafeMutablePointer<Int64>
@@ -79,17 +98,38 @@ extension BinnedSum {
         var windowBase = Lanes(), skipped = Lanes()
         for lane in 0..<laneCount {
             let sum = sums + lane * words
-            if largest[lane] &>> 52 == 0x7FF {
+            let top = largest[lane] == 0 ? sum[0] : max(sum[0], highBit(ofMagnitude: largest[lane]) >> 5)
+            if largest[lane] &>> 52 == 0x7FF || (largest[lane] != 0 && (top - Int64(limbs - 1)) << 5 < lowestScaledBase) {
                 for row in 0..<rows { add(column[row * rowLength + lane], to: sum) }
                 skipped[lane] = -1
             } else {
                 sum[1] &+= Int64(rows) << countShift
                 guard largest[lane] != 0 else { skipped[lane] = -1; continue }
-                raiseTop(of: sum, to: highBit(ofMagnitude: largest[lane]) >> 5)
+                raiseTop(of: sum, to: top)
                 windowBase[lane] = (sum[0] - Int64(limbs - 1)) << 5
             }
         }
         return (windowBase, skipped)
+    }
+
+    /// The lowest window base (grid position of the window's lowest bit)
+    /// whose scale 2^(1074 − base) is a normal double.
+    @usableFromInline static let lowestScaledBase: Int64 = 1074 - 1023
+
+    /// Rows whose digits add up in doubles before they move to the limb
+    /// sums: each digit is below 2^32 in magnitude, so 2^20 of them stay
+    /// below 2^52, exact.
+    @usableFromInline static let digitFlushRows = 1 << 20
+
+    /// Per lane 2^(1074 − windowBase): an addend times it has the window's
+    /// lowest bit at 2^0. 1 in the skipped lanes (their addends are zeros).
+    @inlinable
+    static func scale(windowBase: Lanes, skipped: Lanes) -> SIMD4<Double> {
+        var scale = SIMD4<Double>(repeating: 1)
+        for lane in 0..<laneCount where skipped[lane] == 0 {
+            scale[lane] = Double(sign: .plus, exponent: Int(1074 - windowBase[lane]), significand: 1)
+        }
+        return scale
     }
 
     /// The bit patterns of four consecutive doubles (any alignment).
@@ -106,46 +146,47 @@ extension BinnedSum {
         return biasedExponent != 0 ? biasedExponent - 1 + 52 : 63 - Int64(magnitude.leadingZeroBitCount)
     }
 
-    /// The digits of four finite addends (bit patterns) added to the limb
-    /// accumulators; `windowBase` is 32·(top − 5) per lane, the grid
-    /// position of the window's lowest bit. Branch-free, and written with
-    /// shifts and compares that AVX2 has for 64-bit lanes.
+    /// Rows of the column tile in which `addDigits` keeps the digit sums
+    /// of four columns in registers: 32 rows of a table of a few thousand
+    /// columns stay in L2 for the next block's pass.
+    @usableFromInline static let digitTileRows = 32
+
+    /// The digits of four columns' finite addends (bit patterns, the
+    /// `skipped` lanes read as zeros) over `rows`, added to the digit sums,
+    /// (see the type's notes): y = addend·scale, then per digit a
+    /// multiplication by a power of two, a truncation, an exact fused
+    /// multiply-add and an exact addition. Branch-free.
     @inlinable @inline(__always)
     static func addDigits(
-        _ bits: Lanes, windowBase: Lanes, to limbSums: UnsafeMutablePointer<Lanes>
+        _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, skipped: Lanes, scale: SIMD4<Double>,
+        to digitSums: UnsafeMutablePointer<SIMD4<Double>>
     ) {
-        let biasedExponent = (bits &>> 52) & 0x7FF
-        // Normals have the hidden bit and start at exponent − 1; subnormals
-        // (exponent field 0) have neither and start at 0.
-        let isNormal = (0 &- biasedExponent) &>> 63  // −1 or 0
-        let significand = bits & (1 << 52 - 1) | isNormal & 1 << 52
-        var offset = (biasedExponent &+ isNormal) &- windowBase
-        // Below the window: the magnitude truncated at the window's lowest
-        // bit, which then sits at offset 0 (a shift of 64 or more leaves 0).
-        let isBelow = offset &>> 63
-        let dropped = (0 &- offset) & isBelow
-        let kept = SIMD4<UInt64>(truncatingIfNeeded: significand) &>> SIMD4<UInt64>(truncatingIfNeeded: dropped)
-        let keptSignificand = Lanes(truncatingIfNeeded: kept) & ((dropped &- 64) &>> 63)
-        offset &= ~isBelow
-        let shift = SIMD4<UInt64>(truncatingIfNeeded: offset & 31)
-        let unsigned = SIMD4<UInt64>(truncatingIfNeeded: keptSignificand)
-        let low = unsigned &<< shift
-        let high = (unsigned &>> 1) &>> (63 &- shift)  // bits 64… of significand·2^shift
-        let sign = bits &>> 63  // 0 or −1: (x ^ sign) − sign negates when −1
-        let digit0 = (Lanes(truncatingIfNeeded: low & 0xFFFF_FFFF) ^ sign) &- sign
-        let digit1 = (Lanes(truncatingIfNeeded: low &>> 32) ^ sign) &- sign
-        let digit2 = (Lanes(truncatingIfNeeded: high) ^ sign) &- sign
-        // Digit i goes to limb lowLimb + i; digits past the top limb are 0.
-        // (`_storage`: a mask's lanes as −1/0, for an AND; `replacing(with:where:)`
-        // is not vectorized here.)
-        let lowLimb = offset &>> 5
-        let startsAt = ((lowLimb .== 0)._storage, (lowLimb .== 1)._storage, (lowLimb .== 2)._storage,
-                        (lowLimb .== 3)._storage, (lowLimb .== 4)._storage, (lowLimb .== 5)._storage)
-        limbSums[0] &+= digit0 & startsAt.0
-        limbSums[1] &+= digit0 & startsAt.1 &+ digit1 & startsAt.0
-        limbSums[2] &+= digit0 & startsAt.2 &+ digit1 & startsAt.1 &+ digit2 & startsAt.0
-        limbSums[3] &+= digit0 & startsAt.3 &+ digit1 & startsAt.2 &+ digit2 & startsAt.1
-        limbSums[4] &+= digit0 & startsAt.4 &+ digit1 & startsAt.3 &+ digit2 & startsAt.2
-        limbSums[5] &+= digit0 & startsAt.5 &+ digit1 & startsAt.4 &+ digit2 & startsAt.3
+        var digit5 = digitSums[5], digit4 = digitSums[4], digit3 = digitSums[3]
+        var digit2 = digitSums[2], digit1 = digitSums[1], digit0 = digitSums[0]
+        var address = column + rows.lowerBound * rowLength
+        for _ in rows {
+            let scaled = unsafeBitCast(loadLanes(address) & ~skipped, to: SIMD4<Double>.self) * scale
+            // Independent truncations, so that the six digits do not wait on each other.
+            let above5 = (scaled * 0x1p-160).rounded(.towardZero), above4 = (scaled * 0x1p-128).rounded(.towardZero)
+            let above3 = (scaled * 0x1p-96).rounded(.towardZero), above2 = (scaled * 0x1p-64).rounded(.towardZero)
+            let above1 = (scaled * 0x1p-32).rounded(.towardZero), above0 = scaled.rounded(.towardZero)
+            digit5 += above5
+            digit4 += digit(above4, below: above5)
+            digit3 += digit(above3, below: above4)
+            digit2 += digit(above2, below: above3)
+            digit1 += digit(above1, below: above2)
+            digit0 += digit(above0, below: above1)
+            address += rowLength
+        }
+        (digitSums[5], digitSums[4], digitSums[3]) = (digit5, digit4, digit3)
+        (digitSums[2], digitSums[1], digitSums[0]) = (digit2, digit1, digit0)
+    }
+
+    /// The digit between two truncations T_k = trunc(y / 2^32k) and
+    /// T_(k+1): T_k − T_(k+1)·2^32, which is below 2^32, so the fused
+    /// multiply-add gives it exactly.
+    @inlinable @inline(__always)
+    static func digit(_ truncated: SIMD4<Double>, below higher: SIMD4<Double>) -> SIMD4<Double> {
+        truncated.addingProduct(-higher, SIMD4(repeating: 0x1p32))
     }
 }

@@ -1,4 +1,4 @@
-import ReproducibleSum
+@testable import ReproducibleSum
 import Testing
 import TestSupport
 
@@ -93,5 +93,27 @@ struct TableAddTests {
         #expect(sums.sum(at: 2).isNaN)
         #expect(sums.sum(at: 3) == 48)
         #expect(sums.addendCount(at: 3) == rows)
+    }
+
+    /// More rows than the lane path sums in doubles before it moves the
+    /// digits to the limbs: digits of all ones (the largest a digit gets),
+    /// all of one sign, so that a missed or late move would lose bits.
+    @Test func rowsPastADigitFlush() {
+        let rows = BinnedSum.digitFlushRows + 5, columns = 4
+        var generator = SeededGenerator(seed: 13)
+        let allOnes = Double(sign: .plus, exponent: 60, significand: 2 - 0x1p-52)
+        var table = [Double](repeating: 0, count: rows * columns)
+        for row in 0..<rows {
+            table[row * columns] = allOnes
+            table[row * columns + 1] = -allOnes * 0x1p-30
+            table[row * columns + 2] = Double(sign: .plus, exponent: Int.random(in: -20...20, using: &generator),
+                                              significand: Double.random(in: 1..<2, using: &generator))
+            table[row * columns + 3] = row % 2 == 0 ? allOnes : -0x1p-40
+        }
+        let byTable = ReproducibleSums(count: columns), oneByOne = ReproducibleSums(count: columns)
+        table.withUnsafeBufferPointer { byTable.add(rows: $0) }
+        for (index, value) in table.enumerated() { oneByOne.add(value, to: index % columns) }
+        #expect(words(byTable) == words(oneByOne))
+        #expect(byTable.sum(at: 0) == allOnes * Double(rows))
     }
 }
