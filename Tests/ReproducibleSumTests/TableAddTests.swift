@@ -96,10 +96,11 @@ struct TableAddTests {
     }
 
     /// More rows than the lane path sums in doubles before it moves the
-    /// digits to the limbs: digits of all ones (the largest a digit gets),
-    /// all of one sign, so that a missed or late move would lose bits.
+    /// digits to the limbs, twice over: digits of all ones (the largest a
+    /// digit gets), all of one sign, so that a sum kept in doubles past
+    /// 2^21 rows would round.
     @Test func rowsPastADigitFlush() {
-        let rows = BinnedSum.digitFlushRows + 5, columns = 4
+        let rows = 2 * BinnedSum.digitFlushRows + 5, columns = 4
         var generator = SeededGenerator(seed: 13)
         let allOnes = Double(sign: .plus, exponent: 60, significand: 2 - 0x1p-52)
         var table = [Double](repeating: 0, count: rows * columns)
