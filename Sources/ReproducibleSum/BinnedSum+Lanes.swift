@@ -27,11 +27,12 @@ extension BinnedSum {
 
     /// Adds `table[row·rowLength + column]` for every row to the sum at
     /// `sums + column·words`, for every column of `columns` (a multiple of
-    /// `laneCount` of them). The table is read row by row, twice: once for
-    /// each column's largest magnitude, once for the digits, into limb
-    /// accumulators that stay in L1 (six vectors per four columns). A
-    /// column that holds a NaN or an infinity takes the scalar path (its
-    /// flags are per addend).
+    /// `laneCount` of them). The table is read twice: row by row for each
+    /// column's largest magnitude, then in tiles of `digitTileRows` rows,
+    /// four columns at a time down a tile, for the digits (six vectors of
+    /// digit sums in registers). A column that holds a NaN or an infinity,
+    /// or whose addends are all tiny, takes the scalar path (its flags are
+    /// per addend).
     @inlinable
     static func addTable(
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
