@@ -1,4 +1,4 @@
-@testable import ReproducibleSum
+import ReproducibleSum
 import Testing
 import TestSupport
 
@@ -95,12 +95,13 @@ struct TableAddTests {
         #expect(sums.addendCount(at: 3) == rows)
     }
 
-    /// More rows than the lane path sums in doubles before it moves the
-    /// digits to the limbs, twice over: digits of all ones (the largest a
-    /// digit gets), all of one sign, so that a sum kept in doubles past
-    /// 2^21 rows would round.
+    /// More rows than digit sums in doubles can take exactly: a digit of
+    /// all ones (the largest a digit gets) in every row, so that a sum kept
+    /// in doubles past 2^21 rows would round, whenever the lane path moves
+    /// its digits to the limbs. (A fixed count, not one taken from the
+    /// kernel's flush interval.)
     @Test func rowsPastADigitFlush() {
-        let rows = 2 * BinnedSum.digitFlushRows + 5, columns = 4
+        let rows = (1 << 21) + 5, columns = 4
         var generator = SeededGenerator(seed: 13)
         let allOnes = Double(sign: .plus, exponent: 60, significand: 2 - 0x1p-52)
         var table = [Double](repeating: 0, count: rows * columns)
