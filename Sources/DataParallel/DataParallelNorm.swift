@@ -100,10 +100,21 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         localShape = globalShape.withBatch(samples.count)
         let parameters = globalShape.parameterCount
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
-        let keepsShares = reduction != .allreduce || globalShape.normalization == .batch
-        localParameterSums = TensorBuffer(repeating: 0, count: keepsShares ? 2 * localShape.batch * parameters : 0)
+        localParameterSums = TensorBuffer(
+            repeating: 0, count: Self.keepsShares(reduction, globalShape.normalization) ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
         globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
+    }
+
+    /// Whether this layer keeps each sample's share of dγ, dβ ((N, P, 2),
+    /// allocated once): the exact sums and the gather reduce them, BatchNorm
+    /// needs them in its statistics, and LayerNorm's kernel writes them in
+    /// every mode (its samples' sums added in sample order), which it would
+    /// otherwise allocate anew per call: for a normalized shape of
+    /// (196, 768), a table four times the tensor, page-faulted each step.
+    static func keepsShares(_ reduction: ParameterGradientReduction, _ normalization: Normalization) -> Bool {
+        if case .layer = normalization { return true }
+        return reduction != .allreduce || normalization == .batch
     }
 
     /// The bytes of the dγ, dβ reduction's collective on this rank per
@@ -222,7 +233,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
             dgamma: UnsafeMutableBufferPointer(rebasing: sums[0..<parameters]),
             dbeta: UnsafeMutableBufferPointer(rebasing: sums[parameters..<2 * parameters]),
             dy: dy, x: x, statistics: statistics, gamma: gamma, shape: localShape, threads: threads, stores: stores,
-            parameterSums: reduction == .allreduce ? nil : localParameterSums.elements,
+            parameterSums: Self.keepsShares(reduction, globalShape.normalization) ? localParameterSums.elements : nil,
             overlap: overlapsReduction ? collective.hooks : nil, layout: layout)
         let waitStart = MPI.wallTime()
         if overlapsReduction { try collective.finish() } else { try startReduction().wait() }

@@ -37,6 +37,26 @@ extension BinnedSum {
     static func addTable(
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
     ) {
+        var start = columns.lowerBound
+        while start < columns.upperBound {
+            let end = min(start + tableColumnChunk, columns.upperBound)
+            addTableColumns(table, rows: rows, rowLength: rowLength, columns: start..<end, to: sums)
+            start = end
+        }
+    }
+
+    /// Columns `addTable` takes at a time: their scratch (seventeen vectors
+    /// per four columns) stays near 70 KB, memory the allocator reuses,
+    /// however wide the table (LayerNorm's rows can be 150 000 values, whose
+    /// scratch at once was 40 MB of fresh pages per call). A multiple of
+    /// `laneCount`.
+    @usableFromInline static let tableColumnChunk = 512
+
+    /// `addTable` over at most `tableColumnChunk` columns.
+    @inlinable
+    static func addTableColumns(
+        _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
+    ) {
         let blocks = columns.count / laneCount
         withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * (limbs + 3)) { scratch in
             // Per block of four columns: the largest magnitudes, then the
@@ -72,7 +92,7 @@ extension BinnedSum {
                                       skipped: skipped[block], scale: scales[block], to: digitSums + limbs * block)
                         }
                     }
-                    for index in 0..<limbs * blocks { limbSums[index] &+= Lanes(digitSums[index], rounding: .towardZero) }
+                    for index in 0..<limbs * blocks { limbSums[index] &+= integers(digitSums[index]) }
                     start = flushEnd
                 }
             }
@@ -145,6 +165,14 @@ extension BinnedSum {
     static func highBit(ofMagnitude magnitude: Int64) -> Int64 {
         let biasedExponent = magnitude >> 52
         return biasedExponent != 0 ? biasedExponent - 1 + 52 : 63 - Int64(magnitude.leadingZeroBitCount)
+    }
+
+    /// Digit sums (whole numbers below 2^53) as integers, lane by lane: the
+    /// generic `SIMD4<Int64>(_:rounding:)` is not specialized here, and for
+    /// tables of few rows its calls cost as much as the digits.
+    @inlinable @inline(__always)
+    static func integers(_ sums: SIMD4<Double>) -> Lanes {
+        Lanes(Int64(sums[0]), Int64(sums[1]), Int64(sums[2]), Int64(sums[3]))
     }
 
     /// Rows of the column tile in which `addDigits` keeps the digit sums

@@ -31,7 +31,7 @@ struct TableAddTests {
 
     func words(_ sums: ReproducibleSums) -> [Int64] { Array(sums.words) }
 
-    @Test(arguments: [(1, 4), (3, 8), (50, 13), (200, 5), (0, 6), (17, 1)])
+    @Test(arguments: [(1, 4), (3, 8), (50, 13), (200, 5), (0, 6), (17, 1), (3, 1031)])
     func tableGivesTheWordsOfOneByOneAdds(rows: Int, columns: Int) {
         for seed in 1...30 as ClosedRange<UInt64> {
             var generator = SeededGenerator(seed: seed)
