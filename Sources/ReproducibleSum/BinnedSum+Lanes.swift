@@ -17,7 +17,7 @@
 /// 2^32), which are the digits of the integer path: those of trunc(|y|),
 /// the bits below the window dropped, negated with the addend. Digits below 2^32
 /// add up exactly in doubles for 2^21 rows; every `digitFlushRows` rows
-/// they move to 64-bit limb sums. Digits land in the bins the scalar path
+/// they move to the sums' 64-bit limbs. Digits land in the bins the scalar path
 /// gives them and integer addition is associative, so the words are the
 /// same bits as adding the addends one by one, in any order (the tests
 /// compare them word for word).
@@ -58,11 +58,10 @@ extension BinnedSum {
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
     ) {
         let blocks = columns.count / laneCount
-        withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * (limbs + 3)) { scratch in
+        withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * 3) { scratch in
             // Per block of four columns: the largest magnitudes, then the
-            // window bases and the mask of lanes to skip, then six limb sums.
+            // window bases and the mask of lanes to skip.
             let largest = scratch.baseAddress!, windowBases = largest + blocks, skipped = windowBases + blocks
-            let limbSums = skipped + blocks
             largest.initialize(repeating: .zero, count: blocks)
             for row in 0..<rows {
                 let values = table + row * rowLength + columns.lowerBound
@@ -75,7 +74,6 @@ extension BinnedSum {
                 (windowBases[block], skipped[block]) = prepareLanes(
                     largest[block], table + column, rows: rows, rowLength: rowLength, sums: sums + column * words)
             }
-            limbSums.initialize(repeating: .zero, count: limbs * blocks)
             withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
                 let scales = floating.baseAddress!, digitSums = scales + blocks
                 for block in 0..<blocks { scales[block] = scale(windowBase: windowBases[block], skipped: skipped[block]) }
@@ -92,14 +90,16 @@ extension BinnedSum {
                                       skipped: skipped[block], scale: scales[block], to: digitSums + limbs * block)
                         }
                     }
-                    for index in 0..<limbs * blocks { limbSums[index] &+= integers(digitSums[index]) }
+                    for block in 0..<blocks {
+                        let column = columns.lowerBound + block * laneCount
+                        for lane in 0..<laneCount where skipped[block][lane] == 0 {
+                            for limb in 0..<limbs {
+                                // A whole number below 2^53: exact as an integer.
+                                sums[(column + lane) * words + 2 + limb] &+= Int64(digitSums[limbs * block + limb][lane])
+                            }
+                        }
+                    }
                     start = flushEnd
-                }
-            }
-            for block in 0..<blocks {
-                let column = columns.lowerBound + block * laneCount
-                for lane in 0..<laneCount where skipped[block][lane] == 0 {
-                    for limb in 0..<limbs { sums[(column + lane) * words + 2 + limb] &+= limbSums[limbs * block + limb][lane] }
                 }
             }
         }
@@ -165,14 +165,6 @@ extension BinnedSum {
     static func highBit(ofMagnitude magnitude: Int64) -> Int64 {
         let biasedExponent = magnitude >> 52
         return biasedExponent != 0 ? biasedExponent - 1 + 52 : 63 - Int64(magnitude.leadingZeroBitCount)
-    }
-
-    /// Digit sums (whole numbers below 2^53) as integers, lane by lane: the
-    /// generic `SIMD4<Int64>(_:rounding:)` is not specialized here, and for
-    /// tables of few rows its calls cost as much as the digits.
-    @inlinable @inline(__always)
-    static func integers(_ sums: SIMD4<Double>) -> Lanes {
-        Lanes(Int64(sums[0]), Int64(sums[1]), Int64(sums[2]), Int64(sums[3]))
     }
 
     /// Rows of the column tile in which `addDigits` keeps the digit sums
