@@ -167,13 +167,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// A, S of every row of `sample` and its (Σ dy, Σ dy·x̂) per position,
-    /// rows in order; dx of each row too when `writeDx`. The column sums
+    /// rows in order; dx of each row below `firstDeferred` too. The column sums
     /// are planar (2·D: all Σ dy, then all Σ dy·x̂, so that they add in
     /// vectors): each block of `layerColumnBlock` rows adds up in `block`,
     /// in the compute precision, and is then widened into `columns`, in
     /// `Double`; at the end they are stored interleaved, (D, 2).
     @inlinable func sums(
-        ofSample sample: Int, writeDx: Bool, columns: UnsafeMutablePointer<Double>, block: UnsafeMutablePointer<T.Compute>
+        ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>,
+        block: UnsafeMutablePointer<T.Compute>
     ) {
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
@@ -186,7 +187,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
                 rowSums(row, addingTo: block)
             }
             waiting = nil
-            if writeDx { if fusesRows { waiting = row } else { inputGradient(row, 0..<length) } }
+            if row < firstDeferred { if fusesRows { waiting = row } else { inputGradient(row, 0..<length) } }
             if (row - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || row == rows.upperBound - 1 {
                 flush(block, into: columns)
             }
@@ -423,14 +424,14 @@ extension LayerBatch {
         let work = LayerBackward(batch: self, dx: dx, dy: dy, statistics: statistics, parameterSums: parameterSums)
         // Whole samples per worker: a sample's sums are added row after row by one thread.
         let split = WorkSplit(units: samples, length: rowsPerSample * rowLength, threads: min(threads, max(samples, 1)))
-        let tails = split.deferredTails(overlap)
+        let tails = deferredRows(split, overlap)
         let length = rowLength
         split.run { worker in
             let columns = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length)
             let block = UnsafeMutablePointer<T.Compute>.allocate(capacity: 2 * length)
             defer { columns.deallocate(); block.deallocate() }
             for sample in split.instances(of: worker) {
-                work.sums(ofSample: sample, writeDx: !tails[worker].contains(sample), columns: columns, block: block)
+                work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns, block: block)
             }
         }
         dgamma.update(repeating: 0)
@@ -442,16 +443,23 @@ extension LayerBatch {
             }
         }
         overlap?.sumsReady()
-        let rowsPerSample = rowsPerSample
-        split.writeDeferred(tails: tails, overlap: overlap) { sample, range in
-            // A sample's range, cut at its rows.
-            var start = range.lowerBound
-            while start < range.upperBound {
-                let row = start / length, end = min((row + 1) * length, range.upperBound)
-                work.inputGradient(sample * rowsPerSample + row, start - row * length..<end - row * length)
-                start = end
-            }
-        }
+        let rowSplit = WorkSplit(units: rows, length: length, threads: split.workers)
+        precondition(rowSplit.workers == split.workers && !rowSplit.splitsInstances, "one worker per run of rows")
+        rowSplit.writeDeferred(tails: tails, overlap: overlap) { row, range in work.inputGradient(row, range) }
         if streaming { instnorm_store_fence() }
+    }
+
+    /// Per worker, the last rows of its samples whose dx waits for
+    /// `overlap.sumsReady`: enough for `overlap.tailElements` values. Rows,
+    /// not samples: a sample can be most of a worker's batch (8 of
+    /// (8,1024,4096) deferred a whole eighth of the tensor, read twice).
+    @inlinable
+    func deferredRows(_ split: WorkSplit, _ overlap: BackwardOverlap?) -> [Range<Int>] {
+        (0..<split.workers).map { worker in
+            let samples = split.instances(of: worker)
+            let end = samples.upperBound * rowsPerSample, elements = overlap?.tailElements ?? 0
+            let count = min(samples.count * rowsPerSample, (elements + rowLength - 1) / rowLength)
+            return end - count..<end
+        }
     }
 }

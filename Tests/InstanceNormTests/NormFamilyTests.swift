@@ -10,7 +10,8 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
     var parameterSums: [Double]
 
     init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: NormShape, eps: Double,
-         threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst) {
+         threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst,
+         overlap: BackwardOverlap? = nil) {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
         let y = TensorBuffer<T>(repeating: .nan, count: x.count), dx = TensorBuffer<T>(repeating: .nan, count: x.count)
@@ -25,7 +26,7 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
         NormKernel.backward(
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements, dy: dy.readOnly, x: x.readOnly,
             statistics: statistics.readOnly, gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores,
-            parameterSums: sums.elements, layout: layout)
+            parameterSums: sums.elements, overlap: overlap, layout: layout)
         (self.y, self.statistics, self.dx) = (y.array, statistics.array, dx.array)
         (self.dgamma, self.dbeta, parameterSums) = (dgamma.array, dbeta.array, sums.array)
     }
@@ -52,8 +53,9 @@ struct FamilyInputs<T: InstanceNormScalar> {
         beta = affine ? generator.normals(shape.parameterCount, deviation: 0.5).map { T($0) } : nil
     }
 
-    func run(eps: Double = 1e-5, threads: Int = 1, stores: StorePolicy = .automatic) -> FamilyRun<T> {
-        FamilyRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps, threads: threads, stores: stores)
+    func run(eps: Double = 1e-5, threads: Int = 1, stores: StorePolicy = .automatic, overlap: BackwardOverlap? = nil) -> FamilyRun<T> {
+        FamilyRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps, threads: threads, stores: stores,
+                  overlap: overlap)
     }
 
     /// The rows of the reference for channels-first data.
@@ -167,6 +169,29 @@ func checkFamily<T: InstanceNormScalar>(
         let wide = FamilyInputs<Double>(normalization, dimensions, seed: 18)
         #expect(wide.run(stores: .streaming) == wide.run(stores: .cached))
         checkFamily(inputs)
+    }
+
+    /// With an overlap, each worker leaves the dx of its last values for
+    /// after `sumsReady` (LayerNorm: its last rows, which may be part of a
+    /// sample; GroupNorm: its last samples): the same bits as without,
+    /// fused or plain, at every thread count, with `sumsReady` called once
+    /// and `progress` along the deferred values.
+    @Test(arguments: [(Normalization.layer(normalizedDimensions: 1), [3, 9, 700]), (.group(groups: 2), [3, 4, 2100])])
+    func overlapTailsKeepBits(_ normalization: Normalization, _ dimensions: [Int]) {
+        let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 19)
+        let plain = inputs.run(stores: .cached)
+        for threads in [1, 2, 3] {
+            for stores in [StorePolicy.cached, .streaming] {
+                let events = EventLog()
+                let overlap = BackwardOverlap(
+                    tailElements: 2000, progressInterval: 500, sumsReady: { events.append("ready") },
+                    progress: { events.append("progress") })
+                let run = inputs.run(threads: threads, stores: stores, overlap: overlap)
+                #expect(run == plain, "threads \(threads), \(stores)")
+                #expect(events.entries.first == "ready" && events.entries.filter { $0 == "ready" }.count == 1)
+                #expect(events.entries.contains("progress"), "threads \(threads), \(stores)")
+            }
+        }
     }
 
     /// G = C is InstanceNorm: the same bits as `BatchKernel`, every output.
