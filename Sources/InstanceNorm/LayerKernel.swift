@@ -443,9 +443,11 @@ extension LayerBatch {
             }
         }
         overlap?.sumsReady()
-        let rowSplit = WorkSplit(units: rows, length: length, threads: split.workers)
-        precondition(rowSplit.workers == split.workers && !rowSplit.splitsInstances, "one worker per run of rows")
-        rowSplit.writeDeferred(tails: tails, overlap: overlap) { row, range in work.inputGradient(row, range) }
+        if rows > 0 {
+            let rowSplit = WorkSplit(units: rows, length: length, threads: split.workers)
+            precondition(rowSplit.workers == split.workers && !rowSplit.splitsInstances, "one worker per run of rows")
+            rowSplit.writeDeferred(tails: tails, overlap: overlap) { row, range in work.inputGradient(row, range) }
+        }
         if streaming { instnorm_store_fence() }
     }
 

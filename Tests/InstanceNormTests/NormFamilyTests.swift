@@ -194,6 +194,21 @@ func checkFamily<T: InstanceNormScalar>(
         }
     }
 
+    /// A rank with no samples still reports its (empty) sums to the
+    /// overlap, once, so that its collective starts with the others'.
+    @Test(arguments: [(Normalization.layer(normalizedDimensions: 1), [0, 9, 700]), (.group(groups: 2), [0, 4, 30]),
+                      (.instance, [0, 3, 5])])
+    func emptyBatchReportsItsSums(_ normalization: Normalization, _ dimensions: [Int]) {
+        let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 20)
+        for threads in [1, 2] {
+            let events = EventLog()
+            let overlap = BackwardOverlap(
+                tailElements: 2000, progressInterval: 500, sumsReady: { events.append("ready") }, progress: {})
+            let run = inputs.run(threads: threads, stores: .streaming, overlap: overlap)
+            #expect(run.dx.isEmpty && events.entries == ["ready"], "\(normalization), threads \(threads)")
+        }
+    }
+
     /// G = C is InstanceNorm: the same bits as `BatchKernel`, every output.
     @Test(arguments: [[2, 3, 5], [3, 4, 17, 9], [2, 5, 1]])
     func groupsOfOneChannelAreInstanceNorm(_ dimensions: [Int]) {
