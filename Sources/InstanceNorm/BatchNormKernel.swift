@@ -139,7 +139,9 @@ public enum BatchNormKernel {
     ) {
         precondition(statistics.count == shape.channels && channelSums.count == 2 * shape.channels)
         guard shape.instanceCount > 0 else { return }
-        let streaming = stores.streams(dx, tensors: 3)
+        // Channels last writes whole samples; channels first, instances.
+        let run = layout == .channelsLast ? shape.channels * shape.spatialCount : shape.spatialCount
+        let streaming = stores.streams(dx, tensors: 3, runsOf: run)
         if layout == .channelsLast {
             return inputGradientChannelsLast(
                 dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, channelSums: channelSums, count: count,

@@ -28,7 +28,7 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         self.shape = shape
         spatialCount = shape.spatialCount
         self.eps = eps
-        streaming = stores.streams(y, tensors: 2)
+        streaming = stores.streams(y, tensors: 2, runsOf: shape.spatialCount)
     }
 
     @inlinable func values(_ instance: Int) -> UnsafeBufferPointer<T> {
@@ -98,7 +98,7 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         self.gamma = gamma
         self.shape = shape
         spatialCount = shape.spatialCount
-        streaming = stores.streams(dx, tensors: 3)
+        streaming = stores.streams(dx, tensors: 3, runsOf: shape.spatialCount)
         instanceSums = .allocate(capacity: shape.instanceCount)
         instanceSums.initialize(repeating: (0, 0))
     }

@@ -53,13 +53,14 @@ public enum NormKernel {
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: channelShape, eps: eps,
                 threads: threads, stores: stores, layout: layout)
         case .group(let channelShape, let groups):
-            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups, streaming: stores.streams(y, tensors: 2))
+            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
+                       streaming: stores.streams(y, tensors: 2, runsOf: channelShape.channels / groups * channelShape.spatialCount))
                 .forward(y: y, statistics: statistics, beta: beta, eps: eps, threads: threads)
         case .groupChannelsLast(let channelShape, let groups):
             ChannelsLastGroups(shape: channelShape, groups: groups, threads: threads)
                 .forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps)
         case .layer:
-            LayerBatch(x: x, gamma: gamma, beta: beta, shape: shape, streaming: stores.streams(y, tensors: 2))
+            LayerBatch(x: x, gamma: gamma, beta: beta, shape: shape, streaming: stores.streams(y, tensors: 2, runsOf: shape.rowLength))
                 .forward(y: y, statistics: statistics, eps: eps, threads: threads)
         }
     }
@@ -120,7 +121,8 @@ public enum NormKernel {
                 shape: channelShape, threads: threads, stores: stores, instanceSums: parameterSums, overlap: overlap,
                 layout: layout)
         case .group(let channelShape, let groups):
-            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups, streaming: stores.streams(dx, tensors: 3))
+            GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
+                       streaming: stores.streams(dx, tensors: 3, runsOf: channelShape.channels / groups * channelShape.spatialCount))
                 .backward(
                     dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, segmentSums: parameterSums,
                     threads: threads, overlap: overlap)
@@ -129,7 +131,7 @@ public enum NormKernel {
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 parameterSums: parameterSums, overlap: overlap)
         case .layer:
-            LayerBatch(x: x, gamma: gamma, beta: nil, shape: shape, streaming: stores.streams(dx, tensors: 3))
+            LayerBatch(x: x, gamma: gamma, beta: nil, shape: shape, streaming: stores.streams(dx, tensors: 3, runsOf: shape.rowLength))
                 .backward(
                     dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, parameterSums: parameterSums,
                     threads: threads, overlap: overlap)
