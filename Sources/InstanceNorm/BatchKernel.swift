@@ -205,7 +205,7 @@ public enum BatchKernel {
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
-        if layout == .channelsLast && SmallInstances.applies(to: shape) {
+        if layout == .channelsLast && SmallInstances.appliesToBackward(shape) {
             return SmallChannelsLast<T>(shape: shape).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
@@ -215,7 +215,7 @@ public enum BatchKernel {
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 shape: shape, threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
         }
-        if SmallInstances.applies(to: shape) {
+        if SmallInstances.appliesToBackward(shape) {
             return SmallBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
                 .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums, overlap: overlap)
         }

@@ -38,10 +38,25 @@ public enum SmallInstances {
     /// own setup, and the transposition costs more than it saves.
     public static let limit = 100
 
-    /// Whether a channels-first call on `shape` takes these kernels.
+    /// The largest M whose backward takes the blocked kernels. Above it
+    /// the per-instance backward, whose instances under 2 KiB take
+    /// ordinary stores (`StorePolicy.shortRunBytes`), was as fast or
+    /// faster (one thread, float32, 3 rounds; blocked / per-instance
+    /// backward time): M = 49 0.93, M = 56 0.86, M = 64 1.02, M = 81 1.30,
+    /// M = 100 1.56. The forward keeps the blocks up to `limit` (at M = 64
+    /// the per-instance forward took 1.46 times as long).
+    public static let backwardLimit = 64
+
+    /// Whether a forward on `shape` takes these kernels.
     @inlinable
     static func applies(to shape: InstanceNormShape) -> Bool {
         shape.spatialCount <= limit
+    }
+
+    /// Whether a backward on `shape` takes these kernels.
+    @inlinable
+    static func appliesToBackward(_ shape: InstanceNormShape) -> Bool {
+        shape.spatialCount <= backwardLimit
     }
 
     /// `count` instances cut into blocks of `lanes` (the last may be shorter).

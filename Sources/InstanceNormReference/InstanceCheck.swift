@@ -193,10 +193,11 @@ public struct InstanceCheck {
         _ arithmetic: KernelArithmetic, x: [Double], dy: [Double], meanHigh: Double, meanLow: Double,
         invstd: Double, sumDy: Double, sumDyXHat: Double
     ) -> (RoundingErrors, RoundingErrors) {
-        let s1 = arithmetic.laneSumErrors(count: dy.count, term: { dy[$0] })
+        let s1 = arithmetic.laneSumErrors(count: dy.count, term: { dy[$0] }, backward: true)
         let product = { (index: Int) in dy[index] * (x[index] - meanHigh) }
         let centered = arithmetic.laneSumErrors(
-            count: dy.count, term: product, formation: { abs(product($0)) }, tailProduct: { abs(product($0)) })
+            count: dy.count, term: product, formation: { abs(product($0)) }, tailProduct: { abs(product($0)) },
+            backward: true)
         var s2 = RoundingErrors()
         s2.add(centered, scaledBy: invstd)
         s2.add(s1, scaledBy: invstd * meanLow)

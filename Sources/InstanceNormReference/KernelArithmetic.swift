@@ -38,6 +38,8 @@ public struct KernelArithmetic: Sendable {
     /// of `blockedGroup` values, see `laneSumErrors`), 0 for none: set it
     /// for InstanceNorm (`SmallInstances.limit`), not for the other norms.
     public var blockedLimit = 0
+    /// The same for the backward's sums (`SmallInstances.backwardLimit`).
+    public var blockedBackwardLimit = 0
     /// Values per compute-precision running sum in the blocked order.
     public var blockedGroup = 8
 
@@ -166,13 +168,16 @@ extension KernelArithmetic {
     /// square, 0 when exact); `tailProduct(i)` that of a `Double` product
     /// the values after the last block form instead of an FMA.
     ///
-    /// Instances of at most `blockedLimit` values are summed in the blocked
-    /// order instead (`blockedSumErrors`).
+    /// Instances of at most `blockedLimit` values (`blockedBackwardLimit`
+    /// for the backward's sums) are summed in the blocked order instead
+    /// (`blockedSumErrors`).
     public func laneSumErrors(
         count: Int, term: (Int) -> Double, formation: (Int) -> Double = { _ in 0 },
-        tailProduct: (Int) -> Double = { _ in 0 }
+        tailProduct: (Int) -> Double = { _ in 0 }, backward: Bool = false
     ) -> RoundingErrors {
-        if count <= blockedLimit { return blockedSumErrors(count: count, term: term, formation: formation) }
+        if count <= (backward ? blockedBackwardLimit : blockedLimit) {
+            return blockedSumErrors(count: count, term: term, formation: formation)
+        }
         var errors = RoundingErrors()
         var total = 0.0
         var lanePartials = [Double](repeating: 0, count: 2 * lanes)

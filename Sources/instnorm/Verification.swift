@@ -43,11 +43,14 @@ struct Verification {
     init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
         var arithmetic = KernelArithmetic(for: T.self)
         // InstanceNorm (GroupNorm with G = C runs it) sums small instances in blocks.
-        switch layer.globalShape.normalization {
-        case .instance: arithmetic.blockedLimit = SmallInstances.limit
-        case .group(let groups) where groups == layer.globalShape.channelShape?.channels:
+        let blocksInstances = switch layer.globalShape.normalization {
+        case .instance: true
+        case .group(let groups): groups == layer.globalShape.channelShape?.channels
+        default: false
+        }
+        if blocksInstances {
             arithmetic.blockedLimit = SmallInstances.limit
-        default: break
+            arithmetic.blockedBackwardLimit = SmallInstances.backwardLimit
         }
         var local = Measures()
         if layer.globalShape.normalization == .batch {

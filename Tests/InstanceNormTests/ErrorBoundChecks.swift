@@ -18,6 +18,7 @@ extension KernelArithmetic {
 func errorBoundRatios<T: InstanceNormScalar>(_ inputs: Inputs<T>, _ run: KernelRun<T>, eps: Double) -> [String: Double] {
     var arithmetic = KernelArithmetic(for: T.self)
     arithmetic.blockedLimit = SmallInstances.limit
+    arithmetic.blockedBackwardLimit = SmallInstances.backwardLimit
     let (channels, count) = (inputs.shape.channels, inputs.shape.spatialCount)
     let x = inputs.wideX, dy = inputs.wideDy
     var ratios: [String: Double] = [:]
