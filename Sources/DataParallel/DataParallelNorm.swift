@@ -246,7 +246,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
             if last { pendingShareRows = chunk }
             kernelBackward(
                 samples: chunk, dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma,
-                stores: chunks.count > 1 ? resolvedStores(dx) : stores,
+                stores: chunks.count > 1 ? stores.forSlices(of: dx, tensors: 3) : stores,
                 overlap: last && overlapsReduction ? collective.hooks : nil)
             // Deposited while the chunk's shares are still in cache.
             if !last { addLocalSums(rows: chunk, to: exactSums) }
@@ -320,13 +320,6 @@ public final class DataParallelNorm<T: DataParallelScalar> {
 
     /// The fewest samples a run of `shareChunks` may hold.
     static var shareChunkMinimumSamples: Int { 64 }
-
-    /// `stores` as the whole backward decides it, for runs that are each
-    /// below the streaming threshold.
-    private func resolvedStores(_ dx: UnsafeMutableBufferPointer<T>) -> StorePolicy {
-        guard stores == .automatic else { return stores }
-        return 3 * dx.count * MemoryLayout<T>.stride > StorePolicy.streamingThreshold ? .streaming : .cached
-    }
 
     /// Starts the collective that completes dγ, dβ across ranks.
     private func startReduction() throws -> Request {

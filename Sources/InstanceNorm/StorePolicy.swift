@@ -16,6 +16,11 @@ public enum StorePolicy: Sendable, Equatable {
     case cached
     /// Streaming stores.
     case streaming
+    /// What `.automatic` decides for a call whose tensors exceed the
+    /// last-level cache, whatever the size of this one: streaming stores,
+    /// but for outputs written in runs under `shortRunBytes`. For a caller
+    /// that cuts one large call into smaller ones (`forSlices(of:tensors:)`).
+    case pastCache
 
     /// Under `.automatic`, a call streams its output when the tensors it
     /// touches (inputs and output) hold more bytes than this: the last-level
@@ -35,17 +40,29 @@ public enum StorePolicy: Sendable, Equatable {
     /// 1.05, M = 729 1.13 / 0.85, M = 900 0.85 / 0.88, M = 3025 0.74 / 0.79.
     public static let shortRunBytes = 2 << 10
 
+    /// The policy for calls over slices of `output`, decided as for one
+    /// call over all of it: `.automatic` becomes `.pastCache` or `.cached`.
+    public func forSlices<T>(of output: UnsafeMutableBufferPointer<T>, tensors: Int) -> StorePolicy {
+        guard self == .automatic else { return self }
+        return streams(output, tensors: tensors) ? .pastCache : .cached
+    }
+
     /// - Parameters:
     ///   - tensors: how many tensors of the output's size the call reads
     ///     and writes (2 for the forward, 3 for the backward).
-    ///   - run: the values the output is written in runs of (see
-    ///     `shortRunBytes`); nil for kernels that write long runs whatever the shape.
+    ///   - run: the values the output is written in runs of, each with its
+    ///     own constants (see `shortRunBytes`).
     @inlinable
     func streams<T>(_ output: UnsafeMutableBufferPointer<T>, tensors: Int, runsOf run: Int) -> Bool {
-        guard self == .automatic else { return streams(output, tensors: tensors) }
-        return streams(output, tensors: tensors) && run * MemoryLayout<T>.stride >= Self.shortRunBytes
+        switch self {
+        case .automatic, .pastCache:
+            streams(output, tensors: tensors) && run * MemoryLayout<T>.stride >= Self.shortRunBytes
+        case .cached, .streaming: streams(output, tensors: tensors)
+        }
     }
 
+    /// Whether a kernel that writes long runs whatever the shape streams.
+    ///
     /// - Parameter tensors: how many tensors of the output's size the call
     ///   reads and writes (2 for the forward, 3 for the backward).
     @inlinable
@@ -53,7 +70,7 @@ public enum StorePolicy: Sendable, Equatable {
         switch self {
         case .automatic: tensors * output.count * MemoryLayout<T>.stride > Self.streamingThreshold
         case .cached: false
-        case .streaming: true
+        case .streaming, .pastCache: true
         }
     }
 

@@ -90,16 +90,26 @@ extension BinnedSum {
                                       skipped: skipped[block], scale: scales[block], to: digitSums + limbs * block)
                         }
                     }
-                    for block in 0..<blocks {
-                        let column = columns.lowerBound + block * laneCount
-                        for lane in 0..<laneCount where skipped[block][lane] == 0 {
-                            for limb in 0..<limbs {
-                                // A whole number below 2^53: exact as an integer.
-                                sums[(column + lane) * words + 2 + limb] &+= Int64(digitSums[limbs * block + limb][lane])
-                            }
-                        }
-                    }
+                    flush(digitSums, blocks: blocks, skipped: skipped, to: sums + columns.lowerBound * words)
                     start = flushEnd
+                }
+            }
+        }
+    }
+
+    /// Adds the digit sums of `blocks` blocks of four columns (six vectors
+    /// each, in `Double`) to the limbs of their sums, from `sums` on, but in
+    /// the `skipped` lanes.
+    @inlinable
+    static func flush(
+        _ digitSums: UnsafeMutablePointer<SIMD4<Double>>, blocks: Int, skipped: UnsafeMutablePointer<Lanes>,
+        to sums: UnsafeMutablePointer<Int64>
+    ) {
+        for block in 0..<blocks {
+            for lane in 0..<laneCount where skipped[block][lane] == 0 {
+                for limb in 0..<limbs {
+                    // A whole number below 2^53: exact as an integer.
+                    sums[(block * laneCount + lane) * words + 2 + limb] &+= Int64(digitSums[limbs * block + limb][lane])
                 }
             }
         }
