@@ -80,6 +80,8 @@ FAMILY_CASES = [
     (["--norm", "batch"], (7, 3, 5, 4), np.float32, True, True, "nchw", True, False),
     (["--norm", "batch"], (3, 6), np.float64, True, True, "nchw", False, False),
     (["--norm", "batch"], (5, 3, 4, 6), np.float16, True, True, "nhwc", True, False),
+    (["--norm", "batch"], (3, 32, 6, 7), np.float32, True, True, "nhwc", True, False),
+    (["--norm", "batch"], (2, 80, 40), np.float64, True, True, "nhwc", False, False),
     (["--norm", "batch"], (5, 4, 9), np.float64, True, False, "nchw", True, True),
 ]
 

@@ -150,10 +150,20 @@ public enum BatchKernel {
         precondition(channelStatistics.count == shape.channels)
         guard shape.instanceCount > 0 else { return }
         let saved = SharedBuffer(channelStatistics), channels = shape.channels
-        if layout == .channelsLast {
-            let batch = ChannelsLastBatch<T>(shape: shape, streaming: stores.streams(y, tensors: 2))
-            return writeNormalized(batch, batch.split(threads: threads), y: y, x: x, gamma: gamma, beta: beta) {
-                saved.base[$0 % channels]
+        if layout == .channelsLast, let xBase = x.baseAddress {
+            // Whole rows in the tensor's order, one table of constants for every sample.
+            return writeChannelwise(y, channels: channels, threads: threads, streaming: stores.streams(y, tensors: 2)) { scratch in
+                for channel in 0..<channels {
+                    let (meanHigh, scale, offset) = InstanceKernel.normalizeConstants(
+                        saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
+                        beta: beta.map { $0[channel].widened } ?? 0, as: T.self)
+                    scratch.set(0, channel: channel, meanHigh)
+                    scratch.set(1, channel: channel, scale)
+                    scratch.set(2, channel: channel, offset)
+                }
+                for slot in 0..<3 { scratch.replicate(slot) }
+            } operation: { scratch in
+                TiledNormalizeOperation(x: xBase, scratch: scratch)
             }
         }
         let batch = ForwardBatch(

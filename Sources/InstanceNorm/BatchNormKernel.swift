@@ -41,10 +41,17 @@ public enum BatchNormKernel {
     ) {
         precondition(sums.count == 2 * shape.instanceCount && x.count == shape.elementCount && shifts.count == shape.channels)
         let input = SharedBuffer(x), centers = SharedBuffer(shifts)
-        instanceSums(into: sums, shape: shape, threads: threads, layout: layout) { instance, range in
+        if layout == .channelsLast {
+            let rows = ChannelRows<T>(shape: shape), sampleLength = shape.channels * shape.spatialCount
+            return rows.table { shifts[$0] }.withUnsafeBufferPointer { table in
+                let shift = SharedBuffer(table)
+                rows.sums(into: SharedBuffer(sums), threads: threads) { sample in
+                    ShiftedTerms(x: UnsafePointer(input.base + sample * sampleLength), shift: UnsafePointer(shift.base))
+                }
+            }
+        }
+        instanceSums(into: sums, shape: shape, threads: threads) { instance, range in
             shiftedChunkSums(input.base + instance * shape.spatialCount, range, shift: centers.base[instance % shape.channels])
-        } channelsLast: { batch in
-            ShiftedTermsPreparer(x: input, shifts: centers, sampleLength: batch.sampleLength)
         }
     }
 
@@ -71,14 +78,23 @@ public enum BatchNormKernel {
         precondition(sums.count == 2 * shape.instanceCount && statistics.count == shape.channels)
         let centers = statistics.map { $0.splitMean(as: T.self).high }
         let gradients = SharedBuffer(dy), input = SharedBuffer(x), saved = SharedBuffer(statistics)
-        centers.withUnsafeBufferPointer { centers in
-            let shared = SharedBuffer(centers)
-            instanceSums(into: sums, shape: shape, threads: threads, layout: layout) { instance, range in
-                let start = instance * shape.spatialCount
-                return gradientChunkSums(
-                    gradients.base + start, input.base + start, range, center: shared.base[instance % shape.channels])
-            } channelsLast: { batch in
-                GradientTermsPreparer(dy: gradients, x: input, centers: shared, sampleLength: batch.sampleLength)
+        if layout == .channelsLast {
+            let rows = ChannelRows<T>(shape: shape), sampleLength = shape.channels * shape.spatialCount
+            rows.table { centers[$0] }.withUnsafeBufferPointer { table in
+                let center = SharedBuffer(table)
+                rows.sums(into: SharedBuffer(sums), threads: threads) { sample in
+                    GradientTerms(dy: UnsafePointer(gradients.base + sample * sampleLength),
+                                  x: UnsafePointer(input.base + sample * sampleLength), center: UnsafePointer(center.base))
+                }
+            }
+        } else {
+            centers.withUnsafeBufferPointer { centers in
+                let shared = SharedBuffer(centers)
+                instanceSums(into: sums, shape: shape, threads: threads) { instance, range in
+                    let start = instance * shape.spatialCount
+                    return gradientChunkSums(
+                        gradients.base + start, input.base + start, range, center: shared.base[instance % shape.channels])
+                }
             }
         }
         // Σ dy·(x − μ_hi) → s2, channel by channel (as `InstanceKernel.gradientSums`).
@@ -179,46 +195,17 @@ public enum BatchNormKernel {
 
     // MARK: - Implementation
 
-    /// Two sums per instance into `sums` (N, C, 2), in the fixed order of the
-    /// instance kernels: channels first by `chunkSums(instance, range)` over
+    /// Two sums per instance into `sums` (N, C, 2), channels first, in the
+    /// fixed order of the instance kernels: `chunkSums(instance, range)` over
     /// chunks (whole instances per worker, or chunks shared and combined in
-    /// chunk order); channels last by the channels-last lane sums of each
-    /// sample's terms.
+    /// chunk order).
     @inlinable
-    static func instanceSums<T: InstanceNormScalar, Preparer: LaneTermsPreparer>(
-        into sums: UnsafeMutableBufferPointer<Double>, shape: InstanceNormShape, threads: Int, layout: TensorLayout,
-        chunkSums: @escaping @Sendable (Int, Range<Int>) -> (Double, Double),
-        channelsLast preparer: (ChannelsLastBatch<T>) -> Preparer
-    ) where Preparer.Terms.Scalar == T {
+    static func instanceSums(
+        into sums: UnsafeMutableBufferPointer<Double>, shape: InstanceNormShape, threads: Int,
+        chunkSums: @escaping @Sendable (Int, Range<Int>) -> (Double, Double)
+    ) {
         guard shape.instanceCount > 0 else { return }
         let output = SharedBuffer(sums)
-        if layout == .channelsLast {
-            let batch = ChannelsLastBatch<T>(shape: shape, streaming: false)
-            let prepare = preparer(batch)
-            let store = { @Sendable (sample: Int, channel: Int, first: Double, second: Double) in
-                let instance = sample * shape.channels + channel
-                output.base[2 * instance] = first
-                output.base[2 * instance + 1] = second
-            }
-            let split = batch.split(threads: threads)
-            if batch.sharesSamples(split) {
-                let shared = SharedSample(batch, split)
-                defer { shared.deallocate() }
-                for sample in 0..<shape.batch {
-                    batch.sharedSums(sample, shared, prepare: { prepare.terms(sample: $0, scratch: $1) }, store: store)
-                }
-            } else {
-                split.run { worker in
-                    let scratch = ChannelsLastScratch<T>(channels: shape.channels)
-                    for sample in split.instances(of: worker) {
-                        let plan = batch.prefetchPlan(sample, of: split.instances(of: worker), arrays: Preparer.arrays)
-                        batch.sampleSums(sample, scratch, prefetch: plan, prepare: { prepare.terms(sample: $0, scratch: $1) },
-                                         store: store)
-                    }
-                }
-            }
-            return
-        }
         let split = WorkSplit(shape: shape, threads: threads)
         if split.splitsInstances {
             for (instance, total) in split.sumsInChunkOrder(chunkSums).enumerated() {
@@ -234,75 +221,30 @@ public enum BatchNormKernel {
         }
     }
 
-    /// dx channels last: the instance kernels' tiled operation with every
-    /// instance given its channel's statistics, the batch's sums and count.
+    /// dx channels last, in the tensor's order with each channel's constants
+    /// (`writeChannelwise`): the same bits as channels first, value by value.
     @inlinable
     static func inputGradientChannelsLast<T: InstanceNormScalar>(
         dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
         channelSums: UnsafeBufferPointer<Double>, count: Int, shape: InstanceNormShape, threads: Int, streaming: Bool
     ) {
-        let batch = ChannelsLastBatch<T>(shape: shape, streaming: streaming)
-        let perInstance = (0..<shape.instanceCount).map { statistics[$0 % shape.channels] }
-        perInstance.withUnsafeBufferPointer { perInstance in
-            let passes = GradientPasses(batch, dy: dy, x: x, statistics: perInstance, gamma: gamma, count: count)
-            for instance in 0..<shape.instanceCount {
-                passes.sums.elements[2 * instance] = channelSums[2 * (instance % shape.channels)]
-                passes.sums.elements[2 * instance + 1] = channelSums[2 * (instance % shape.channels) + 1]
+        guard let dyBase = dy.baseAddress, let xBase = x.baseAddress else { return }
+        writeChannelwise(dx, channels: shape.channels, threads: threads, streaming: streaming) { scratch in
+            for channel in 0..<shape.channels {
+                let operation = InstanceKernel.inputGradientOperation(
+                    dy: dyBase, x: xBase, statistics: statistics[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
+                    sumDy: channelSums[2 * channel], sumDyXHat: channelSums[2 * channel + 1], spatialCount: count)
+                scratch.set(0, channel: channel, operation.meanHigh)
+                scratch.set(1, channel: channel, operation.meanDy)
+                scratch.set(2, channel: channel, operation.gradientScale)
+                scratch.set(3, channel: channel, operation.centeredScale)
+                scratch.set(4, channel: channel, operation.offset)
             }
-            batch.write(batch.split(threads: threads), dx, prepare: passes.operation)
+            for slot in 0..<5 { scratch.replicate(slot) }
+        } operation: { scratch in
+            TiledInputGradientOperation(dy: dyBase, x: xBase, scratch: scratch)
         }
-        if streaming { instnorm_store_fence() }
-    }
-}
-
-/// Makes the lane terms of one channels-last sample for `BatchNormKernel`'s sums.
-@usableFromInline
-protocol LaneTermsPreparer: Sendable {
-    associatedtype Terms: LaneTerms
-    /// How many tensors the terms read (for the prefetch distance).
-    static var arrays: Int { get }
-    func terms(sample: Int, scratch: ChannelsLastScratch<Terms.Scalar>) -> Terms
-}
-
-/// x − shift_c, with each channel's shift tiled into the scratch.
-@usableFromInline
-struct ShiftedTermsPreparer<T: InstanceNormScalar>: LaneTermsPreparer, @unchecked Sendable {
-    @usableFromInline let x: SharedBuffer<T>
-    @usableFromInline let shifts: SharedBuffer<T.Compute>
-    @usableFromInline let sampleLength: Int
-    @usableFromInline static var arrays: Int { 1 }
-
-    @inlinable init(x: SharedBuffer<T>, shifts: SharedBuffer<T.Compute>, sampleLength: Int) {
-        self.x = x
-        self.shifts = shifts
-        self.sampleLength = sampleLength
-    }
-
-    @inlinable func terms(sample: Int, scratch: ChannelsLastScratch<T>) -> ShiftedTerms<T> {
-        scratch.tile(0) { shifts.base[$0] }
-        return ShiftedTerms(x: x.base + sample * sampleLength, shift: scratch.tiledBase(0))
-    }
-}
-
-/// (dy, x − center_c), with each channel's center tiled into the scratch.
-@usableFromInline
-struct GradientTermsPreparer<T: InstanceNormScalar>: LaneTermsPreparer, @unchecked Sendable {
-    @usableFromInline let dy, x: SharedBuffer<T>
-    @usableFromInline let centers: SharedBuffer<T.Compute>
-    @usableFromInline let sampleLength: Int
-    @usableFromInline static var arrays: Int { 2 }
-
-    @inlinable init(dy: SharedBuffer<T>, x: SharedBuffer<T>, centers: SharedBuffer<T.Compute>, sampleLength: Int) {
-        self.dy = dy
-        self.x = x
-        self.centers = centers
-        self.sampleLength = sampleLength
-    }
-
-    @inlinable func terms(sample: Int, scratch: ChannelsLastScratch<T>) -> GradientTerms<T> {
-        scratch.tile(0) { centers.base[$0] }
-        return GradientTerms(dy: dy.base + sample * sampleLength, x: x.base + sample * sampleLength, center: scratch.tiledBase(0))
     }
 }
 

@@ -238,9 +238,9 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     @inlinable init(channels: Int) {
         self.channels = channels
         (blockLength, period, slotLength) = Self.lengths(channels: channels)
-        firstLanes = .allocate(capacity: blockLength)
-        secondLanes = .allocate(capacity: blockLength)
-        slots = .allocate(capacity: 5 * slotLength)
+        firstLanes = allocateAligned(blockLength, of: T.Compute.self)
+        secondLanes = allocateAligned(blockLength, of: T.Compute.self)
+        slots = allocateAligned(5 * slotLength, of: T.Compute.self)
         first = .allocate(capacity: channels)
         second = .allocate(capacity: channels)
         totalFirst = .allocate(capacity: channels)
@@ -366,6 +366,8 @@ protocol TiledOperation: SendableMetatype {
     func constants(at tiled: Int) -> Constants
     func vector(at index: Int, _ constants: Constants) -> Scalar.Vector
     func scalar(at index: Int, tiled: Int) -> Scalar.Compute
+    /// Asks for the inputs' cache lines at `index` (see `instnorm_prefetch`).
+    func prefetch(at index: Int)
 }
 
 /// Periods per slab in `writeTiledVectors`: the vectors at one offset of
@@ -467,6 +469,9 @@ struct TiledNormalizeOperation<Scalar: InstanceNormScalar>: TiledOperation {
     func scalar(at index: Int, tiled: Int) -> Scalar.Compute {
         offset[tiled].addingProduct(x[index].computed - meanHigh[tiled], scale[tiled])
     }
+
+    @inlinable @inline(__always)
+    func prefetch(at index: Int) { instnorm_prefetch(x + index) }
 }
 
 /// dx = k·(dy − m̄) + p·(x − μ_hi) + q with per-channel constants in tiled
@@ -507,5 +512,11 @@ struct TiledInputGradientOperation<Scalar: InstanceNormScalar>: TiledOperation {
     func scalar(at index: Int, tiled: Int) -> Scalar.Compute {
         offset[tiled].addingProduct(centeredScale[tiled], x[index].computed - meanHigh[tiled])
             .addingProduct(gradientScale[tiled], dy[index].computed - meanDy[tiled])
+    }
+
+    @inlinable @inline(__always)
+    func prefetch(at index: Int) {
+        instnorm_prefetch(x + index)
+        instnorm_prefetch(dy + index)
     }
 }

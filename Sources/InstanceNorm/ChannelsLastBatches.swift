@@ -255,18 +255,6 @@ extension BatchKernel {
         if batch.streaming { instnorm_store_fence() }
     }
 
-    /// y from per-instance statistics, channels last, in one pass.
-    @inlinable
-    static func writeNormalized<T: InstanceNormScalar>(
-        _ batch: ChannelsLastBatch<T>, _ split: WorkSplit,
-        y: UnsafeMutableBufferPointer<T>, x: UnsafeBufferPointer<T>,
-        gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?,
-        statistics: @escaping @Sendable (Int) -> InstanceStatistics
-    ) {
-        batch.write(split, y, prepare: normalizeOperations(batch, x: x, gamma: gamma, beta: beta, statistics: statistics))
-        if batch.streaming { instnorm_store_fence() }
-    }
-
     /// Per sample, y = (x − μ_hi)·a + b with each channel's μ_hi, a, b (see
     /// `InstanceKernel.normalize`) tiled into the scratch.
     @inlinable
@@ -279,13 +267,12 @@ extension BatchKernel {
         let channels = batch.channels, sampleLength = batch.sampleLength
         return { sample, scratch in
             for channel in 0..<channels {
-                let instanceStatistics = statistics(sample * channels + channel)
-                let (meanHigh, meanLow) = instanceStatistics.splitMean(as: T.self)
-                let scaleWide = (affine.0.map { $0.base[channel].widened } ?? 1) * instanceStatistics.invstd
-                let offset = (affine.1.map { $0.base[channel].widened } ?? 0) - meanLow * scaleWide
+                let (meanHigh, scale, offset) = InstanceKernel.normalizeConstants(
+                    statistics(sample * channels + channel), gamma: affine.0.map { $0.base[channel].widened } ?? 1,
+                    beta: affine.1.map { $0.base[channel].widened } ?? 0, as: T.self)
                 scratch.set(0, channel: channel, meanHigh)
-                scratch.set(1, channel: channel, T.Compute(scaleWide))
-                scratch.set(2, channel: channel, T.Compute(offset))
+                scratch.set(1, channel: channel, scale)
+                scratch.set(2, channel: channel, offset)
             }
             for slot in 0..<3 { scratch.replicate(slot) }
             return TiledNormalizeOperation(x: input.base + sample * sampleLength, scratch: scratch)

@@ -43,18 +43,10 @@ final class BlockScratch<T: InstanceNormScalar> {
         self.spatialCount = spatialCount
         columnCount = (spatialCount + tile - 1) / tile * tile
         paddedCount = lanes * spatialCount + lanes
-        columnSlots = Self.allocate(4 * columnCount * lanes, of: T.Compute.self)
-        paddedSlots = Self.allocate(4 * paddedCount, of: T.self)
-        staging = Self.allocate(3 * lanes, of: Double.self)
-        constantSets = Self.allocate(2 * 5 * lanes, of: T.Compute.self)
-    }
-
-    /// `count` zeros, 64-byte aligned.
-    @inlinable static func allocate<Element: BinaryFloatingPoint>(_ count: Int, of _: Element.Type) -> UnsafeMutablePointer<Element> {
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Element>.stride, alignment: 64)
-        let pointer = raw.bindMemory(to: Element.self, capacity: count)
-        pointer.initialize(repeating: 0, count: count)
-        return pointer
+        columnSlots = allocateAligned(4 * columnCount * lanes, of: T.Compute.self)
+        paddedSlots = allocateAligned(4 * paddedCount, of: T.self)
+        staging = allocateAligned(3 * lanes, of: Double.self)
+        constantSets = allocateAligned(2 * 5 * lanes, of: T.Compute.self)
     }
 
     deinit {
@@ -119,4 +111,14 @@ final class BlockScratch<T: InstanceNormScalar> {
     func prefetch(_ start: UnsafeRawPointer, bytes: Int) {
         for offset in stride(from: 0, to: bytes, by: 64) { instnorm_prefetch(start + offset) }
     }
+}
+
+/// `count` zeros, 64-byte aligned: vectors loaded from scratch never
+/// straddle a cache line. (Free with `deallocate()`.)
+@inlinable
+func allocateAligned<Element: BinaryFloatingPoint>(_ count: Int, of _: Element.Type) -> UnsafeMutablePointer<Element> {
+    let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Element>.stride, alignment: 64)
+    let pointer = raw.bindMemory(to: Element.self, capacity: count)
+    pointer.initialize(repeating: 0, count: count)
+    return pointer
 }

@@ -137,13 +137,22 @@ public enum InstanceKernel {
         streaming: Bool = false
     ) {
         precondition(y.count == x.count)
-        let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
-        let scaleWide = gamma * statistics.invstd
-        let scale = T.Compute(scaleWide)
-        let offset = T.Compute(beta - meanLow * scaleWide)
+        let (meanHigh, scale, offset) = normalizeConstants(statistics, gamma: gamma, beta: beta, as: T.self)
         writeElementwise(
             y.baseAddress!, 0..<x.count, streaming: streaming,
             NormalizeOperation(x: x.baseAddress!, meanHigh: meanHigh, scale: scale, offset: offset))
+    }
+
+    /// The constants of y = (x − μ_hi)·a + b for one instance (or channel):
+    /// μ = μ_hi + μ_lo, a = γ·r and b = β − μ_lo·a formed in `Double`, then
+    /// rounded to the compute precision.
+    @inlinable @inline(__always)
+    static func normalizeConstants<T: InstanceNormScalar>(
+        _ statistics: InstanceStatistics, gamma: Double, beta: Double, as _: T.Type
+    ) -> (meanHigh: T.Compute, scale: T.Compute, offset: T.Compute) {
+        let (meanHigh, meanLow) = statistics.splitMean(as: T.self)
+        let scaleWide = gamma * statistics.invstd
+        return (meanHigh, T.Compute(scaleWide), T.Compute(beta - meanLow * scaleWide))
     }
 
     /// The two reductions of the backward for one instance:

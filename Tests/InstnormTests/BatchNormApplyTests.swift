@@ -11,16 +11,18 @@ extension InstnormCLI {
     @Suite struct BatchNormApply {
         static let dimensions = [3, 4, 5, 2]
 
-        /// x, dy, γ, β, running statistics for `dimensions` into `folder`.
-        func writeInputs(_ folder: String, seed: UInt64) throws -> (x: [Double], dy: [Double], gamma: [Double], beta: [Double]) {
+        /// x, dy, γ, β, running statistics for `dimensions` into `folder`
+        /// (x and dy of shape `fileShape`, by default `dimensions`).
+        func writeInputs(_ folder: String, seed: UInt64, fileShape: [Int] = BatchNormApply.dimensions) throws
+            -> (x: [Double], dy: [Double], gamma: [Double], beta: [Double]) {
             var generator = SeededGenerator(seed: seed)
             let count = Self.dimensions.reduce(1, *), channels = Self.dimensions[1]
             let x = generator.normals(count, mean: 2, deviation: 3).map { Double(Float($0)) }
             let dy = generator.normals(count).map { Double(Float($0)) }
             let gamma = generator.normals(channels, mean: 1, deviation: 0.5).map { Double(Float($0)) }
             let beta = generator.normals(channels).map { Double(Float($0)) }
-            try NPY.write(folder + "/x.npy", shape: Self.dimensions, values: x.map { Float($0) })
-            try NPY.write(folder + "/dy.npy", shape: Self.dimensions, values: dy.map { Float($0) })
+            try NPY.write(folder + "/x.npy", shape: fileShape, values: x.map { Float($0) })
+            try NPY.write(folder + "/dy.npy", shape: fileShape, values: dy.map { Float($0) })
             try NPY.write(folder + "/g.npy", shape: [channels], values: gamma.map { Float($0) })
             try NPY.write(folder + "/b.npy", shape: [channels], values: beta.map { Float($0) })
             try NPY.write(folder + "/rm0.npy", shape: [channels], values: [Float](repeating: 0, count: channels))
@@ -34,11 +36,18 @@ extension InstnormCLI {
              "--norm", "batch", "--output", output]
         }
 
-        /// Every output the same bytes at np = 1…5 (N = 3: ranks 3 and 4 hold no samples).
-        @Test func sameBytesAtEveryRankCount() async throws {
+        /// Every output the same bytes at np = 1…5 (N = 3: ranks 3 and 4 hold
+        /// no samples), channels first and last (which sums in its own order).
+        @Test(arguments: ["nchw", "nhwc"])
+        func sameBytesAtEveryRankCount(layout: String) async throws {
             try await withTemporaryDirectory { folder in
-                _ = try writeInputs(folder, seed: 51)
-                for np in 1...5 { try await Launcher.apply(ranks: np, arguments(folder, step: 0, output: "\(folder)/np\(np)")) }
+                let (n, c) = (Self.dimensions[0], Self.dimensions[1])
+                let fileShape = layout == "nchw" ? Self.dimensions : [n] + Self.dimensions.dropFirst(2) + [c]
+                _ = try writeInputs(folder, seed: 51, fileShape: fileShape)
+                for np in 1...5 {
+                    try await Launcher.apply(
+                        ranks: np, arguments(folder, step: 0, output: "\(folder)/np\(np)") + ["--layout", layout])
+                }
                 let names = ["y.npy", "mean.npy", "invstd.npy", "dx.npy", "dgamma.npy", "dbeta.npy", "running_mean.npy", "running_var.npy"]
                 #expect(DirectorySnapshot("\(folder)/np1")?.names == names.sorted())
                 #expect(try NPYReader(path: "\(folder)/np1/mean.npy").header.shape == [Self.dimensions[1]])
