@@ -152,7 +152,8 @@ public enum BatchKernel {
         let saved = SharedBuffer(channelStatistics), channels = shape.channels
         if layout == .channelsLast, let xBase = x.baseAddress {
             // Whole rows in the tensor's order, one table of constants for every sample.
-            return writeChannelwise(y, channels: channels, threads: threads, streaming: stores.streams(y, tensors: 2)) { scratch in
+            let streaming = stores.streams(y, tensors: 2)
+            return writeChannelwise(y, channels: channels, threads: threads, streaming: streaming, prefetching: false) { scratch in
                 for channel in 0..<channels {
                     let (meanHigh, scale, offset) = InstanceKernel.normalizeConstants(
                         saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,

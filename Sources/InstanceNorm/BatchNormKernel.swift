@@ -230,7 +230,7 @@ public enum BatchNormKernel {
         channelSums: UnsafeBufferPointer<Double>, count: Int, shape: InstanceNormShape, threads: Int, streaming: Bool
     ) {
         guard let dyBase = dy.baseAddress, let xBase = x.baseAddress else { return }
-        writeChannelwise(dx, channels: shape.channels, threads: threads, streaming: streaming) { scratch in
+        writeChannelwise(dx, channels: shape.channels, threads: threads, streaming: streaming, prefetching: true) { scratch in
             for channel in 0..<shape.channels {
                 let operation = InstanceKernel.inputGradientOperation(
                     dy: dyBase, x: xBase, statistics: statistics[channel], gamma: gamma.map { $0[channel].widened } ?? 1,

@@ -268,7 +268,11 @@ extension GradientTerms: RowTerms {
 /// alone, dx on (64,64,56,56) took 1.1 times as long as channels first
 /// and the gradient sums 1.05 times; 1 KiB ahead brought both level
 /// (512 B measured alike, 2–16 KiB worse; 5–6 alternating rounds, one
-/// thread, float32).
+/// thread, float32). y, whose one input the forward's sums have just read
+/// (from the cache on (32,64,56,56)), does without: its forward took 1.06
+/// times as long with it there, and the same on (64,64,56,56). (One
+/// table with each vector's constants side by side, so that one pointer
+/// walks it, was no faster than a table per constant.)
 @usableFromInline let prefetchDistance = 1024
 
 /// Writes a channels-last output whose constants are per channel, the same
@@ -279,7 +283,7 @@ extension GradientTerms: RowTerms {
 /// C values). Elementwise, so the same bits as channels first.
 @inlinable
 func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
-    _ out: UnsafeMutableBufferPointer<T>, channels: Int, threads: Int, streaming: Bool,
+    _ out: UnsafeMutableBufferPointer<T>, channels: Int, threads: Int, streaming: Bool, prefetching: Bool,
     fill: (ChannelsLastScratch<T>) -> Void, operation: (ChannelsLastScratch<T>) -> Operation
 ) where Operation.Scalar == T {
     guard let base = out.baseAddress else { return }
@@ -295,9 +299,9 @@ func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
         let owned = balancedRange(lines, worker, workers)
         let range = owned.lowerBound * line..<min(owned.upperBound * line, count)
         if streams {
-            writeInTensorOrder(shared.base, range, prepared.value) { T.streamStore($0, to: $1) }
+            writeInTensorOrder(shared.base, range, prepared.value, prefetching: prefetching) { T.streamStore($0, to: $1) }
         } else {
-            writeInTensorOrder(shared.base, range, prepared.value) { storeVector($0, $1, 0) }
+            writeInTensorOrder(shared.base, range, prepared.value, prefetching: prefetching) { storeVector($0, $1, 0) }
         }
     }
     withExtendedLifetime(scratch) {}
@@ -305,19 +309,19 @@ func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
 }
 
 /// out[i] = operation(i) for i in `range`, vector after vector in order
-/// (the constants of each vector read beside it), the inputs requested
-/// `prefetchDistance` ahead; scalars finish the range. A `store` that
+/// (the constants of each vector read beside it), with `prefetching` the
+/// inputs requested `prefetchDistance` ahead; scalars finish the range. A `store` that
 /// streams needs `out + range.lowerBound` aligned (`writeChannelwise`).
 @inlinable @inline(__always)
 func writeInTensorOrder<Operation: TiledOperation>(
-    _ out: UnsafeMutablePointer<Operation.Scalar>, _ range: Range<Int>, _ operation: Operation,
+    _ out: UnsafeMutablePointer<Operation.Scalar>, _ range: Range<Int>, _ operation: Operation, prefetching: Bool,
     store: (Operation.Scalar.Vector, UnsafeMutablePointer<Operation.Scalar>) -> Void
 ) {
     typealias T = Operation.Scalar
     let lanes = T.Vector.scalarCount, period = operation.period, ahead = prefetchDistance / MemoryLayout<T>.stride
     var index = range.lowerBound, tiled = index % period
     while index + lanes <= range.upperBound {
-        operation.prefetch(at: index &+ ahead)
+        if prefetching { operation.prefetch(at: index &+ ahead) }
         store(operation.vector(at: index, operation.constants(at: tiled)), out + index)
         index &+= lanes
         tiled &+= lanes
