@@ -235,11 +235,7 @@ public enum BatchNormKernel {
                 let operation = InstanceKernel.inputGradientOperation(
                     dy: dyBase, x: xBase, statistics: statistics[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
                     sumDy: channelSums[2 * channel], sumDyXHat: channelSums[2 * channel + 1], spatialCount: count)
-                scratch.set(0, channel: channel, operation.meanHigh)
-                scratch.set(1, channel: channel, operation.meanDy)
-                scratch.set(2, channel: channel, operation.gradientScale)
-                scratch.set(3, channel: channel, operation.centeredScale)
-                scratch.set(4, channel: channel, operation.offset)
+                scratch.setInputGradient(operation, channel: channel)
             }
             for slot in 0..<5 { scratch.replicate(slot) }
         } operation: { scratch in

@@ -20,10 +20,12 @@ import _InstanceNormShims
 /// not the channels-first bits, which add an instance's positions in
 /// another order.
 ///
-/// The workers share units of (sample, block of two channel vectors); a
-/// worker takes a band's blocks one after the other with each block's
-/// accumulators in registers, and the band's rows (a few KiB) come from L1
-/// after the first block.
+/// The workers share units of (sample, block of up to four channel
+/// vectors), each block's accumulators in registers: a row of 64 floats is
+/// one block, read in memory order. Wider rows take their blocks one
+/// after the other over tiles of about 1 KiB of rows, so that memory is
+/// still read nearly in order (a block over a whole band, reading the
+/// rest of each row later, ran at half the speed).
 @usableFromInline
 struct ChannelRows<T: InstanceNormScalar>: Sendable {
     @usableFromInline let samples, positions, channels: Int
@@ -78,8 +80,7 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
         }
     }
 
-    /// The sums of `sample`'s channels in `vectors`, band by band; within a
-    /// band, tile by tile, and within a tile, block by block.
+    /// The sums of `sample`'s channels in `vectors`, band by band.
     @inlinable
     func sampleSums<Terms: RowTerms>(
         _ terms: Terms, sample: Int, vectors: Range<Int>, width: Int, scratch: RowScratch<T>,
@@ -99,34 +100,44 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
             if sampleStart + (row + rows - 1) * channels + tableLength > tensorEnd {
                 band = band.copied(rows * channels, into: scratch.padded, capacity: scratch.paddedCapacity)
             }
-            (scratch.firstLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
-            (scratch.secondLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
-            var tileStart = 0
-            while tileStart < rows {
-                let tile = band.moved(by: tileStart * channels), count = min(tileRows, rows - tileStart)
-                var vector = vectors.lowerBound
-                while vector < vectors.upperBound {
-                    let blockVectors = min(width, vectors.upperBound - vector)
-                    switch blockVectors {
-                    case 4: tileSums(tile, rows: count, vector: vector, width: 4, scratch)
-                    case 3: tileSums(tile, rows: count, vector: vector, width: 3, scratch)
-                    case 2: tileSums(tile, rows: count, vector: vector, width: 2, scratch)
-                    default: tileSums(tile, rows: count, vector: vector, width: 1, scratch)
-                    }
-                    vector += blockVectors
-                }
-                tileStart += count
-            }
-            for vector in vectors {
-                T.Compute.addWidened(loadVector(scratch.firstLanes, vector * lanes), to: scratch.first + vector * lanes)
-                T.Compute.addWidened(loadVector(scratch.secondLanes, vector * lanes), to: scratch.second + vector * lanes)
-            }
+            bandSums(band, rows: rows, vectors: vectors, width: width, tileRows: tileRows, scratch)
             row += rows
         }
         for channel in lanesUsed.lowerBound..<min(lanesUsed.upperBound, channels) {
             let instance = sample * channels + channel
             sums.base[2 * instance] = scratch.first[channel]
             sums.base[2 * instance + 1] = scratch.second[channel]
+        }
+    }
+
+    /// One band's sums of the channels in `vectors`, tile by tile and
+    /// within a tile block by block, widened onto the scratch's totals.
+    @inlinable
+    func bandSums<Terms: RowTerms>(
+        _ band: Terms, rows: Int, vectors: Range<Int>, width: Int, tileRows: Int, _ scratch: RowScratch<T>
+    ) where Terms.Scalar == T {
+        let lanes = T.Vector.scalarCount, lanesUsed = vectors.lowerBound * lanes..<vectors.upperBound * lanes
+        (scratch.firstLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
+        (scratch.secondLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
+        var tileStart = 0
+        while tileStart < rows {
+            let tile = band.moved(by: tileStart * channels), count = min(tileRows, rows - tileStart)
+            var vector = vectors.lowerBound
+            while vector < vectors.upperBound {
+                let blockVectors = min(width, vectors.upperBound - vector)
+                switch blockVectors {
+                case 4: tileSums(tile, rows: count, vector: vector, width: 4, scratch)
+                case 3: tileSums(tile, rows: count, vector: vector, width: 3, scratch)
+                case 2: tileSums(tile, rows: count, vector: vector, width: 2, scratch)
+                default: tileSums(tile, rows: count, vector: vector, width: 1, scratch)
+                }
+                vector += blockVectors
+            }
+            tileStart += count
+        }
+        for vector in vectors {
+            T.Compute.addWidened(loadVector(scratch.firstLanes, vector * lanes), to: scratch.first + vector * lanes)
+            T.Compute.addWidened(loadVector(scratch.secondLanes, vector * lanes), to: scratch.second + vector * lanes)
         }
     }
 

@@ -282,6 +282,16 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     /// copies the first C values over the rest of the slot.
     @inlinable func set(_ slot: Int, channel: Int, _ value: T.Compute) { slots[slot * slotLength + channel] = value }
 
+    /// Sets `channel` of slots 0–4 to dx's constants μ_hi, m̄, k, p, q
+    /// (the layout `TiledInputGradientOperation` reads).
+    @inlinable func setInputGradient(_ operation: InputGradientOperation<T>, channel: Int) {
+        set(0, channel: channel, operation.meanHigh)
+        set(1, channel: channel, operation.meanDy)
+        set(2, channel: channel, operation.gradientScale)
+        set(3, channel: channel, operation.centeredScale)
+        set(4, channel: channel, operation.offset)
+    }
+
     /// Doubles the filled prefix until the slot is full: log2 block copies
     /// rather than one dependent copy per value.
     @inlinable func replicate(_ slot: Int) {

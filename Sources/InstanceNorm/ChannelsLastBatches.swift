@@ -488,11 +488,7 @@ struct GradientPasses<T: InstanceNormScalar>: @unchecked Sendable {
                     gamma: gamma.map { $0.base[channel].widened } ?? 1,
                     sumDy: sums.elements[2 * instance], sumDyXHat: sums.elements[2 * instance + 1],
                     spatialCount: count)
-                scratch.set(0, channel: channel, operation.meanHigh)
-                scratch.set(1, channel: channel, operation.meanDy)
-                scratch.set(2, channel: channel, operation.gradientScale)
-                scratch.set(3, channel: channel, operation.centeredScale)
-                scratch.set(4, channel: channel, operation.offset)
+                scratch.setInputGradient(operation, channel: channel)
             }
             for slot in 0..<5 { scratch.replicate(slot) }
             return TiledInputGradientOperation(
