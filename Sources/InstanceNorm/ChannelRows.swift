@@ -95,12 +95,11 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
         var row = 0
         while row < positions {
             let rows = min(Self.bandRows, positions - row)
-            var band = terms.moved(by: row * channels)
             // The last vector of a row reads past C: past the tensor's end on its last rows.
-            if sampleStart + (row + rows - 1) * channels + tableLength > tensorEnd {
-                band = band.copied(rows * channels, into: scratch.padded, capacity: scratch.paddedCapacity)
-            }
-            bandSums(band, rows: rows, vectors: vectors, width: width, tileRows: tileRows, scratch)
+            let slack = tensorEnd - tableLength - (sampleStart + row * channels)
+            let safeRows = slack < 0 ? 0 : min(rows, slack / channels + 1)
+            bandSums(terms.moved(by: row * channels), rows: rows, safeRows: safeRows, vectors: vectors, width: width,
+                     tileRows: tileRows, scratch)
             row += rows
         }
         for channel in lanesUsed.lowerBound..<min(lanesUsed.upperBound, channels) {
@@ -110,18 +109,38 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
         }
     }
 
-    /// One band's sums of the channels in `vectors`, tile by tile and
-    /// within a tile block by block, widened onto the scratch's totals.
+    /// One band's sums of the channels in `vectors`, widened onto the
+    /// scratch's totals: its first `safeRows` rows read in place, the others
+    /// (whose last vector would read past the tensor's end) from a copy
+    /// padded with zeros, after them, so each lane still adds in row order.
     @inlinable
     func bandSums<Terms: RowTerms>(
-        _ band: Terms, rows: Int, vectors: Range<Int>, width: Int, tileRows: Int, _ scratch: RowScratch<T>
+        _ band: Terms, rows: Int, safeRows: Int, vectors: Range<Int>, width: Int, tileRows: Int, _ scratch: RowScratch<T>
     ) where Terms.Scalar == T {
         let lanes = T.Vector.scalarCount, lanesUsed = vectors.lowerBound * lanes..<vectors.upperBound * lanes
         (scratch.firstLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
         (scratch.secondLanes + lanesUsed.lowerBound).update(repeating: 0, count: lanesUsed.count)
+        addTiles(band, rows: safeRows, vectors: vectors, width: width, tileRows: tileRows, scratch)
+        if safeRows < rows {
+            let copy = band.moved(by: safeRows * channels).copied(
+                (rows - safeRows) * channels, into: scratch.padded, capacity: scratch.paddedCapacity)
+            addTiles(copy, rows: rows - safeRows, vectors: vectors, width: width, tileRows: tileRows, scratch)
+        }
+        for vector in vectors {
+            T.Compute.addWidened(loadVector(scratch.firstLanes, vector * lanes), to: scratch.first + vector * lanes)
+            T.Compute.addWidened(loadVector(scratch.secondLanes, vector * lanes), to: scratch.second + vector * lanes)
+        }
+    }
+
+    /// `rows` rows of `terms` added onto the band's lane sums, tile by tile
+    /// and within a tile block by block.
+    @inlinable
+    func addTiles<Terms: RowTerms>(
+        _ terms: Terms, rows: Int, vectors: Range<Int>, width: Int, tileRows: Int, _ scratch: RowScratch<T>
+    ) where Terms.Scalar == T {
         var tileStart = 0
         while tileStart < rows {
-            let tile = band.moved(by: tileStart * channels), count = min(tileRows, rows - tileStart)
+            let tile = terms.moved(by: tileStart * channels), count = min(tileRows, rows - tileStart)
             var vector = vectors.lowerBound
             while vector < vectors.upperBound {
                 let blockVectors = min(width, vectors.upperBound - vector)
@@ -134,10 +153,6 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
                 vector += blockVectors
             }
             tileStart += count
-        }
-        for vector in vectors {
-            T.Compute.addWidened(loadVector(scratch.firstLanes, vector * lanes), to: scratch.first + vector * lanes)
-            T.Compute.addWidened(loadVector(scratch.secondLanes, vector * lanes), to: scratch.second + vector * lanes)
         }
     }
 
@@ -208,7 +223,8 @@ final class RowScratch<T: InstanceNormScalar> {
     /// The current band's sums of every lane, in the compute precision.
     @usableFromInline let firstLanes, secondLanes: UnsafeMutablePointer<T.Compute>
     @usableFromInline let padded: UnsafeMutablePointer<T>
-    /// Values per input array in `padded`: a band and a vector past it.
+    /// Values per input array in `padded`: the rows of a band that can read
+    /// past the tensor's end, and a vector past them.
     @usableFromInline let paddedCapacity: Int
 
     @inlinable init(_ rows: ChannelRows<T>, arrays: Int) {
@@ -216,7 +232,9 @@ final class RowScratch<T: InstanceNormScalar> {
         second = .allocate(capacity: rows.tableLength)
         firstLanes = allocateAligned(rows.tableLength, of: T.Compute.self)
         secondLanes = allocateAligned(rows.tableLength, of: T.Compute.self)
-        paddedCapacity = ChannelRows<T>.bandRows * rows.channels + rows.tableLength
+        // The rows that can read past the tensor's end: ⌈V·L/C⌉ at most (one when C ≥ L).
+        let overrunRows = (rows.tableLength + rows.channels - 1) / rows.channels
+        paddedCapacity = min(ChannelRows<T>.bandRows, overrunRows) * rows.channels + rows.tableLength
         padded = allocateAligned(arrays * paddedCapacity, of: T.self)
     }
 
