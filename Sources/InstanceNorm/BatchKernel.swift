@@ -155,12 +155,10 @@ public enum BatchKernel {
             let streaming = stores.streams(y, tensors: 2)
             return writeChannelwise(y, channels: channels, threads: threads, streaming: streaming, prefetching: false) { scratch in
                 for channel in 0..<channels {
-                    let (meanHigh, scale, offset) = InstanceKernel.normalizeConstants(
+                    let constants = InstanceKernel.normalizeConstants(
                         saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
                         beta: beta.map { $0[channel].widened } ?? 0, as: T.self)
-                    scratch.set(0, channel: channel, meanHigh)
-                    scratch.set(1, channel: channel, scale)
-                    scratch.set(2, channel: channel, offset)
+                    scratch.setNormalize(constants, channel: channel)
                 }
                 for slot in 0..<3 { scratch.replicate(slot) }
             } operation: { scratch in

@@ -42,12 +42,8 @@ public enum BatchNormKernel {
         precondition(sums.count == 2 * shape.instanceCount && x.count == shape.elementCount && shifts.count == shape.channels)
         let input = SharedBuffer(x), centers = SharedBuffer(shifts)
         if layout == .channelsLast {
-            let rows = ChannelRows<T>(shape: shape), sampleLength = shape.channels * shape.spatialCount
-            return rows.table { shifts[$0] }.withUnsafeBufferPointer { table in
-                let shift = SharedBuffer(table)
-                rows.sums(into: SharedBuffer(sums), threads: threads) { sample in
-                    ShiftedTerms(x: UnsafePointer(input.base + sample * sampleLength), shift: UnsafePointer(shift.base))
-                }
+            return ChannelRows<T>(shape: shape).sums(into: sums, threads: threads, constant: { shifts[$0] }) { start, table in
+                ShiftedTerms(x: UnsafePointer(input.base + start), shift: table)
             }
         }
         instanceSums(into: sums, shape: shape, threads: threads) { instance, range in
@@ -79,13 +75,8 @@ public enum BatchNormKernel {
         let centers = statistics.map { $0.splitMean(as: T.self).high }
         let gradients = SharedBuffer(dy), input = SharedBuffer(x), saved = SharedBuffer(statistics)
         if layout == .channelsLast {
-            let rows = ChannelRows<T>(shape: shape), sampleLength = shape.channels * shape.spatialCount
-            rows.table { centers[$0] }.withUnsafeBufferPointer { table in
-                let center = SharedBuffer(table)
-                rows.sums(into: SharedBuffer(sums), threads: threads) { sample in
-                    GradientTerms(dy: UnsafePointer(gradients.base + sample * sampleLength),
-                                  x: UnsafePointer(input.base + sample * sampleLength), center: UnsafePointer(center.base))
-                }
+            ChannelRows<T>(shape: shape).sums(into: sums, threads: threads, constant: { centers[$0] }) { start, table in
+                GradientTerms(dy: UnsafePointer(gradients.base + start), x: UnsafePointer(input.base + start), center: table)
             }
         } else {
             centers.withUnsafeBufferPointer { centers in

@@ -207,11 +207,20 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
         store(3, first3, second3)
     }
 
-    /// A tiled table of per-channel values (`tableLength` of them, value j
-    /// that of channel j mod C), for the terms' constants.
+    /// `sums(into:threads:terms:)` with each channel's constant (the
+    /// shift, or the center) in a table the terms read, lane b of vector k
+    /// at k·L + b: `terms(start, table)` for the sample whose first value
+    /// is at `start`.
     @inlinable
-    func table(_ value: (Int) -> T.Compute) -> [T.Compute] {
-        (0..<tableLength).map { value($0 % channels) }
+    func sums<Terms: RowTerms>(
+        into sums: UnsafeMutableBufferPointer<Double>, threads: Int, constant: (Int) -> T.Compute,
+        terms: @Sendable (_ start: Int, _ table: UnsafePointer<T.Compute>) -> Terms
+    ) where Terms.Scalar == T {
+        let sampleLength = channels * positions
+        (0..<tableLength).map { constant($0 % channels) }.withUnsafeBufferPointer { table in
+            let shared = SharedBuffer(table)
+            self.sums(into: SharedBuffer(sums), threads: threads) { terms($0 * sampleLength, UnsafePointer(shared.base)) }
+        }
     }
 }
 

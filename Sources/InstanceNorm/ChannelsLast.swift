@@ -282,6 +282,14 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     /// copies the first C values over the rest of the slot.
     @inlinable func set(_ slot: Int, channel: Int, _ value: T.Compute) { slots[slot * slotLength + channel] = value }
 
+    /// Sets `channel` of slots 0–2 to y's constants μ_hi, a, b (the layout
+    /// `TiledNormalizeOperation` reads).
+    @inlinable func setNormalize(_ constants: (meanHigh: T.Compute, scale: T.Compute, offset: T.Compute), channel: Int) {
+        set(0, channel: channel, constants.meanHigh)
+        set(1, channel: channel, constants.scale)
+        set(2, channel: channel, constants.offset)
+    }
+
     /// Sets `channel` of slots 0–4 to dx's constants μ_hi, m̄, k, p, q
     /// (the layout `TiledInputGradientOperation` reads).
     @inlinable func setInputGradient(_ operation: InputGradientOperation<T>, channel: Int) {

@@ -267,12 +267,10 @@ extension BatchKernel {
         let channels = batch.channels, sampleLength = batch.sampleLength
         return { sample, scratch in
             for channel in 0..<channels {
-                let (meanHigh, scale, offset) = InstanceKernel.normalizeConstants(
+                let constants = InstanceKernel.normalizeConstants(
                     statistics(sample * channels + channel), gamma: affine.0.map { $0.base[channel].widened } ?? 1,
                     beta: affine.1.map { $0.base[channel].widened } ?? 0, as: T.self)
-                scratch.set(0, channel: channel, meanHigh)
-                scratch.set(1, channel: channel, scale)
-                scratch.set(2, channel: channel, offset)
+                scratch.setNormalize(constants, channel: channel)
             }
             for slot in 0..<3 { scratch.replicate(slot) }
             return TiledNormalizeOperation(x: input.base + sample * sampleLength, scratch: scratch)
