@@ -29,11 +29,8 @@ func writeInOrder<Output: BlockOutput>(
 ) {
     typealias T = Output.Scalar
     let lanes = T.Vector.scalarCount, total = count &* spatialCount
-    let alignment = min(64, lanes &* MemoryLayout<T>.stride)
-    let streams = streaming && Int(bitPattern: out) % alignment == 0
-    @inline(__always) func store(_ vector: T.Vector, _ start: Int) {
-        if streams { T.streamStore(vector, to: out + start) } else { T.storeVector(vector, to: out + start) }
-    }
+    let stores = VectorStores(out, streaming: streaming)
+    @inline(__always) func store(_ vector: T.Vector, _ start: Int) { stores.store(vector, at: start) }
     var start = 0, instance = 0
     while instance < count {
         let constants = output.constants(of: instance), end = (instance &+ 1) &* spatialCount
@@ -53,7 +50,7 @@ func writeInOrder<Output: BlockOutput>(
             next &+= 1
         }
         if vectorEnd &- start < lanes {
-            for lane in 0..<vectorEnd &- start { out[start &+ lane] = T(rounding: vector[lane]) }
+            stores.store(vector, at: start, count: vectorEnd &- start)
         } else {
             store(vector, start)
         }
@@ -61,6 +58,57 @@ func writeInOrder<Output: BlockOutput>(
         // The instance the vector ended in goes on from the next vector.
         instance = next &- 1
         if (instance &+ 1) &* spatialCount <= start { instance &+= 1 }
+    }
+}
+
+/// Writes the first `count` instances of a block of four-value instances
+/// whose output is held as four columns of B lanes at `columns`, in the
+/// tensor's order: the columns turned back in registers
+/// (`untransposeQuads`, into `rows`, 4·B values) and stored a vector at a
+/// time, streamed as `writeInOrder` streams. Where a vector would cross
+/// from one instance into the next, the columns compute each lane with its
+/// own instance's constants and no blends are needed.
+@inlinable @inline(__always)
+func writeQuads<T: InstanceNormScalar>(
+    _ columns: UnsafePointer<T.Compute>, rows: UnsafeMutablePointer<T.Compute>, count: Int,
+    to out: UnsafeMutablePointer<T>, streaming: Bool
+) {
+    let lanes = T.Vector.scalarCount, total = 4 &* count
+    T.Compute.untransposeQuads(columns, into: rows)
+    let stores = VectorStores(out, streaming: streaming)
+    var start = 0
+    while start &+ lanes <= total {
+        stores.store(loadVector(UnsafePointer(rows), start), at: start)
+        start &+= lanes
+    }
+    if start < total { stores.store(loadVector(UnsafePointer(rows), start), at: start, count: total &- start) }
+}
+
+/// Vector stores to an output: non-temporal when asked to stream and the
+/// output is aligned for them (a whole vector then covers whole lines or
+/// aligned halves of one), cached otherwise.
+@usableFromInline
+struct VectorStores<T: InstanceNormScalar> {
+    @usableFromInline let out: UnsafeMutablePointer<T>
+    @usableFromInline let streams: Bool
+
+    @inlinable @inline(__always)
+    init(_ out: UnsafeMutablePointer<T>, streaming: Bool) {
+        self.out = out
+        let alignment = min(64, T.Vector.scalarCount &* MemoryLayout<T>.stride)
+        streams = streaming && Int(bitPattern: out) % alignment == 0
+    }
+
+    /// A whole vector at out + start.
+    @inlinable @inline(__always)
+    func store(_ vector: T.Vector, at start: Int) {
+        if streams { T.streamStore(vector, to: out + start) } else { T.storeVector(vector, to: out + start) }
+    }
+
+    /// The first `count` lanes of `vector` at out + start, lane by lane.
+    @inlinable @inline(__always)
+    func store(_ vector: T.Vector, at start: Int, count: Int) {
+        for lane in 0..<count { out[start &+ lane] = T(rounding: vector[lane]) }
     }
 }
 

@@ -14,7 +14,10 @@ import _InstanceNormShims
 ///     columns (scratch): value m of instance b at m·B + b
 ///
 /// Both ways go through square tiles of `T.Compute.tileSize`, turned in
-/// registers (`InstanceNormScalar.transposeTile`).
+/// registers (`InstanceNormScalar.transposeTile`); instances of four
+/// values (2×2 maps), whose tiles would be half past the instances, go
+/// through `transposeQuads`, and their outputs are computed as columns and
+/// turned back (`writeQuads`).
 @usableFromInline
 final class BlockScratch<T: InstanceNormScalar> {
     /// M.
@@ -37,6 +40,10 @@ final class BlockScratch<T: InstanceNormScalar> {
     /// output, kept here between the stages of the pipelined loops
     /// (passed as values, their 64-byte vectors are copied by memmove).
     @usableFromInline let constantSets: UnsafeMutablePointer<T.Compute>
+    /// Whether the instances hold four values each (see the type's notes).
+    @usableFromInline let holdsQuads: Bool
+    /// For quads: an output's four columns, then the same turned back.
+    @usableFromInline let outputColumns, outputRows: UnsafeMutablePointer<T.Compute>
 
     @inlinable init(spatialCount: Int) {
         let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize
@@ -47,6 +54,9 @@ final class BlockScratch<T: InstanceNormScalar> {
         paddedSlots = allocateAligned(4 * paddedCount, of: T.self)
         staging = allocateAligned(3 * lanes, of: Double.self)
         constantSets = allocateAligned(2 * 5 * lanes, of: T.Compute.self)
+        holdsQuads = spatialCount == 4
+        outputColumns = allocateAligned(2 * 4 * lanes, of: T.Compute.self)
+        outputRows = outputColumns + 4 * lanes
     }
 
     deinit {
@@ -54,6 +64,7 @@ final class BlockScratch<T: InstanceNormScalar> {
         paddedSlots.deallocate()
         staging.deallocate()
         constantSets.deallocate()
+        outputColumns.deallocate()
     }
 
     /// The columns of set 0 or 1, of x (kind 0) or dy (kind 1).
@@ -93,6 +104,10 @@ final class BlockScratch<T: InstanceNormScalar> {
             source = UnsafePointer(padded)
         }
         let columns = columns(set, kind)
+        if holdsQuads {
+            T.transposeQuads(source, into: columns)
+            return source
+        }
         for firstRow in stride(from: 0, to: lanes, by: tile) {
             for firstColumn in stride(from: 0, to: columnCount, by: tile) {
                 T.transposeTile(

@@ -46,4 +46,9 @@ extension Float16: InstanceNormScalar {
     ) {
         instnorm_transpose_half8x8(rows, rowStride, columns, columnStride)
     }
+
+    @inlinable @inline(__always)
+    public static func transposeQuads(_ rows: UnsafePointer<Float16>, into columns: UnsafeMutablePointer<Float>) {
+        instnorm_transpose_quads_half(rows, columns)
+    }
 }

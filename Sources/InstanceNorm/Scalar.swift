@@ -37,6 +37,10 @@ public protocol InstanceNormScalar: BinaryFloatingPoint, Codable, Sendable {
     /// columns[c·columnStride + r] = rows[r·rowStride + c].
     static func transposeTile(
         _ rows: UnsafePointer<Self>, rowStride: Int, into columns: UnsafeMutablePointer<Compute>, columnStride: Int)
+    /// B = `Vector.scalarCount` instances of four values (4·B values at
+    /// `rows`, any alignment), widened, as four columns of B lanes:
+    /// columns[m·B + b] = rows[4·b + m].
+    static func transposeQuads(_ rows: UnsafePointer<Self>, into columns: UnsafeMutablePointer<Compute>)
 }
 
 /// A precision the kernels compute in: `Float` or `Double`. It is also a
@@ -70,6 +74,9 @@ public protocol InstanceNormComputeScalar: InstanceNormScalar, SIMDScalar where 
     static func select(_ a: WideLanes, atMost b: WideLanes, _ ifAtMost: WideLanes, else otherwise: WideLanes) -> WideLanes
     /// Lanes 0..<first of a, the others of b (0 ≤ first ≤ `Lanes.scalarCount`).
     static func blend(_ a: Lanes, _ b: Lanes, from first: Int) -> Lanes
+    /// The inverse of `transposeQuads`: rows[4·b + m] = columns[m·B + b]
+    /// (any alignment; the two do not overlap).
+    static func untransposeQuads(_ columns: UnsafePointer<Self>, into rows: UnsafeMutablePointer<Self>)
 }
 
 // Swift's SIMD comparisons, masks and `squareRoot()` go one lane at a time
@@ -144,6 +151,16 @@ extension Float: InstanceNormComputeScalar {
     }
 
     @inlinable @inline(__always)
+    public static func transposeQuads(_ rows: UnsafePointer<Float>, into columns: UnsafeMutablePointer<Float>) {
+        instnorm_transpose_quads_float(rows, columns)
+    }
+
+    @inlinable @inline(__always)
+    public static func untransposeQuads(_ columns: UnsafePointer<Float>, into rows: UnsafeMutablePointer<Float>) {
+        instnorm_untranspose_quads_float(columns, rows)
+    }
+
+    @inlinable @inline(__always)
     public static func widen(_ lanes: SIMD16<Float>) -> SIMD16<Double> {
         SIMD16(lowHalf: SIMD8(lowHalf: instnorm_widen_float4(lanes.lowHalf.lowHalf),
                               highHalf: instnorm_widen_float4(lanes.lowHalf.highHalf)),
@@ -212,6 +229,19 @@ extension Double: InstanceNormComputeScalar {
         _ rows: UnsafePointer<Double>, rowStride: Int, into columns: UnsafeMutablePointer<Double>, columnStride: Int
     ) {
         instnorm_transpose_double4x4(rows, rowStride, columns, columnStride)
+    }
+
+    /// Two 4x4 tiles: four instances of four values each.
+    @inlinable @inline(__always)
+    public static func transposeQuads(_ rows: UnsafePointer<Double>, into columns: UnsafeMutablePointer<Double>) {
+        instnorm_transpose_double4x4(rows, 4, columns, 8)
+        instnorm_transpose_double4x4(rows + 16, 4, columns + 4, 8)
+    }
+
+    @inlinable @inline(__always)
+    public static func untransposeQuads(_ columns: UnsafePointer<Double>, into rows: UnsafeMutablePointer<Double>) {
+        instnorm_transpose_double4x4(columns, 8, rows, 4)
+        instnorm_transpose_double4x4(columns + 4, 8, rows + 16, 4)
     }
 
     @inlinable @inline(__always) public static func widen(_ lanes: SIMD8<Double>) -> SIMD8<Double> { lanes }

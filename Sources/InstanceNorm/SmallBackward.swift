@@ -60,19 +60,27 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
         _ block: Range<Int>, _ lanes: LaneStatistics<C>, sumDy: C.WideLanes, sumDyXHat: C.WideLanes, _ set: Int,
         _ scratch: BlockScratch<T>
     ) {
-        let constants = GradientLaneConstants(
-            gamma: gamma.lanes(from: block.lowerBound), lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
-        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
-        storeVector(constants.meanDy, scratch.constant(set, 1), 0)
-        storeVector(constants.gradientScale, scratch.constant(set, 2), 0)
-        storeVector(constants.centeredScale, scratch.constant(set, 3), 0)
-        storeVector(constants.offset, scratch.constant(set, 4), 0)
+        GradientLaneConstants(
+            gamma: gamma.lanes(from: block.lowerBound), lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor
+        ).store(scratch, set)
     }
 
     /// Writes dx of a block from its x and dy in natural order and the
     /// constants of its set.
     @inlinable @inline(__always)
     func inputGradient(_ block: Range<Int>, _ set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
+        if scratch.holdsQuads {
+            let constants = GradientLaneConstants<C>(scratch, set), lanes = T.Vector.scalarCount
+            let values = UnsafePointer(scratch.columns(set, 0)), gradients = UnsafePointer(scratch.columns(set, 1))
+            for column in 0..<4 {
+                let offset = column &* lanes
+                storeVector(constants.value(x: loadVector(values, offset), dy: loadVector(gradients, offset)),
+                            scratch.outputColumns, offset)
+            }
+            writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: block.count,
+                       to: dx.base + block.lowerBound * spatialCount, streaming: streaming)
+            return
+        }
         writeInOrder(
             InputGradientBlock(dy: dy, x: x, constants: UnsafePointer(scratch.constant(set, 0))), count: block.count,
             spatialCount: spatialCount, to: dx.base + block.lowerBound * spatialCount, streaming: streaming)
@@ -295,6 +303,28 @@ struct GradientLaneConstants<C: InstanceNormComputeScalar> {
         gradientScale = C.narrow(gradientScaleWide)
         centeredScale = C.narrow(centeredScaleWide)
         offset = C.narrow(gradientScaleWide * (C.widen(meanDy) - meanDyWide) - centeredScaleWide * meanLow)
+    }
+
+    /// The constants that `store` left in the constants of `set`.
+    @inlinable @inline(__always)
+    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        meanHigh = loadVector(UnsafePointer(scratch.constant(set, 0)), 0)
+        meanDy = loadVector(UnsafePointer(scratch.constant(set, 1)), 0)
+        gradientScale = loadVector(UnsafePointer(scratch.constant(set, 2)), 0)
+        centeredScale = loadVector(UnsafePointer(scratch.constant(set, 3)), 0)
+        offset = loadVector(UnsafePointer(scratch.constant(set, 4)), 0)
+    }
+
+    /// Keeps the constants in the constants of `set` (μ_hi, m̄, k, p, q,
+    /// the order `InputGradientBlock` reads), between the stages of the
+    /// pipelined loop.
+    @inlinable @inline(__always)
+    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        storeVector(meanHigh, scratch.constant(set, 0), 0)
+        storeVector(meanDy, scratch.constant(set, 1), 0)
+        storeVector(gradientScale, scratch.constant(set, 2), 0)
+        storeVector(centeredScale, scratch.constant(set, 3), 0)
+        storeVector(offset, scratch.constant(set, 4), 0)
     }
 
     /// dx of one lane's position from its x and dy, in the compute precision.

@@ -71,21 +71,28 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
         let lanes = LaneStatistics<C>(
             columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
         lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
-        let constants = NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes)
-        storeVector(constants.meanHigh, scratch.constant(set, 0), 0)
-        storeVector(constants.scale, scratch.constant(set, 1), 0)
-        storeVector(constants.offset, scratch.constant(set, 2), 0)
+        NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes).store(scratch, set)
         return source
     }
 
     /// Writes y of `block` from its x (at `source`) and the constants of `set`.
     @inlinable @inline(__always)
     func normalize(_ block: Range<Int>, _ set: Int, _ source: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
+        let out = y.base + block.lowerBound * spatialCount
+        if scratch.holdsQuads {
+            let constants = NormalizeLaneConstants<T.Compute>(scratch, set)
+            let columns = UnsafePointer(scratch.columns(set)), lanes = T.Vector.scalarCount
+            for column in 0..<4 {
+                storeVector(constants.value(x: loadVector(columns, column &* lanes)), scratch.outputColumns, column &* lanes)
+            }
+            writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: block.count, to: out,
+                       streaming: streaming)
+            return
+        }
         let output = NormalizeBlock(
             x: source, meanHigh: UnsafePointer(scratch.constant(set, 0)), scale: UnsafePointer(scratch.constant(set, 1)),
             offset: UnsafePointer(scratch.constant(set, 2)))
-        writeInOrder(output, count: block.count, spatialCount: spatialCount, to: y.base + block.lowerBound * spatialCount,
-                     streaming: streaming)
+        writeInOrder(output, count: block.count, spatialCount: spatialCount, to: out, streaming: streaming)
     }
 }
 
@@ -105,6 +112,23 @@ struct NormalizeLaneConstants<C: InstanceNormComputeScalar> {
         self.meanHigh = meanHigh
         scale = C.narrow(scaleWide)
         offset = C.narrow(beta - meanLow * scaleWide)
+    }
+
+    /// The constants that `store` left in the constants of `set`.
+    @inlinable @inline(__always)
+    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        meanHigh = loadVector(UnsafePointer(scratch.constant(set, 0)), 0)
+        scale = loadVector(UnsafePointer(scratch.constant(set, 1)), 0)
+        offset = loadVector(UnsafePointer(scratch.constant(set, 2)), 0)
+    }
+
+    /// Keeps the constants in the constants of `set`, between the stages
+    /// of the pipelined loop.
+    @inlinable @inline(__always)
+    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        storeVector(meanHigh, scratch.constant(set, 0), 0)
+        storeVector(scale, scratch.constant(set, 1), 0)
+        storeVector(offset, scratch.constant(set, 2), 0)
     }
 
     /// y of one lane's position from its x, in the compute precision.

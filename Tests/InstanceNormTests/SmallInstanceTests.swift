@@ -48,6 +48,35 @@ import Testing
         }
     }
 
+    /// The transposes of four-value instances (`transposeQuads`, and
+    /// `untransposeQuads` back) against their index formulas, in every
+    /// dtype: columns[m·B + b] = rows[4·b + m].
+    @Test func quadTransposesMoveEveryValueToItsPlace() {
+        quadTransposes(Float16.self)
+        quadTransposes(Float.self)
+        quadTransposes(Double.self)
+    }
+
+    private func quadTransposes<T: InstanceNormScalar>(_: T.Type) {
+        let lanes = T.Vector.scalarCount
+        // Distinct values, exact in half.
+        let rows = (0..<4 * lanes).map { T(Float($0) - 17.5) }
+        var columns = [T.Compute](repeating: .nan, count: 4 * lanes), back = columns
+        rows.withUnsafeBufferPointer { rows in
+            columns.withUnsafeMutableBufferPointer { T.transposeQuads(rows.baseAddress!, into: $0.baseAddress!) }
+        }
+        for instance in 0..<lanes {
+            for position in 0..<4 {
+                #expect(columns[position * lanes + instance] == rows[4 * instance + position].computed,
+                        "\(T.self) instance \(instance) position \(position)")
+            }
+        }
+        columns.withUnsafeBufferPointer { columns in
+            back.withUnsafeMutableBufferPointer { T.Compute.untransposeQuads(columns.baseAddress!, into: $0.baseAddress!) }
+        }
+        #expect(back == rows.map(\.computed), "\(T.self) turned back")
+    }
+
     /// Mean 1e4, spread 1e-3 (half: 1e3, 1) at small M: every value within
     /// its rounding bound. Not half at M = 2: with half's ulp of 0.5 at 1e3
     /// a pair of equal values is likely, so σ = 0, r = 1/sqrt(ε) = 1e6, and

@@ -242,6 +242,82 @@ void instnorm_transpose_double4x4(const double *rows, long rowStride, double *co
     }
 }
 
+typedef float instnorm_float4x __attribute__((ext_vector_type(4)));
+typedef _Float16 instnorm_half4x __attribute__((ext_vector_type(4)));
+
+/// The 4x4 transpose inside each 128-bit half of four registers: lane
+/// 4h + c of result r is lane 4h + r of input c. 8 shuffles, none across
+/// halves.
+static inline __attribute__((always_inline))
+void instnorm_transpose_halves4x4(instnorm_float8x r[4]) {
+    instnorm_float8x t0 = __builtin_shufflevector(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t1 = __builtin_shufflevector(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);
+    instnorm_float8x t2 = __builtin_shufflevector(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);
+    instnorm_float8x t3 = __builtin_shufflevector(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);
+    r[0] = __builtin_shufflevector(t0, t1, 0, 1, 8, 9, 4, 5, 12, 13);
+    r[1] = __builtin_shufflevector(t0, t1, 2, 3, 10, 11, 6, 7, 14, 15);
+    r[2] = __builtin_shufflevector(t2, t3, 0, 1, 8, 9, 4, 5, 12, 13);
+    r[3] = __builtin_shufflevector(t2, t3, 2, 3, 10, 11, 6, 7, 14, 15);
+}
+
+/// Sixteen instances of four values (64 floats at `rows`, any alignment)
+/// as four columns of sixteen lanes: columns[16·m + b] = rows[4·b + m].
+/// Per eight instances, register k pairs instance k with instance k + 4
+/// (one in each 128-bit half), so that the in-half transpose leaves the
+/// lanes in instance order: 16 shuffles for the block, where two 8x8
+/// tiles took 48 and half their columns were past the instances.
+static inline __attribute__((always_inline))
+void instnorm_transpose_quads_float(const float *rows, float *columns) {
+    for (int half = 0; half < 2; half++) {
+        instnorm_float8x r[4];
+        for (int k = 0; k < 4; k++) {
+            instnorm_float4x low, high;
+            __builtin_memcpy(&low, rows + 32 * half + 4 * k, sizeof low);
+            __builtin_memcpy(&high, rows + 32 * half + 16 + 4 * k, sizeof high);
+            r[k] = __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7);
+        }
+        instnorm_transpose_halves4x4(r);
+        for (int m = 0; m < 4; m++) __builtin_memcpy(columns + 16 * m + 8 * half, &r[m], sizeof r[m]);
+    }
+}
+
+/// The same from 64 halves, each widened exactly to float.
+static inline __attribute__((always_inline))
+void instnorm_transpose_quads_half(const void *rows, float *columns) {
+    const _Float16 *values = (const _Float16 *)rows;
+    for (int half = 0; half < 2; half++) {
+        instnorm_float8x r[4];
+        for (int k = 0; k < 4; k++) {
+            instnorm_half4x low, high;
+            __builtin_memcpy(&low, values + 32 * half + 4 * k, sizeof low);
+            __builtin_memcpy(&high, values + 32 * half + 16 + 4 * k, sizeof high);
+            r[k] = __builtin_convertvector(__builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7), instnorm_float8x);
+        }
+        instnorm_transpose_halves4x4(r);
+        for (int m = 0; m < 4; m++) __builtin_memcpy(columns + 16 * m + 8 * half, &r[m], sizeof r[m]);
+    }
+}
+
+/// The inverse of `instnorm_transpose_quads_float`: rows[4·b + m] =
+/// columns[16·m + b] for sixteen instances (any alignment, no overlap).
+static inline __attribute__((always_inline))
+void instnorm_untranspose_quads_float(const float *columns, float *rows) {
+    for (int half = 0; half < 2; half++) {
+        instnorm_float8x r[4];
+        for (int m = 0; m < 4; m++) __builtin_memcpy(&r[m], columns + 16 * m + 8 * half, sizeof r[m]);
+        instnorm_transpose_halves4x4(r);
+        // r[k] holds instance k (low half) and instance k + 4 (high half).
+        instnorm_float8x first = __builtin_shufflevector(r[0], r[1], 0, 1, 2, 3, 8, 9, 10, 11);
+        instnorm_float8x second = __builtin_shufflevector(r[2], r[3], 0, 1, 2, 3, 8, 9, 10, 11);
+        instnorm_float8x third = __builtin_shufflevector(r[0], r[1], 4, 5, 6, 7, 12, 13, 14, 15);
+        instnorm_float8x fourth = __builtin_shufflevector(r[2], r[3], 4, 5, 6, 7, 12, 13, 14, 15);
+        __builtin_memcpy(rows + 32 * half, &first, sizeof first);
+        __builtin_memcpy(rows + 32 * half + 8, &second, sizeof second);
+        __builtin_memcpy(rows + 32 * half + 16, &third, sizeof third);
+        __builtin_memcpy(rows + 32 * half + 24, &fourth, sizeof fourth);
+    }
+}
+
 /// Fences issued by this thread (`instnorm_store_fence`), for the tests: a
 /// missing fence changes no result a test can see on x86, so they count it.
 extern _Thread_local unsigned long instnorm_thread_store_fences;
