@@ -28,9 +28,10 @@ extension BinnedSum {
     /// Adds `table[row·rowLength + column]` for every row to the sum at
     /// `sums + column·words`, for every column of `columns` (a multiple of
     /// `laneCount` of them). The table is read twice: row by row for each
-    /// column's largest magnitude, then in tiles of `digitTileRows` rows,
-    /// four columns at a time down a tile, for the digits (six vectors of
-    /// digit sums in registers). A column that holds a NaN or an infinity,
+    /// column's largest and smallest magnitudes, then in tiles of
+    /// `digitTileRows` rows, four columns at a time down a tile, for the
+    /// digits (six vectors of digit sums in registers), of which those
+    /// below the smallest magnitude's lowest bit are skipped (`lowestDigit`). A column that holds a NaN or an infinity,
     /// or whose addends are all tiny, takes the scalar path (its flags are
     /// per addend).
     @inlinable
@@ -58,41 +59,74 @@ extension BinnedSum {
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
     ) {
         let blocks = columns.count / laneCount
-        withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * 3) { scratch in
-            // Per block of four columns: the largest magnitudes, then the
-            // window bases and the mask of lanes to skip.
-            let largest = scratch.baseAddress!, windowBases = largest + blocks, skipped = windowBases + blocks
-            largest.initialize(repeating: .zero, count: blocks)
-            for row in 0..<rows {
-                let values = table + row * rowLength + columns.lowerBound
+        withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * 4) { scratch in
+            // Per block of four columns: the largest and smallest
+            // magnitudes, then the window bases and the mask of lanes to skip.
+            let largest = scratch.baseAddress!, smallest = largest + blocks
+            let windowBases = smallest + blocks, skipped = windowBases + blocks
+            findExtremes(table, rows: rows, rowLength: rowLength, columns: columns, largest: largest, smallest: smallest)
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: blocks) { lowestDigits in
                 for block in 0..<blocks {
-                    largest[block] = pointwiseMax(largest[block], loadLanes(values + block * laneCount) & Int64.max)
+                    let column = columns.lowerBound + block * laneCount
+                    (windowBases[block], skipped[block]) = prepareLanes(
+                        largest[block], table + column, rows: rows, rowLength: rowLength, sums: sums + column * words)
+                    lowestDigits[block] = lowestDigit(
+                        smallest: smallest[block], windowBase: windowBases[block], skipped: skipped[block])
                 }
+                addDigitTiles(table, rows: rows, rowLength: rowLength, columns: columns, windowBases: windowBases,
+                              skipped: skipped, lowestDigits: lowestDigits.baseAddress!, to: sums)
             }
+        }
+    }
+
+    /// Per block of four of `columns`, the largest and the smallest
+    /// magnitude (bit patterns without the sign) over every row.
+    @inlinable
+    static func findExtremes(
+        _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>,
+        largest: UnsafeMutablePointer<Lanes>, smallest: UnsafeMutablePointer<Lanes>
+    ) {
+        let blocks = columns.count / laneCount
+        largest.initialize(repeating: .zero, count: blocks)
+        smallest.initialize(repeating: Lanes(repeating: .max), count: blocks)
+        for row in 0..<rows {
+            let values = table + row * rowLength + columns.lowerBound
             for block in 0..<blocks {
-                let column = columns.lowerBound + block * laneCount
-                (windowBases[block], skipped[block]) = prepareLanes(
-                    largest[block], table + column, rows: rows, rowLength: rowLength, sums: sums + column * words)
+                let magnitudes = loadLanes(values + block * laneCount) & Int64.max
+                largest[block] = pointwiseMax(largest[block], magnitudes)
+                smallest[block] = pointwiseMin(smallest[block], magnitudes)
             }
-            withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
-                let scales = floating.baseAddress!, digitSums = scales + blocks
-                for block in 0..<blocks { scales[block] = scale(windowBase: windowBases[block], skipped: skipped[block]) }
-                var start = 0
-                while start < rows {
-                    let flushEnd = min(start + digitFlushRows, rows)
-                    digitSums.initialize(repeating: .zero, count: limbs * blocks)
-                    // Rows in tiles that stay in L2, each column block down
-                    // a tile with its digit sums in registers.
-                    for tileStart in stride(from: start, to: flushEnd, by: digitTileRows) {
-                        for block in 0..<blocks {
-                            addDigits(table + columns.lowerBound + block * laneCount,
-                                      rows: tileStart..<min(tileStart + digitTileRows, flushEnd), rowLength: rowLength,
-                                      skipped: skipped[block], scale: scales[block], to: digitSums + limbs * block)
-                        }
+        }
+    }
+
+    /// The digits of every row's addends in `columns`, their sums' tops
+    /// raised (`prepareLanes`), added to the limbs: rows in tiles that stay
+    /// in L2, each block of four columns down a tile with its digit sums in
+    /// registers, moved to the limbs every `digitFlushRows` rows.
+    @inlinable
+    static func addDigitTiles(
+        _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>,
+        windowBases: UnsafeMutablePointer<Lanes>, skipped: UnsafeMutablePointer<Lanes>,
+        lowestDigits: UnsafeMutablePointer<Int>, to sums: UnsafeMutablePointer<Int64>
+    ) {
+        let blocks = columns.count / laneCount
+        withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
+            let scales = floating.baseAddress!, digitSums = scales + blocks
+            for block in 0..<blocks { scales[block] = scale(windowBase: windowBases[block], skipped: skipped[block]) }
+            var start = 0
+            while start < rows {
+                let flushEnd = min(start + digitFlushRows, rows)
+                digitSums.initialize(repeating: .zero, count: limbs * blocks)
+                for tileStart in stride(from: start, to: flushEnd, by: digitTileRows) {
+                    for block in 0..<blocks {
+                        addDigits(table + columns.lowerBound + block * laneCount,
+                                  rows: tileStart..<min(tileStart + digitTileRows, flushEnd), rowLength: rowLength,
+                                  skipped: skipped[block], scale: scales[block], lowestDigit: lowestDigits[block],
+                                  to: digitSums + limbs * block)
                     }
-                    flush(digitSums, blocks: blocks, skipped: skipped, to: sums + columns.lowerBound * words)
-                    start = flushEnd
                 }
+                flush(digitSums, blocks: blocks, skipped: skipped, to: sums + columns.lowerBound * words)
+                start = flushEnd
             }
         }
     }
@@ -177,40 +211,97 @@ extension BinnedSum {
         return biasedExponent != 0 ? biasedExponent - 1 + 52 : 63 - Int64(magnitude.leadingZeroBitCount)
     }
 
+    /// The lowest digit any finite addend of four columns can have nonzero:
+    /// every addend's lowest bit lies at or above that of the smallest
+    /// magnitude (its exponent's, the significand's bit 0), so the digits
+    /// of the bins below it are zero in every lane. 0 when the smallest is
+    /// zero or subnormal, or lies below the window; the skipped lanes do
+    /// not count.
+    @inlinable
+    static func lowestDigit(smallest: Lanes, windowBase: Lanes, skipped: Lanes) -> Int {
+        var lowest = limbs - 1
+        for lane in 0..<laneCount where skipped[lane] == 0 {
+            let biasedExponent = smallest[lane] >> 52
+            let lowBit = biasedExponent == 0 ? 0 : biasedExponent - 1
+            lowest = min(lowest, Int(max(0, (lowBit - windowBase[lane]) >> 5)))
+        }
+        return lowest
+    }
+
     /// Rows of the column tile in which `addDigits` keeps the digit sums
     /// of four columns in registers: 32 rows of a table of a few thousand
     /// columns stay in L2 for the next block's pass.
     @usableFromInline static let digitTileRows = 32
 
+    /// `addDigits` with the digits from `lowestDigit` (0…5) up: one copy
+    /// of the loop per lowest digit, each without the work of the digits
+    /// below it, which are zero.
+    @inlinable @inline(__always)
+    static func addDigits(
+        _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, skipped: Lanes, scale: SIMD4<Double>,
+        lowestDigit: Int, to digitSums: UnsafeMutablePointer<SIMD4<Double>>
+    ) {
+        switch lowestDigit {
+        case 0: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 0, to: digitSums)
+        case 1: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 1, to: digitSums)
+        case 2: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 2, to: digitSums)
+        case 3: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 3, to: digitSums)
+        case 4: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 4, to: digitSums)
+        default: addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: scale, from: 5, to: digitSums)
+        }
+    }
+
     /// The digits of four columns' finite addends (bit patterns, the
     /// `skipped` lanes read as zeros) over `rows`, added to the digit sums,
     /// (see the type's notes): y = addend·scale, then per digit a
     /// multiplication by a power of two, a truncation, an exact fused
-    /// multiply-add and an exact addition. Branch-free.
+    /// multiply-add and an exact addition. Branch-free. Digits below
+    /// `lowest` are zero and not computed; for `lowest` > 0, y / 2^32·lowest
+    /// is then a whole number, its own truncation (at 0, y may have bits
+    /// below the window, which the truncation drops). (`lowest` a constant: the loop is
+    /// specialized per value.)
     @inlinable @inline(__always)
     static func addDigits(
         _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, skipped: Lanes, scale: SIMD4<Double>,
-        to digitSums: UnsafeMutablePointer<SIMD4<Double>>
+        from lowest: Int, to digitSums: UnsafeMutablePointer<SIMD4<Double>>
     ) {
         var digit5 = digitSums[5], digit4 = digitSums[4], digit3 = digitSums[3]
         var digit2 = digitSums[2], digit1 = digitSums[1], digit0 = digitSums[0]
         var address = column + rows.lowerBound * rowLength
+        @inline(__always) func above(_ scaled: SIMD4<Double>, _ digit: Int) -> SIMD4<Double> {
+            let shifted = scaled * digitWeight(digit)
+            return digit == lowest && lowest > 0 ? shifted : shifted.rounded(.towardZero)
+        }
         for _ in rows {
             let scaled = unsafeBitCast(loadLanes(address) & ~skipped, to: SIMD4<Double>.self) * scale
             // Independent truncations, so that the six digits do not wait on each other.
-            let above5 = (scaled * 0x1p-160).rounded(.towardZero), above4 = (scaled * 0x1p-128).rounded(.towardZero)
-            let above3 = (scaled * 0x1p-96).rounded(.towardZero), above2 = (scaled * 0x1p-64).rounded(.towardZero)
-            let above1 = (scaled * 0x1p-32).rounded(.towardZero), above0 = scaled.rounded(.towardZero)
+            let above5 = above(scaled, 5)
+            let above4 = lowest <= 4 ? above(scaled, 4) : .zero, above3 = lowest <= 3 ? above(scaled, 3) : .zero
+            let above2 = lowest <= 2 ? above(scaled, 2) : .zero, above1 = lowest <= 1 ? above(scaled, 1) : .zero
+            let above0 = lowest == 0 ? above(scaled, 0) : .zero
             digit5 += above5
-            digit4 += digit(above4, below: above5)
-            digit3 += digit(above3, below: above4)
-            digit2 += digit(above2, below: above3)
-            digit1 += digit(above1, below: above2)
-            digit0 += digit(above0, below: above1)
+            if lowest <= 4 { digit4 += digit(above4, below: above5) }
+            if lowest <= 3 { digit3 += digit(above3, below: above4) }
+            if lowest <= 2 { digit2 += digit(above2, below: above3) }
+            if lowest <= 1 { digit1 += digit(above1, below: above2) }
+            if lowest == 0 { digit0 += digit(above0, below: above1) }
             address += rowLength
         }
         (digitSums[5], digitSums[4], digitSums[3]) = (digit5, digit4, digit3)
         (digitSums[2], digitSums[1], digitSums[0]) = (digit2, digit1, digit0)
+    }
+
+    /// 2^-32k, the weight that brings digit k to the units.
+    @inlinable @inline(__always)
+    static func digitWeight(_ digit: Int) -> SIMD4<Double> {
+        switch digit {
+        case 0: SIMD4(repeating: 1)
+        case 1: SIMD4(repeating: 0x1p-32)
+        case 2: SIMD4(repeating: 0x1p-64)
+        case 3: SIMD4(repeating: 0x1p-96)
+        case 4: SIMD4(repeating: 0x1p-128)
+        default: SIMD4(repeating: 0x1p-160)
+        }
     }
 
     /// The digit between two truncations T_k = trunc(y / 2^32k) and

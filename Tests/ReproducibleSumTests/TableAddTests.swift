@@ -52,6 +52,37 @@ struct TableAddTests {
         }
     }
 
+    /// Columns whose addends lie within a few binades of each other and
+    /// have few significant bits, so that the lowest digits of every
+    /// addend of four columns are zero and the lane path skips them (from
+    /// none to all but the top one): still the words of one-by-one adds,
+    /// here and where a column's start value lies far above or below.
+    @Test func narrowColumnsSkipTheirZeroDigits() {
+        for seed in 1...40 as ClosedRange<UInt64> {
+            var generator = SeededGenerator(seed: seed)
+            let rows = 45, columns = 13
+            let bits = (0..<columns).map { _ in [1, 8, 24, 53].randomElement(using: &generator)! }
+            let lowestExponent = (0..<columns).map { _ in Int.random(in: -300...300, using: &generator) }
+            let spread = (0..<columns).map { _ in [0, 5, 40, 90].randomElement(using: &generator)! }
+            let table = (0..<rows * columns).map { index -> Double in
+                let column = index % columns
+                let significand = Double(UInt64.random(in: 1 << (bits[column] - 1)..<1 << bits[column], using: &generator))
+                let exponent = lowestExponent[column] + Int.random(in: 0...spread[column], using: &generator)
+                let sign: Double = Bool.random(using: &generator) ? 1 : -1
+                return sign * significand * Double(sign: .plus, exponent: exponent - bits[column], significand: 1)
+            }
+            let byTable = ReproducibleSums(count: columns), oneByOne = ReproducibleSums(count: columns)
+            for column in 0..<columns where column % 3 == 0 {
+                let start = Double(sign: .plus, exponent: lowestExponent[column] + (seed % 2 == 0 ? 150 : -150), significand: 1.5)
+                byTable.add(start, to: column)
+                oneByOne.add(start, to: column)
+            }
+            table.withUnsafeBufferPointer { byTable.add(rows: $0) }
+            for index in table.indices.shuffled(using: &generator) { oneByOne.add(table[index], to: index % columns) }
+            #expect(words(byTable) == words(oneByOne), "seed \(seed)")
+        }
+    }
+
     /// Threads that share a table take disjoint column ranges; the ranges
     /// together give the words of the whole table at once, and a range
     /// leaves the other sums alone.
