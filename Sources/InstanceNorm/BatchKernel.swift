@@ -238,7 +238,7 @@ public enum BatchKernel {
         } else {
             split.run { worker in batch.sumsAndDx(of: split.instances(of: worker), tail: tails[worker]) }
         }
-        batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta)
+        batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, threads: threads)
         if let instanceSums {
             for instance in 0..<shape.instanceCount {
                 instanceSums[2 * instance] = batch.instanceSums[instance].sumDy

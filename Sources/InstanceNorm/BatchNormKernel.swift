@@ -350,10 +350,15 @@ extension BatchNormKernel {
     /// totals of one process.
     @inlinable
     public static func sampleOrderTotals(_ sums: UnsafeBufferPointer<Double>, channels: Int) -> [Double] {
+        var dbeta = [Double](repeating: 0, count: channels), dgamma = dbeta
+        if let start = sums.baseAddress {
+            addInSampleOrder(start, samples: sums.count / (2 * channels), channels: channels, dgamma: &dgamma,
+                             dbeta: &dbeta, threads: 1)
+        }
         var totals = [Double](repeating: 0, count: 2 * channels)
-        for instance in 0..<sums.count / 2 {
-            totals[2 * (instance % channels)] += sums[2 * instance]
-            totals[2 * (instance % channels) + 1] += sums[2 * instance + 1]
+        for channel in 0..<channels {
+            totals[2 * channel] = dbeta[channel]
+            totals[2 * channel + 1] = dgamma[channel]
         }
         return totals
     }

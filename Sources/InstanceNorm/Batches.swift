@@ -216,14 +216,15 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// dγ_c = Σ_n s2(n,c), dβ_c = Σ_n s1(n,c), added in sample order.
     @inlinable func combineParameterGradients(
-        dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>
+        dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>, threads: Int
     ) {
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
-        for instance in 0..<shape.instanceCount {
-            dbeta[instance % shape.channels] += instanceSums[instance].sumDy
-            dgamma[instance % shape.channels] += instanceSums[instance].sumDyXHat
-        }
+        guard shape.instanceCount > 0 else { return }
+        // (s1, s2) tuples: two doubles each, side by side.
+        let sums = UnsafeRawPointer(instanceSums.baseAddress!).assumingMemoryBound(to: Double.self)
+        addInSampleOrder(sums, samples: shape.batch, channels: shape.channels, dgamma: dgamma.baseAddress!,
+                         dbeta: dbeta.baseAddress!, threads: threads)
     }
 }
 

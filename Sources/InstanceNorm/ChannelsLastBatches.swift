@@ -374,7 +374,7 @@ extension BatchKernel {
         let waiting = batch.sharesSamples(split)
             ? sharedSampleGradients(batch, split, passes, output, tail: overlap?.tailElements ?? 0)
             : wholeSampleGradients(batch, split, passes, output, tail: overlap?.tailElements ?? 0)
-        passes.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums)
+        passes.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums, threads: threads)
         overlap?.sumsReady()
         let operation = passes.operation
         split.run { worker in
@@ -498,13 +498,13 @@ struct GradientPasses<T: InstanceNormScalar>: @unchecked Sendable {
     /// every instance's (s1, s2) into `instanceSums`.
     @inlinable func combineParameterGradients(
         dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
-        instanceSums: UnsafeMutableBufferPointer<Double>?
+        instanceSums: UnsafeMutableBufferPointer<Double>?, threads: Int
     ) {
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
-        for instance in 0..<sums.count / 2 {
-            dbeta[instance % channels] += sums.elements[2 * instance]
-            dgamma[instance % channels] += sums.elements[2 * instance + 1]
+        if sums.count > 0 {
+            addInSampleOrder(sums.elements.baseAddress!, samples: sums.count / (2 * channels), channels: channels,
+                             dgamma: dgamma.baseAddress!, dbeta: dbeta.baseAddress!, threads: threads)
         }
         if let instanceSums { _ = instanceSums.update(fromContentsOf: sums.elements) }
     }

@@ -146,7 +146,7 @@ extension SmallBackward {
             }
             if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
         }
-        if !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount) }
+        if !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount, threads: threads) }
         overlap?.sumsReady()
         writeTails(schedule, split, tails, waiting, overlap)
         if streaming { instnorm_store_fence() }
@@ -236,13 +236,11 @@ struct ParameterSums: @unchecked Sendable {
         }
     }
 
-    /// dγ_c += s2, dβ_c += s1 over the stored sums, in instance order.
-    @inlinable func combineInSampleOrder(instanceCount: Int) {
+    /// dγ_c += s2, dβ_c += s1 over the stored sums, in sample order.
+    @inlinable func combineInSampleOrder(instanceCount: Int, threads: Int) {
         guard let stored else { preconditionFailure("no stored sums to combine") }
-        for instance in 0..<instanceCount {
-            dbeta.base[instance % channels] += stored.base[2 * instance]
-            dgamma.base[instance % channels] += stored.base[2 * instance + 1]
-        }
+        addInSampleOrder(stored.base, samples: instanceCount / channels, channels: channels,
+                         dgamma: dgamma.base, dbeta: dbeta.base, threads: threads)
     }
 }
 

@@ -156,7 +156,7 @@ extension SmallChannelsLast {
             }
         }
         if streaming { instnorm_store_fence() }
-        parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount)
+        parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount, threads: threads)
         overlap?.sumsReady()
     }
 }

@@ -48,6 +48,29 @@ import Testing
         }
     }
 
+    /// dγ_c, dβ_c are the instances' s2, s1 added in sample order, bit for
+    /// bit, with more instances than one worker combines alone (2^16,
+    /// where the workers split the channels) and three threads, in both
+    /// layouts. (The per-instance kernels combine through the same
+    /// function; at M = 65 this many instances take too long unoptimized.)
+    @Test func parameterGradientsAreSampleOrderSumsOfManyInstances() {
+        let spatialCount = 2
+        let inputs = Inputs<Float>([1031, 67, spatialCount], affine: true, seed: 83), shape = inputs.shape
+        for layout in [TensorLayout.channelsFirst, .channelsLast] {
+            let run = layout == .channelsFirst
+                ? inputs.run(eps: 1e-5, threads: 3)
+                : KernelRun(x: channelsLast(inputs.x, shape), dy: channelsLast(inputs.dy, shape), gamma: inputs.gamma,
+                            beta: inputs.beta, shape: shape, eps: 1e-5, threads: 3, layout: .channelsLast)
+            var dbeta = [Double](repeating: 0, count: shape.channels), dgamma = dbeta
+            for instance in 0..<shape.instanceCount {
+                dbeta[instance % shape.channels] += run.instanceSums[2 * instance]
+                dgamma[instance % shape.channels] += run.instanceSums[2 * instance + 1]
+            }
+            #expect(bitPatterns(run.dbeta) == bitPatterns(dbeta), "dbeta, M \(spatialCount), \(layout)")
+            #expect(bitPatterns(run.dgamma) == bitPatterns(dgamma), "dgamma, M \(spatialCount), \(layout)")
+        }
+    }
+
     /// The transposes of four-value instances (`transposeQuads`, and
     /// `untransposeQuads` back) against their index formulas, in every
     /// dtype: columns[m·B + b] = rows[4·b + m].
