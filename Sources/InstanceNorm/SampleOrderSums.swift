@@ -1,3 +1,5 @@
+import _InstanceNormShims
+
 /// dβ_c += Σ_n s1(n,c) and dγ_c += Σ_n s2(n,c) over `samples` rows of C
 /// instance sums (s1, s2 side by side, the (N, C, 2) layout of the kernels'
 /// per-instance sums), each channel's additions in sample order: the
@@ -21,9 +23,16 @@ func addInSampleOrder(
         let run = split.instances(of: worker)
         for sample in 0..<samples {
             let row = shared.sums.base + 2 * channels * sample
-            for channel in run {
+            var channel = run.lowerBound
+            // Four channels a step (each still one addition per sample).
+            while channel + 4 <= run.upperBound {
+                instnorm_add_pairs4(row + 2 * channel, shared.dbeta.base + channel, shared.dgamma.base + channel)
+                channel += 4
+            }
+            while channel < run.upperBound {
                 shared.dbeta.base[channel] += row[2 * channel]
                 shared.dgamma.base[channel] += row[2 * channel + 1]
+                channel += 1
             }
         }
     }

@@ -156,6 +156,22 @@ void instnorm_load_statistics4(const double *source, double *means, double *invs
     __builtin_memcpy(invstds, &invstd, sizeof invstd);
 }
 
+/// The inverse of `instnorm_store_pairs4`, added: firsts[i] += pairs[2i],
+/// seconds[i] += pairs[2i + 1] for i < 4 (any alignment; the three do not
+/// overlap).
+static inline __attribute__((always_inline))
+void instnorm_add_pairs4(const double *pairs, double *firsts, double *seconds) {
+    instnorm_double4x low, high, first, second;
+    __builtin_memcpy(&low, pairs, sizeof low);
+    __builtin_memcpy(&high, pairs + 4, sizeof high);
+    __builtin_memcpy(&first, firsts, sizeof first);
+    __builtin_memcpy(&second, seconds, sizeof second);
+    first += __builtin_shufflevector(low, high, 0, 2, 4, 6);
+    second += __builtin_shufflevector(low, high, 1, 3, 5, 7);
+    __builtin_memcpy(firsts, &first, sizeof first);
+    __builtin_memcpy(seconds, &second, sizeof second);
+}
+
 /// Four instances' (s1, s2) stored as eight consecutive doubles at `out`.
 static inline __attribute__((always_inline))
 void instnorm_store_pairs4(double *out, instnorm_double4x first, instnorm_double4x second) {
