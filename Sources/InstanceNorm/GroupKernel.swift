@@ -407,9 +407,9 @@ struct ChannelsLastGroups: Sendable {
         }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
-        for instance in 0..<shape.instanceCount {
-            dbeta[instance % channels] += sums[2 * instance]
-            dgamma[instance % channels] += sums[2 * instance + 1]
+        if let start = sums.baseAddress, channels > 0 {
+            addInSampleOrder(start, samples: shape.batch, channels: channels, dgamma: dgamma.baseAddress!,
+                             dbeta: dbeta.baseAddress!, threads: 1)
         }
         overlap?.sumsReady()
     }
