@@ -259,7 +259,6 @@ void instnorm_transpose_double4x4(const double *rows, long rowStride, double *co
 }
 
 typedef float instnorm_float4x __attribute__((ext_vector_type(4)));
-typedef _Float16 instnorm_half4x __attribute__((ext_vector_type(4)));
 
 /// The 4x4 transpose inside each 128-bit half of four registers: lane
 /// 4h + c of result r is lane 4h + r of input c. 8 shuffles, none across
@@ -297,21 +296,16 @@ void instnorm_transpose_quads_float(const float *rows, float *columns) {
     }
 }
 
-/// The same from 64 halves, each widened exactly to float.
+/// The same from 64 halves, each widened exactly to float (through a
+/// widened copy on the stack).
 static inline __attribute__((always_inline))
 void instnorm_transpose_quads_half(const void *rows, float *columns) {
-    const _Float16 *values = (const _Float16 *)rows;
-    for (int half = 0; half < 2; half++) {
-        instnorm_float8x r[4];
-        for (int k = 0; k < 4; k++) {
-            instnorm_half4x low, high;
-            __builtin_memcpy(&low, values + 32 * half + 4 * k, sizeof low);
-            __builtin_memcpy(&high, values + 32 * half + 16 + 4 * k, sizeof high);
-            r[k] = __builtin_convertvector(__builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7), instnorm_float8x);
-        }
-        instnorm_transpose_halves4x4(r);
-        for (int m = 0; m < 4; m++) __builtin_memcpy(columns + 16 * m + 8 * half, &r[m], sizeof r[m]);
+    float widened[64];
+    for (int vector = 0; vector < 8; vector++) {
+        instnorm_float8x values = instnorm_load_half8((const _Float16 *)rows + 8 * vector);
+        __builtin_memcpy(widened + 8 * vector, &values, sizeof values);
     }
+    instnorm_transpose_quads_float(widened, columns);
 }
 
 /// The inverse of `instnorm_transpose_quads_float`: rows[4·b + m] =
