@@ -30,12 +30,11 @@ func writeInOrder<Output: BlockOutput>(
     typealias T = Output.Scalar
     let lanes = T.Vector.scalarCount, total = count &* spatialCount
     let stores = VectorStores(out, streaming: streaming)
-    @inline(__always) func store(_ vector: T.Vector, _ start: Int) { stores.store(vector, at: start) }
     var start = 0, instance = 0
     while instance < count {
         let constants = output.constants(of: instance), end = (instance &+ 1) &* spatialCount
         while start &+ lanes <= end {
-            store(output.vector(at: start, constants), start)
+            stores.store(output.vector(at: start, constants), at: start)
             start &+= lanes
         }
         guard start < end else {
@@ -52,7 +51,7 @@ func writeInOrder<Output: BlockOutput>(
         if vectorEnd &- start < lanes {
             stores.store(vector, at: start, count: vectorEnd &- start)
         } else {
-            store(vector, start)
+            stores.store(vector, at: start)
         }
         start &+= lanes
         // The instance the vector ended in goes on from the next vector.
