@@ -306,11 +306,9 @@ struct GradientLaneConstants<C: InstanceNormComputeScalar> {
     /// The constants that `store` left in the constants of `set`.
     @inlinable @inline(__always)
     init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        meanHigh = loadVector(UnsafePointer(scratch.constant(set, 0)), 0)
-        meanDy = loadVector(UnsafePointer(scratch.constant(set, 1)), 0)
-        gradientScale = loadVector(UnsafePointer(scratch.constant(set, 2)), 0)
-        centeredScale = loadVector(UnsafePointer(scratch.constant(set, 3)), 0)
-        offset = loadVector(UnsafePointer(scratch.constant(set, 4)), 0)
+        (meanHigh, meanDy) = (scratch.constantLanes(set, 0), scratch.constantLanes(set, 1))
+        (gradientScale, centeredScale) = (scratch.constantLanes(set, 2), scratch.constantLanes(set, 3))
+        offset = scratch.constantLanes(set, 4)
     }
 
     /// Keeps the constants in the constants of `set` (μ_hi, m̄, k, p, q,
@@ -318,11 +316,11 @@ struct GradientLaneConstants<C: InstanceNormComputeScalar> {
     /// pipelined loop.
     @inlinable @inline(__always)
     func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        storeVector(meanHigh, scratch.constant(set, 0), 0)
-        storeVector(meanDy, scratch.constant(set, 1), 0)
-        storeVector(gradientScale, scratch.constant(set, 2), 0)
-        storeVector(centeredScale, scratch.constant(set, 3), 0)
-        storeVector(offset, scratch.constant(set, 4), 0)
+        scratch.keepConstant(meanHigh, set, 0)
+        scratch.keepConstant(meanDy, set, 1)
+        scratch.keepConstant(gradientScale, set, 2)
+        scratch.keepConstant(centeredScale, set, 3)
+        scratch.keepConstant(offset, set, 4)
     }
 
     /// dx of one lane's position from its x and dy, in the compute precision.

@@ -117,18 +117,17 @@ struct NormalizeLaneConstants<C: InstanceNormComputeScalar> {
     /// The constants that `store` left in the constants of `set`.
     @inlinable @inline(__always)
     init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        meanHigh = loadVector(UnsafePointer(scratch.constant(set, 0)), 0)
-        scale = loadVector(UnsafePointer(scratch.constant(set, 1)), 0)
-        offset = loadVector(UnsafePointer(scratch.constant(set, 2)), 0)
+        meanHigh = scratch.constantLanes(set, 0)
+        (scale, offset) = (scratch.constantLanes(set, 1), scratch.constantLanes(set, 2))
     }
 
     /// Keeps the constants in the constants of `set`, between the stages
     /// of the pipelined loop.
     @inlinable @inline(__always)
     func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        storeVector(meanHigh, scratch.constant(set, 0), 0)
-        storeVector(scale, scratch.constant(set, 1), 0)
-        storeVector(offset, scratch.constant(set, 2), 0)
+        scratch.keepConstant(meanHigh, set, 0)
+        scratch.keepConstant(scale, set, 1)
+        scratch.keepConstant(offset, set, 2)
     }
 
     /// y of one lane's position from its x, in the compute precision.
