@@ -230,10 +230,14 @@ final class GroupBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// dx = r·(γ·dy − A/L − x̂·B/L) of one segment, from value `start` on,
     /// folded as `InputGradientOperation` does it for an instance:
     ///
-    ///     k = γ·r      p = −r²·B/L      d̄ = A/(L·γ) rounded (0 if γ = 0)
+    ///     k = γ·r      p = −r²·B/L      d̄ = A/(L·γ) rounded
     ///     dx = k·(dy − d̄) + p·(x − μ_hi) + q,   q = k·d̄ − r·A/L − p·μ_lo
     ///
-    /// Centering dy on d̄ keeps the terms small where γ·dy is near its group's mean.
+    /// Centering dy on d̄ keeps the terms small where γ·dy is near its group's
+    /// mean. Where γ is so small (or 0) that A/(L·γ) would come near the
+    /// compute precision's largest value, d̄ = 0: dy − d̄ and k·d̄ would
+    /// overflow (inf − inf = NaN in dx, where PyTorch's dx is finite), and
+    /// centering only helps where d̄ is of dy's size.
     @inlinable func gradientOperation(_ group: Int, _ instance: Int, start: Int) -> InputGradientOperation<T> {
         let groupStatistics = statistics[group], invstd = groupStatistics.invstd
         let (meanHigh, meanLow) = groupStatistics.splitMean(as: T.self)
@@ -241,7 +245,8 @@ final class GroupBackward<T: InstanceNormScalar>: @unchecked Sendable {
         let gradientScale = batch.gammaValue(instance) * invstd
         let centeredScale = -invstd * invstd * sumB / count
         let constant = -invstd * sumA / count
-        let meanDy = gradientScale != 0 ? T.Compute(-constant / gradientScale) : 0
+        let quotient = gradientScale != 0 ? -constant / gradientScale : 0
+        let meanDy = abs(quotient) <= Double(T.Compute.greatestFiniteMagnitude) / 16 ? T.Compute(quotient) : 0
         let offset = gradientScale * meanDy.widened + constant - centeredScale * meanLow
         return InputGradientOperation(
             dy: segment(dy, instance, start..<start), x: segment(batch.x, instance, start..<start), meanHigh: meanHigh,

@@ -41,7 +41,8 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
 /// Random inputs for a norm, rounded to T, with γ, β of the norm's parameter shape.
 struct FamilyInputs<T: InstanceNormScalar> {
     let shape: NormShape
-    let x: [T], dy: [T], gamma: [T]?, beta: [T]?
+    // Variables, so that a test can plant a special value in random inputs.
+    var x: [T], dy: [T], gamma: [T]?, beta: [T]?
     /// The layout the kernels run in; x, dy and the run's y, dx are channels
     /// first here whatever it is (`run` transposes on the way in and out).
     let layout: TensorLayout
@@ -150,6 +151,27 @@ func checkFamily<T: InstanceNormScalar>(
             checkFamily(FamilyInputs<Float>(normalization, dimensions, affine: affine, seed: 40 + UInt64(index)))
             checkFamily(FamilyInputs<Double>(normalization, dimensions, affine: affine, seed: 60 + UInt64(index)))
         }
+    }
+
+    /// A channel whose γ is so small that A/(L·γ), the centre of its dy in
+    /// GroupNorm's dx, overflows the compute precision (subnormal γ, or a
+    /// tiny one with loss-scaled dy): dx stays finite and within tolerance
+    /// of the reference, as PyTorch's does (it was NaN, inf − inf).
+    @Test(arguments: [TensorLayout.channelsFirst, .channelsLast])
+    func tinyGammaKeepsGroupDxFinite(_ layout: TensorLayout) {
+        func check<T: InstanceNormScalar>(_: T.Type, gamma tiny: Double, gradientScale: Double) {
+            var inputs = FamilyInputs<T>(.group(groups: 2), [3, 4, 5, 3], seed: 41, layout: layout)
+            inputs.gamma![1] = T(tiny)
+            inputs.dy = inputs.dy.map { $0 * T(gradientScale) }
+            let run = inputs.run()
+            let finite = run.dx.allSatisfy { $0.isFinite }
+            #expect(finite, "\(T.self) γ \(tiny) \(layout)")
+            checkFamily(inputs)
+        }
+        check(Float.self, gamma: 1e-40, gradientScale: 1)
+        check(Float.self, gamma: 1e-34, gradientScale: 65536)
+        check(Double.self, gamma: 1e-310, gradientScale: 1)
+        check(Double.self, gamma: 1e-300, gradientScale: 1e10)
     }
 
     /// Every thread count gives the same bits: whole rows or samples per
