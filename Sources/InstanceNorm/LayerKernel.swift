@@ -244,6 +244,10 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         let length = batch.rowLength, gradient = gradientOperation(of: previous)
         let out = batch.row(dx, previous)
         let beforeBoundary = streamingStart(out, 0..<length)
+        if beforeBoundary == 0 {
+            sharedLineSums(of: next, writingDx: gradient, to: out, addingTo: block)
+            return
+        }
         writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
         var writer = StreamingWriter(
             out: out, gradient, written: beforeBoundary, count: length,
@@ -252,19 +256,62 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         writeElementwise(out, writer.written..<length, streaming: true, gradient)
     }
 
+    /// `rowSumsWritingDx` when dx's row starts on a line: one line of every
+    /// row per step, the sums of `next` and dx of the previous row at the
+    /// same index, so that γ is loaded once for both. The sums' arithmetic
+    /// is `weightedGradientChunkSums`'s and dx's `LayerGradientOperation`'s:
+    /// the same bits as the other orders.
+    @inlinable func sharedLineSums(
+        of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>,
+        addingTo block: UnsafeMutablePointer<T.Compute>
+    ) {
+        let rowStatistics = statistics[next], length = batch.rowLength, lanes = T.Vector.scalarCount
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        let columns = LayerColumns<T>(
+            block: block, length: length, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
+            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+        let gradients = batch.row(dy, next), values = batch.row(batch.x, next), gamma = batch.gamma.base
+        let ahead = (UnsafeRawPointer(gradients) + (12 << 10), UnsafeRawPointer(values) + (12 << 10))
+        var written = 0
+        let (sumA, centered) = chunkedSums(length) { chunk in
+            let centerVector = T.Vector(repeating: meanHigh)
+            var weighted = T.Vector(), product = T.Vector(), index = chunk.lowerBound
+            while index + lanes <= chunk.upperBound {
+                // A vector is at most one line (64 bytes).
+                let offset = index &* MemoryLayout<T>.stride
+                instnorm_prefetch(ahead.0 + offset)
+                instnorm_prefetch(ahead.1 + offset)
+                let weights = loadVector(gamma, index), gradient0 = loadVector(gradients, index)
+                let centered0 = loadVector(values, index) - centerVector, weightedGradient = weights * gradient0
+                weighted += weightedGradient
+                product.addProduct(weightedGradient, centered0)
+                columns.add(gradient0, centered: centered0, at: index)
+                T.streamStore(gradient.vector(at: index, gamma: weights), to: out + index)
+                index += lanes
+            }
+            written = index
+            return weightedGradientTail(gradients, values, gamma, index..<chunk.upperBound, center: meanHigh, columns: columns,
+                                        sums: (T.Compute.widenedSum(weighted), T.Compute.widenedSum(product)))
+        }
+        rowSums[next] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
+        writeElementwise(out, written..<length, streaming: true, gradient)
+    }
+
     /// columns += block, widened exactly, in `Double`; block ← 0.
     @inlinable func flush(_ block: UnsafeMutablePointer<T.Compute>, into columns: UnsafeMutablePointer<Double>) {
         let count = 2 * batch.rowLength, lanes = T.Vector.scalarCount
         var index = 0
+        // Each vector cleared as it is read: one pass over the block, not two.
         while index + lanes <= count {
             T.Compute.addWidened(loadVector(block, index), to: columns + index)
+            storeVector(T.Vector(), block, index)
             index += lanes
         }
         while index < count {
             columns[index] += block[index].widened
+            block[index] = 0
             index += 1
         }
-        block.update(repeating: 0, count: count)
     }
 
     /// dx over `range` of one row, about Ā = A/D rounded to the compute
@@ -305,7 +352,11 @@ struct LayerColumns<Scalar: InstanceNormScalar> {
     @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
     @usableFromInline let length: Int
     @usableFromInline let invstd, lowTerm: Scalar.Compute
-    @usableFromInline let invstdVector, lowTermVector: Scalar.Vector
+    // Splats formed where they are used, not stored: a stored vector of 16
+    // floats is two registers' worth of loads the optimizer cannot tell
+    // apart, where a splat of a scalar is one register.
+    @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
+    @inlinable var lowTermVector: Scalar.Vector { Scalar.Vector(repeating: lowTerm) }
 
     @inlinable
     init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, center: Scalar.Compute, invstd: Scalar.Compute,
@@ -314,8 +365,6 @@ struct LayerColumns<Scalar: InstanceNormScalar> {
         self.length = length
         self.invstd = invstd
         self.lowTerm = lowTerm
-        invstdVector = Scalar.Vector(repeating: invstd)
-        lowTermVector = Scalar.Vector(repeating: lowTerm)
     }
 
     /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
@@ -343,30 +392,49 @@ func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
 ) -> (Double, Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
-    var weighted0 = T.Vector(), weighted1 = T.Vector(), product0 = T.Vector(), product1 = T.Vector()
+    // One pair of accumulators, one line at a time (as `sharedLineSums`,
+    // which must give the same bits): the loop waits on memory, not on
+    // the additions' latency.
+    var weighted = T.Vector(), product = T.Vector()
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
         companion.step(at: index)
-        let dy0 = loadVector(dy, index), dy1 = loadVector(dy, index + lanes)
-        let centered0 = loadVector(x, index) - centerVector, centered1 = loadVector(x, index + lanes) - centerVector
-        let gradient0 = loadVector(gamma, index) * dy0
-        let gradient1 = loadVector(gamma, index + lanes) * dy1
-        weighted0 += gradient0
-        weighted1 += gradient1
-        product0.addProduct(gradient0, centered0)
-        product1.addProduct(gradient1, centered1)
-        columns.add(dy0, centered: centered0, at: index)
-        columns.add(dy1, centered: centered1, at: index + lanes)
+        var line = index
+        while line < index + 2 * lanes {
+            let gradient = loadVector(dy, line), centered = loadVector(x, line) - centerVector
+            let weightedGradient = loadVector(gamma, line) * gradient
+            weighted += weightedGradient
+            product.addProduct(weightedGradient, centered)
+            columns.add(gradient, centered: centered, at: line)
+            line += lanes
+        }
         index += 2 * lanes
     }
-    var sumA = T.Compute.widenedSum(weighted0) + T.Compute.widenedSum(weighted1)
-    var centered = T.Compute.widenedSum(product0) + T.Compute.widenedSum(product1)
-    while index < range.upperBound {
+    while index + lanes <= range.upperBound {
+        let gradient = loadVector(dy, index), centered = loadVector(x, index) - centerVector
+        let weightedGradient = loadVector(gamma, index) * gradient
+        weighted += weightedGradient
+        product.addProduct(weightedGradient, centered)
+        columns.add(gradient, centered: centered, at: index)
+        index += lanes
+    }
+    return weightedGradientTail(dy, x, gamma, index..<range.upperBound, center: center, columns: columns,
+                                sums: (T.Compute.widenedSum(weighted), T.Compute.widenedSum(product)))
+}
+
+/// The values of a chunk past its last whole vector, one by one, added to
+/// the vector part's `sums`.
+@inlinable @inline(__always)
+func weightedGradientTail<T: InstanceNormScalar>(
+    _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
+    columns: LayerColumns<T>, sums: (Double, Double)
+) -> (Double, Double) {
+    var (sumA, centered) = sums
+    for index in range {
         let gradient = gamma[index].computed * dy[index].computed, deviation = x[index].computed - center
         sumA += gradient.widened
         centered += (gradient * deviation).widened
         columns.add(dy[index].computed, centered: deviation, at: index)
-        index += 1
     }
     return (sumA, centered)
 }
@@ -377,7 +445,12 @@ func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
 struct LayerGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let dy, x, gamma: UnsafePointer<Scalar>
     @usableFromInline let meanHigh, meanWeighted, invstd, centeredScale, offset: Scalar.Compute
-    @usableFromInline let meanVector, meanWeightedVector, invstdVector, centeredScaleVector, offsetVector: Scalar.Vector
+    // Splats formed where they are used (see `LayerColumns`).
+    @inlinable var meanVector: Scalar.Vector { Scalar.Vector(repeating: meanHigh) }
+    @inlinable var meanWeightedVector: Scalar.Vector { Scalar.Vector(repeating: meanWeighted) }
+    @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
+    @inlinable var centeredScaleVector: Scalar.Vector { Scalar.Vector(repeating: centeredScale) }
+    @inlinable var offsetVector: Scalar.Vector { Scalar.Vector(repeating: offset) }
 
     @inlinable
     init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, gamma: UnsafePointer<Scalar>, meanHigh: Scalar.Compute,
@@ -390,16 +463,15 @@ struct LayerGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation 
         self.invstd = invstd
         self.centeredScale = centeredScale
         self.offset = offset
-        meanVector = Scalar.Vector(repeating: meanHigh)
-        meanWeightedVector = Scalar.Vector(repeating: meanWeighted)
-        invstdVector = Scalar.Vector(repeating: invstd)
-        centeredScaleVector = Scalar.Vector(repeating: centeredScale)
-        offsetVector = Scalar.Vector(repeating: offset)
     }
 
     @inlinable @inline(__always)
-    func vector(at index: Int) -> Scalar.Vector {
-        let weighted = loadVector(gamma, index) * loadVector(dy, index) - meanWeightedVector
+    func vector(at index: Int) -> Scalar.Vector { vector(at: index, gamma: loadVector(gamma, index)) }
+
+    /// dx at `index` given γ there, loaded by the caller.
+    @inlinable @inline(__always)
+    func vector(at index: Int, gamma weights: Scalar.Vector) -> Scalar.Vector {
+        let weighted = weights * loadVector(dy, index) - meanWeightedVector
         return offsetVector.addingProduct(centeredScaleVector, loadVector(x, index) - meanVector)
             .addingProduct(invstdVector, weighted)
     }
