@@ -271,7 +271,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
             block: block, length: length, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
             lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
         let gradients = batch.row(dy, next), values = batch.row(batch.x, next), gamma = batch.gamma.base
-        let ahead = (UnsafeRawPointer(gradients) + (12 << 10), UnsafeRawPointer(values) + (12 << 10))
+        let ahead = fusedPrefetchTargets(dy: UnsafeRawPointer(gradients), x: UnsafeRawPointer(values))
         var written = 0
         let (sumA, centered) = chunkedSums(length) { chunk in
             let centerVector = T.Vector(repeating: meanHigh)
@@ -279,8 +279,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
             while index + lanes <= chunk.upperBound {
                 // A vector is at most one line (64 bytes).
                 let offset = index &* MemoryLayout<T>.stride
-                instnorm_prefetch(ahead.0 + offset)
-                instnorm_prefetch(ahead.1 + offset)
+                instnorm_prefetch(ahead.dy + offset)
+                instnorm_prefetch(ahead.x + offset)
                 let weights = loadVector(gamma, index), gradient0 = loadVector(gradients, index)
                 let centered0 = loadVector(values, index) - centerVector, weightedGradient = weights * gradient0
                 weighted += weightedGradient
