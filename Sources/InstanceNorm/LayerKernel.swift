@@ -275,23 +275,21 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         var written = 0
         let (sumA, centered) = chunkedSums(length) { chunk in
             let centerVector = T.Vector(repeating: meanHigh)
-            var weighted = T.Vector(), product = T.Vector(), index = chunk.lowerBound
+            var sums = WeightedLineSums<T>(), index = chunk.lowerBound
             while index + lanes <= chunk.upperBound {
                 // A vector is at most one line (64 bytes).
                 let offset = index &* MemoryLayout<T>.stride
                 instnorm_prefetch(ahead.dy + offset)
                 instnorm_prefetch(ahead.x + offset)
-                let weights = loadVector(gamma, index), gradient0 = loadVector(gradients, index)
-                let centered0 = loadVector(values, index) - centerVector, weightedGradient = weights * gradient0
-                weighted += weightedGradient
-                product.addProduct(weightedGradient, centered0)
-                columns.add(gradient0, centered: centered0, at: index)
+                let weights = loadVector(gamma, index)
+                sums.add(weights: weights, gradient: loadVector(gradients, index),
+                         centered: loadVector(values, index) - centerVector, columns: columns, at: index)
                 T.streamStore(gradient.vector(at: index, gamma: weights), to: out + index)
                 index += lanes
             }
             written = index
             return weightedGradientTail(gradients, values, gamma, index..<chunk.upperBound, center: meanHigh, columns: columns,
-                                        sums: (T.Compute.widenedSum(weighted), T.Compute.widenedSum(product)))
+                                        sums: sums.widened)
         }
         rowSums[next] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
         writeElementwise(out, written..<length, streaming: true, gradient)
@@ -382,6 +380,28 @@ struct LayerColumns<Scalar: InstanceNormScalar> {
     }
 }
 
+/// The lane sums of Σ γ·dy and Σ γ·dy·(x − center) over a chunk of a row,
+/// one line at a time (every order of the backward adds them so, for the
+/// same bits), with the line's column sums on the way. One pair of
+/// accumulators: the loops wait on memory, not on the additions' latency.
+@usableFromInline
+struct WeightedLineSums<T: InstanceNormScalar> {
+    @usableFromInline var weighted = T.Vector(), product = T.Vector()
+
+    @inlinable init() {}
+
+    @inlinable @inline(__always)
+    mutating func add(weights: T.Vector, gradient: T.Vector, centered: T.Vector, columns: LayerColumns<T>, at index: Int) {
+        let weightedGradient = weights * gradient
+        weighted += weightedGradient
+        product.addProduct(weightedGradient, centered)
+        columns.add(gradient, centered: centered, at: index)
+    }
+
+    /// Both sums across lanes, in `Double`.
+    @inlinable var widened: (Double, Double) { (T.Compute.widenedSum(weighted), T.Compute.widenedSum(product)) }
+}
+
 /// Σ γ·dy and Σ γ·dy·(x − center) over one chunk of a row, and the row's
 /// column sums added to `columns` on the way; `companion` steps along (the
 /// fused order writes the previous row's dx there, see `SumsCompanion`).
@@ -392,34 +412,23 @@ func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
 ) -> (Double, Double) {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
-    // One pair of accumulators, one line at a time (as `sharedLineSums`,
-    // which must give the same bits): the loop waits on memory, not on
-    // the additions' latency.
-    var weighted = T.Vector(), product = T.Vector()
+    var sums = WeightedLineSums<T>()
+    func addLine(at line: Int) {
+        sums.add(weights: loadVector(gamma, line), gradient: loadVector(dy, line), centered: loadVector(x, line) - centerVector,
+                 columns: columns, at: line)
+    }
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
         companion.step(at: index)
-        var line = index
-        while line < index + 2 * lanes {
-            let gradient = loadVector(dy, line), centered = loadVector(x, line) - centerVector
-            let weightedGradient = loadVector(gamma, line) * gradient
-            weighted += weightedGradient
-            product.addProduct(weightedGradient, centered)
-            columns.add(gradient, centered: centered, at: line)
-            line += lanes
-        }
+        addLine(at: index)
+        addLine(at: index + lanes)
         index += 2 * lanes
     }
     while index + lanes <= range.upperBound {
-        let gradient = loadVector(dy, index), centered = loadVector(x, index) - centerVector
-        let weightedGradient = loadVector(gamma, index) * gradient
-        weighted += weightedGradient
-        product.addProduct(weightedGradient, centered)
-        columns.add(gradient, centered: centered, at: index)
+        addLine(at: index)
         index += lanes
     }
-    return weightedGradientTail(dy, x, gamma, index..<range.upperBound, center: center, columns: columns,
-                                sums: (T.Compute.widenedSum(weighted), T.Compute.widenedSum(product)))
+    return weightedGradientTail(dy, x, gamma, index..<range.upperBound, center: center, columns: columns, sums: sums.widened)
 }
 
 /// The values of a chunk past its last whole vector, one by one, added to
