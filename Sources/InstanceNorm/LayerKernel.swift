@@ -274,6 +274,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         let ahead = fusedPrefetchTargets(dy: UnsafeRawPointer(gradients), x: UnsafeRawPointer(values))
         var written = 0
         let (sumA, centered) = chunkedSums(length) { chunk in
+            // Formed here, not captured: a captured vector is read back from memory in halves.
             let centerVector = T.Vector(repeating: meanHigh)
             var sums = WeightedLineSums<T>(), index = chunk.lowerBound
             while index + lanes <= chunk.upperBound {
@@ -287,6 +288,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
                 T.streamStore(gradient.vector(at: index, gamma: weights), to: out + index)
                 index += lanes
             }
+            // Every chunk but the row's last is whole vectors (`reductionChunk`), so dx is written up to here.
             written = index
             return weightedGradientTail(gradients, values, gamma, index..<chunk.upperBound, center: meanHigh, columns: columns,
                                         sums: sums.widened)
