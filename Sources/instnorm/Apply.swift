@@ -33,7 +33,9 @@ struct Apply: ParsableCommand {
     @Option(help: ArgumentHelp("β, the shape of γ; needs --weight.", valueName: "B.npy"))
     var bias: String?
 
-    @Option(help: "ε added to the variance; must be > 0.")
+    // Unconditional: `--eps -1e-5` then reaches the check of ε (> 0) rather
+    // than reading as a missing value followed by an unknown flag.
+    @Option(parsing: .unconditional, help: "ε added to the variance; must be > 0.")
     var eps: Double = 1e-5
 
     @Option(help: ArgumentHelp("Running mean, shape (C,): updated in training mode, used with --eval.", valueName: "RM.npy"))
@@ -42,7 +44,7 @@ struct Apply: ParsableCommand {
     @Option(help: ArgumentHelp("Running variance, shape (C,); comes with --running-mean.", valueName: "RV.npy"))
     var runningVar: String?
 
-    @Option(help: "Momentum of the running statistics' update, in [0, 1] (PyTorch's default).")
+    @Option(parsing: .unconditional, help: "Momentum of the running statistics' update, in [0, 1] (PyTorch's default).")
     var momentum: Double = 0.1
 
     @Flag(help: "Evaluation mode: normalize with the running statistics; writes y.npy only.")

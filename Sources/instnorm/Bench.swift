@@ -50,7 +50,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Untimed iterations first (page faults, caches).")
     var warmup: Int = 3
 
-    @Option(help: "ε added to the variance; must be > 0.")
+    // Unconditional: `--eps -1e-5` then reaches the check of ε (> 0) rather
+    // than reading as a missing value followed by an unknown flag.
+    @Option(parsing: .unconditional, help: "ε added to the variance; must be > 0.")
     var eps: Double = 1e-5
 
     @Option(help: "Seed of the synthetic data.")
