@@ -214,19 +214,31 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     func rowSums<Companion: SumsCompanion>(
         _ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>, alongside companion: inout Companion
     ) {
-        let rowStatistics = statistics[row]
-        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
-        let columns = LayerColumns<T>(
-            block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
-            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+        let columns = columns(of: row, addingTo: block)
         let gradients = batch.row(dy, row), values = batch.row(batch.x, row), gamma = batch.gamma.base
         let (sumA, centered) = chunkedSums(batch.rowLength) { chunk in
             // A local copy: through the capture the optimizer would reload
             // the companion after every store.
             var local = companion
             defer { companion = local }
-            return weightedGradientChunkSums(gradients, values, gamma, chunk, center: meanHigh, columns: columns, alongside: &local)
+            return weightedGradientChunkSums(
+                gradients, values, gamma, chunk, center: columns.center, columns: columns, alongside: &local)
         }
+        keepRowSums(row, sumA: sumA, centered: centered)
+    }
+
+    /// What `row` adds to the column sums in `block`, about its μ_hi.
+    @inlinable func columns(of row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) -> LayerColumns<T> {
+        let rowStatistics = statistics[row]
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        return LayerColumns<T>(
+            block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
+            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+    }
+
+    /// A and S = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of `row`, from A and the centred sum.
+    @inlinable func keepRowSums(_ row: Int, sumA: Double, centered: Double) {
+        let rowStatistics = statistics[row], meanLow = rowStatistics.splitMean(as: T.self).low
         rowSums[row] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
     }
 
@@ -265,11 +277,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>,
         addingTo block: UnsafeMutablePointer<T.Compute>
     ) {
-        let rowStatistics = statistics[next], length = batch.rowLength, lanes = T.Vector.scalarCount
-        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
-        let columns = LayerColumns<T>(
-            block: block, length: length, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
-            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+        let length = batch.rowLength, lanes = T.Vector.scalarCount
+        let columns = columns(of: next, addingTo: block), meanHigh = columns.center
         let gradients = batch.row(dy, next), values = batch.row(batch.x, next), gamma = batch.gamma.base
         let ahead = fusedPrefetchTargets(dy: UnsafeRawPointer(gradients), x: UnsafeRawPointer(values))
         var written = 0
@@ -293,7 +302,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
             return weightedGradientTail(gradients, values, gamma, index..<chunk.upperBound, center: meanHigh, columns: columns,
                                         sums: sums.widened)
         }
-        rowSums[next] = (sumA, rowStatistics.invstd * (centered - meanLow * sumA))
+        keepRowSums(next, sumA: sumA, centered: centered)
         writeElementwise(out, written..<length, streaming: true, gradient)
     }
 
@@ -351,6 +360,8 @@ public let layerColumnBlock = 8
 struct LayerColumns<Scalar: InstanceNormScalar> {
     @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
     @usableFromInline let length: Int
+    /// μ_hi, which the row's values are centred on before they reach `add`.
+    @usableFromInline let center: Scalar.Compute
     @usableFromInline let invstd, lowTerm: Scalar.Compute
     // Splats formed where they are used, not stored: a stored vector of 16
     // floats is two registers' worth of loads the optimizer cannot tell
@@ -363,6 +374,7 @@ struct LayerColumns<Scalar: InstanceNormScalar> {
          lowTerm: Scalar.Compute) {
         self.block = block
         self.length = length
+        self.center = center
         self.invstd = invstd
         self.lowTerm = lowTerm
     }
