@@ -73,6 +73,9 @@ FAMILY_CASES = [
     (["--norm", "group", "--groups", "3"], (5, 6, 4, 5), np.float16, True, True, "nchw"),
     (["--norm", "group", "--groups", "4"], (5, 4, 3, 3), np.float64, False, True, "nchw"),
     (["--norm", "group", "--groups", "2"], (5, 4, 6, 3), np.float32, True, True, "nhwc"),
+    # (N, C), as in PyTorch's own GroupNorm tests (GroupNorm_1d_affine_GN, _1d_no_affine_LN).
+    (["--norm", "group", "--groups", "3"], (4, 12), np.float32, True, True, "nchw"),
+    (["--norm", "group", "--groups", "1"], (4, 10), np.float64, False, True, "nchw"),
     (["--norm", "layer", "--normalized-dims", "1"], (6, 5, 37), np.float32, True, True, "nchw"),
     (["--norm", "layer", "--normalized-dims", "2"], (3, 4, 6, 5), np.float64, True, True, "nchw"),
     (["--norm", "layer"], (7, 3, 5, 2), np.float16, True, True, "nchw"),

@@ -16,6 +16,13 @@ extension DataParallelNorm {
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>,
         x: UnsafeBufferPointer<T>, gamma: UnsafeBufferPointer<T>?, beta: UnsafeBufferPointer<T>?
     ) throws {
+        guard globalChannelCount > 0 else {
+            // An empty batch, known alike on every rank: no collective, and
+            // statistics of no values (PyTorch's batch_norm returns the empty y too).
+            statistics.update(repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan))
+            lastForwardCollectiveSeconds = 0
+            return
+        }
         let channelShape = instanceShape(localShape)
         let collectives = CollectiveClock()
         let shifts = try collectives.time { try sharedShifts(x, channelShape) }
@@ -34,6 +41,12 @@ extension DataParallelNorm {
         gamma: UnsafeBufferPointer<T>?
     ) throws -> Double {
         let channels = globalShape.parameterCount, collectives = CollectiveClock()
+        guard globalChannelCount > 0 else {
+            // An empty batch: dγ = dβ = 0 (sums over no values), no collective.
+            dgamma.update(repeating: 0)
+            dbeta.update(repeating: 0)
+            return 0
+        }
         let totals = UnsafeMutableBufferPointer<Double>.allocate(capacity: 2 * channels)
         defer { totals.deallocate() }
         try BatchNormKernel.backward(
@@ -91,11 +104,14 @@ extension DataParallelNorm {
 
     /// PyTorch's BatchNorm update, per channel, from the forward's global
     /// statistics (the same on every rank, so not collective):
-    /// running_mean ← (1 − m)·running_mean + m·μ, running_var ← (1 − m)·running_var + m·σ²·L/(L − 1).
+    /// running_mean ← (1 − m)·running_mean + m·μ, running_var ← (1 − m)·running_var + m·σ²·L/(L − 1);
+    /// unchanged by an empty batch (L = 0).
     func batchRunningStatistics(
         runningMean: UnsafeMutableBufferPointer<T>, runningVar: UnsafeMutableBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, momentum: Double
     ) {
+        // An empty batch leaves them as they were, as PyTorch's batch_norm does.
+        guard globalChannelCount > 0 else { return }
         let count = Double(globalChannelCount)
         precondition(count >= 2, "the unbiased variance needs at least two values per channel")
         for channel in 0..<statistics.count {

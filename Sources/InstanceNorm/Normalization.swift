@@ -20,7 +20,8 @@
 public enum Normalization: Hashable, Sendable, CustomStringConvertible {
     /// Per sample and channel: M values per row.
     case instance
-    /// G groups of C/G consecutive channels; G divides C.
+    /// G groups of C/G consecutive channels; G divides C. x may be (N, C)
+    /// (M = 1), as PyTorch's `GroupNorm` takes it.
     case group(groups: Int)
     /// Statistics over the trailing K dimensions, 1 ≤ K < rank of x.
     case layer(normalizedDimensions: Int)
@@ -50,8 +51,9 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
     /// x's dimensions: (N, C, S1…Sk) for instance and group, (N, …, D1…DK) for layer.
     public let dimensions: [Int]
 
-    /// Checks that `dimensions` fit `normalization`: instance and group need
-    /// (N, C, S1…) with a spatial dimension, 1 ≤ G ≤ C with G dividing C;
+    /// Checks that `dimensions` fit `normalization`: instance needs
+    /// (N, C, S1…) with a spatial dimension, group and batch (N, C) or more,
+    /// group 1 ≤ G ≤ C with G dividing C;
     /// layer needs at least (N, D) and 1 ≤ K < dimensions.count. N may be 0
     /// (a rank without samples); every other size is at least 1.
     public init(_ normalization: Normalization, dimensions: [Int]) throws(InstanceNormError) {
@@ -66,7 +68,7 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
             }
             _ = try Self.channelShape(dimensions)
         case .group(let groups):
-            let channels = try InstanceNormShape(dimensions: dimensions).channels
+            let channels = try Self.channelShape(dimensions).channels
             guard groups >= 1, groups <= channels, channels % groups == 0 else {
                 throw .invalidArgument("--groups \(groups) must divide the channel count C = \(channels)")
             }

@@ -18,7 +18,7 @@ struct Apply: ParsableCommand {
             """)
 
     @Option(help: ArgumentHelp(
-        "The input x: (N, C, S1, ...), or (N, S1, ..., C) with --layout nhwc; (N, ..., D1, ..., DK) for --norm layer; float16, float32 or float64, C order.",
+        "The input x: (N, C, S1, ...), or (N, S1, ..., C) with --layout nhwc; (N, ..., D1, ..., DK) for --norm layer; also (N, C) for group and batch; N may be 0; float16, float32 or float64, C order.",
         valueName: "X.npy"))
     var input: String
 

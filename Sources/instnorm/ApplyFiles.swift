@@ -23,7 +23,7 @@ struct ApplyFiles {
     init(_ options: Apply) throws {
         let input = try NPYReader(path: options.input)
         let shape = try Self.shape(of: input, options)
-        guard shape.batch >= 1 else { throw ToolError.badInput("\(options.input): the batch is empty (N = 0)") }
+        try Self.checkEmptyBatch(shape, options)
         func open(_ path: String?, shape expected: [Int]) throws -> NPYReader? {
             try path.map { try Self.open($0, shape: expected, like: input) }
         }
@@ -48,14 +48,26 @@ struct ApplyFiles {
         try outputs.refuseOverlap(with: inputPaths.compactMap { $0 })
     }
 
+    /// An empty batch (N = 0) normalizes to empty outputs with dγ = dβ = 0,
+    /// as PyTorch's `layer_norm`, `group_norm` and `batch_norm` give; the
+    /// running statistics of InstanceNorm have no update from no instances
+    /// (PyTorch's `instance_norm` fails there), so a training step with them
+    /// is refused.
+    private static func checkEmptyBatch(_ shape: NormShape, _ options: Apply) throws {
+        guard shape.batch == 0, options.tracksRunningStatistics, !options.eval, shape.normalization == .instance else { return }
+        throw ToolError.badInput(
+            "\(options.input): the batch is empty (N = 0), so there are no instance statistics to update the running statistics with; "
+                + "drop --running-mean and --running-var, or use --eval")
+    }
+
     /// The norm's shape of the input file: its dimensions read in the
     /// layout, checked against the norm. A flag that does not fit them (G
     /// not dividing C, K out of range) is a usage error (64); a shape no
     /// norm of the kind takes, a bad input (65).
     private static func shape(of input: NPYReader, _ options: Apply) throws -> NormShape {
         var dimensions = input.header.shape
-        // Layer norm's dimensions are as stored; batch norm also takes (N, C), the same in either layout.
-        let isFeatureBatch = options.family.norm == .batch && dimensions.count == 2
+        // Layer norm's dimensions are as stored; batch and group norm also take (N, C), the same in either layout.
+        let isFeatureBatch = (options.family.norm == .batch || options.family.norm == .group) && dimensions.count == 2
         if options.family.norm != .layer && !isFeatureBatch {
             do {
                 dimensions = try InstanceNormShape(dimensions: dimensions, layout: options.layout.tensorLayout).dimensions

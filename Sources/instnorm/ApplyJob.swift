@@ -178,7 +178,9 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             if let first { throw ToolError.badInput("--check-finite: " + first.problem) }
         }
         try communicator.agree(defaultExitCode: ToolExitCode.badInput) {
-            for output in outputs where output.elementOffset == nil {
+            // BatchNorm's statistics of an empty batch are those of no values: NaN by definition, not an overflow.
+            let emptyBatch = shape.batch == 0
+            for output in outputs where output.elementOffset == nil && !(emptyBatch && output.shape == shape.statisticsDimensions) {
                 guard let bad = firstNonFinite(output.values.readOnly, perInstance: 1) else { continue }
                 throw ToolError.badInput(
                     "--check-finite: \(output.name) would hold \(bad.value) at \(shape.parameterName) \(bad.instance) "

@@ -64,10 +64,10 @@ enum NormKind: String, ExpressibleByArgument, CaseIterable {
 
 extension NormShape {
     /// BatchNorm in training mode needs two values per channel in the whole
-    /// batch (N·M ≥ 2), as PyTorch's ("Expected more than 1 value per
-    /// channel when training"): the problem, or nil.
+    /// batch, as PyTorch's ("Expected more than 1 value per channel when
+    /// training"), or none (an empty batch, whose y is empty): the problem, or nil.
     var singleValuePerChannel: String? {
-        guard normalization == .batch, batch * spatialCount < 2 else { return nil }
+        guard normalization == .batch, batch * spatialCount == 1 else { return nil }
         return "batch norm in training mode needs more than one value per channel (N·M = \(batch * spatialCount))"
     }
 }

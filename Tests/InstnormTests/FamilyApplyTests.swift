@@ -15,6 +15,8 @@ extension InstnormCLI {
             (["--norm", "layer", "--normalized-dims", "1"], [3, 5, 8], [8], [3, 5]),
             (["--norm", "layer"], [3, 2, 3, 4], [2, 3, 4], [3]),
             (["--norm", "group", "--groups", "2", "--layout", "nhwc"], [3, 5, 3, 4], [4], [3, 2]),
+            // (N, C), as PyTorch's GroupNorm takes it (its own tests' GroupNorm_1d_affine_GN is (4, 12), G = 3).
+            (["--norm", "group", "--groups", "3"], [4, 12], [12], [4, 3]),
         ]
 
         @Test(arguments: 0..<cases.count)
@@ -44,6 +46,99 @@ extension InstnormCLI {
                         #expect(bytes("\(folder)/np\(np)/\(name)") == expected, "\(name): np = \(np) differs from np = 1")
                     }
                 }
+            }
+        }
+
+        /// GroupNorm of (N, C) is that of (N, C, 1), in either layout (for
+        /// which the two are the same memory): the same bytes as the 3-D
+        /// file, whose path the reference tests check.
+        @Test(arguments: ["nchw", "nhwc"])
+        func groupNormOfFeaturesIsThatOfOnePosition(_ layout: String) async throws {
+            try await withTemporaryDirectory { folder in
+                var generator = SeededGenerator(seed: 950)
+                let (n, c) = (5, 8)
+                let x = generator.normals(n * c, mean: 1, deviation: 2).map { Float($0) }, dy = generator.normals(n * c).map { Float($0) }
+                let gamma = generator.normals(c, mean: 1).map { Float($0) }, beta = generator.normals(c).map { Float($0) }
+                for (name, shape) in [("flat", [n, c]), ("spatial", layout == "nchw" ? [n, c, 1] : [n, 1, c])] {
+                    try NPY.write("\(folder)/\(name)-x.npy", shape: shape, values: x)
+                    try NPY.write("\(folder)/\(name)-dy.npy", shape: shape, values: dy)
+                }
+                try NPY.write(folder + "/g.npy", shape: [c], values: gamma)
+                try NPY.write(folder + "/b.npy", shape: [c], values: beta)
+                for name in ["flat", "spatial"] {
+                    try await Launcher.apply(ranks: name == "flat" ? 2 : 1, [
+                        "--input", "\(folder)/\(name)-x.npy", "--grad", "\(folder)/\(name)-dy.npy", "--weight", folder + "/g.npy",
+                        "--bias", folder + "/b.npy", "--norm", "group", "--groups", "4", "--layout", layout,
+                        "--output", "\(folder)/\(name)",
+                    ])
+                }
+                for output in ["y", "dx", "mean", "invstd", "dgamma", "dbeta"] {
+                    let flat = try NPY.read("\(folder)/flat/\(output).npy", as: Float.self).values
+                    let spatial = try NPY.read("\(folder)/spatial/\(output).npy", as: Float.self).values
+                    #expect(flat.map(\.bitPattern) == spatial.map(\.bitPattern), "\(output)")
+                }
+                #expect(try NPYReader(path: "\(folder)/flat/y.npy").header.shape == [n, c])
+            }
+        }
+
+        /// An empty batch (N = 0), which PyTorch's own tests run (LayerNorm
+        /// of (0, 5), BatchNorm of (0, 5, 9)): empty y and dx, dγ = dβ = 0,
+        /// the saved statistics empty, or for BatchNorm (C,) of NaN, the
+        /// statistics of no values, and its running statistics as they were.
+        static let emptyBatches: [(flags: [String], dimensions: [Int], parameters: [Int], statistics: [Int])] = [
+            (["--norm", "layer"], [0, 5], [5], [0]),
+            (["--norm", "group", "--groups", "3"], [0, 6, 9], [6], [0, 3]),
+            (["--norm", "instance", "--layout", "nhwc"], [0, 9, 6], [6], [0, 6]),
+            (["--norm", "batch", "--running-mean", "rm.npy", "--running-var", "rv.npy"], [0, 6, 9], [6], [6]),
+        ]
+
+        @Test(arguments: 0..<emptyBatches.count, [1, 2])
+        func emptyBatchGivesEmptyOutputsAndZeroGradients(_ index: Int, ranks: Int) async throws {
+            let (flags, dimensions, parameters, statistics) = Self.emptyBatches[index]
+            try await withTemporaryDirectory { folder in
+                var generator = SeededGenerator(seed: 960)
+                let c = parameters.reduce(1, *)
+                try NPY.write(folder + "/x.npy", shape: dimensions, values: [Float]())
+                try NPY.write(folder + "/dy.npy", shape: dimensions, values: [Float]())
+                try NPY.write(folder + "/g.npy", shape: parameters, values: generator.normals(c, mean: 1).map { Float($0) })
+                try NPY.write(folder + "/b.npy", shape: parameters, values: generator.normals(c).map { Float($0) })
+                try NPY.write(folder + "/rm.npy", shape: parameters, values: generator.normals(c).map { Float($0) })
+                try NPY.write(folder + "/rv.npy", shape: parameters, values: generator.normals(c).map { Float(1 + $0 * $0) })
+                try await Launcher.apply(ranks: ranks, [
+                    "--input", folder + "/x.npy", "--grad", folder + "/dy.npy", "--weight", folder + "/g.npy",
+                    "--bias", folder + "/b.npy", "--output", folder + "/out",
+                ] + flags.map { $0.hasSuffix(".npy") ? folder + "/" + $0 : $0 })
+                for name in ["y", "dx"] {
+                    #expect(try readOutput("\(folder)/out/\(name).npy", as: Float.self, shape: dimensions).isEmpty, "\(name)")
+                }
+                for name in ["dgamma", "dbeta"] {
+                    let values = try readOutput("\(folder)/out/\(name).npy", as: Float.self, shape: parameters)
+                    #expect(values.allSatisfy { $0 == 0 }, "\(name): \(values)")
+                }
+                for name in ["mean", "invstd"] {
+                    let values = try readOutput("\(folder)/out/\(name).npy", as: Float.self, shape: statistics)
+                    #expect(values.allSatisfy { $0.isNaN }, "\(name): \(values)")  // vacuous where empty
+                }
+                for (input, output) in [("rm", "running_mean"), ("rv", "running_var")] where flags.contains("--running-mean") {
+                    #expect(bytes("\(folder)/out/\(output).npy") == bytes("\(folder)/\(input).npy"), "\(output) changed")
+                }
+            }
+        }
+
+        /// InstanceNorm's running statistics have no update from no
+        /// instances (PyTorch's instance_norm fails there): refused, 65.
+        @Test func emptyBatchRefusesInstanceRunningStatistics() async throws {
+            try await withTemporaryDirectory { folder in
+                try NPY.write(folder + "/x.npy", shape: [0, 3, 4], values: [Float]())
+                try NPY.write(folder + "/rm.npy", shape: [3], values: [Float](repeating: 0, count: 3))
+                try NPY.write(folder + "/rv.npy", shape: [3], values: [Float](repeating: 1, count: 3))
+                let result = try await Launcher.instnorm(ranks: 2, [
+                    "apply", "--input", folder + "/x.npy", "--running-mean", folder + "/rm.npy",
+                    "--running-var", folder + "/rv.npy", "--output", folder + "/out",
+                ])
+                #expect(result.exitCode == 65, "\(result.summary)")
+                #expect(result.standardError.contains("the batch is empty (N = 0)"), "\(result.summary)")
+                #expect(!FileManager.default.fileExists(atPath: folder + "/out"))
             }
         }
 
