@@ -16,7 +16,7 @@ struct Bench: ParsableCommand {
             """)
 
     @Option(help: ArgumentHelp(
-        "Global shape: N,C,S1[,S2,...] for instance and group norm (at least one spatial dimension), N,...,D for layer norm.",
+        "Global shape: N,C,S1[,S2,...] for instance norm (at least one spatial dimension), N,C[,S1,...] for group and batch norm, N,...,D for layer norm.",
         valueName: "N,C,H,W"))
     var shape: ShapeArgument = ShapeArgument(dimensions: [32, 64, 56, 56])
 
