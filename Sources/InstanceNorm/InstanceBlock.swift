@@ -105,8 +105,12 @@ final class BlockScratch<T: InstanceNormScalar> {
     /// an instance's end) or one of fewer than B instances, a copy padded
     /// with zeros (the missing instances' lanes are computed, never stored).
     /// `available` is how many values the tensor holds from `block` on.
+    /// Without `transposing`, only the natural-order source (for kernels
+    /// that turn their tiles in registers, `gradientGroupSums`).
     @inlinable @inline(__always)
-    func load(_ block: UnsafePointer<T>, count: Int, available: Int, set: Int, kind: Int = 0) -> UnsafePointer<T> {
+    func load(
+        _ block: UnsafePointer<T>, count: Int, available: Int, set: Int, kind: Int = 0, transposing: Bool = true
+    ) -> UnsafePointer<T> {
         let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize, length = spatialCount
         prefetch(UnsafeRawPointer(block + lanes * length), bytes: lanes * length * MemoryLayout<T>.stride)
         var source = block
@@ -116,6 +120,7 @@ final class BlockScratch<T: InstanceNormScalar> {
             (padded + count * length).update(repeating: 0, count: paddedCount - count * length)
             source = UnsafePointer(padded)
         }
+        guard transposing else { return source }
         let columns = columns(set, kind)
         if holdsQuads {
             T.transposeQuads(source, into: columns)

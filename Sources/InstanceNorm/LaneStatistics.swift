@@ -40,8 +40,35 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
     /// lane's rounded mean, kept for exactly the lanes that need it.
     @inlinable @inline(__always)
     init(columns: UnsafePointer<C>, count: Int, divisor: LaneDivisor, eps: Double) {
-        let shift = loadVector(columns, 0)
-        let (sum, sumSquares) = laneSums(ShiftedColumns(columns, shift: shift), count: count)
+        self.init(shift: loadVector(columns, 0), divisor: divisor, eps: eps) { shift in
+            laneSums(ShiftedColumns(columns, shift: shift), count: count)
+        }
+    }
+
+    /// The same from a block held in natural order (instance b's `count`
+    /// values at `rows + b·count`), each group's sums from tiles turned in
+    /// registers (`InstanceNormScalar.shiftedGroupSums`): the same bits.
+    @inlinable @inline(__always)
+    init<T: InstanceNormScalar>(rows: UnsafePointer<T>, count: Int, divisor: LaneDivisor, eps: Double) where T.Compute == C {
+        self.init(shift: T.firstValues(rows, rowStride: count), divisor: divisor, eps: eps) { shift in
+            var sum = C.WideLanes(), sumSquares = C.WideLanes(), start = 0
+            while start < count {
+                let group = T.shiftedGroupSums(
+                    x: rows + start, rowStride: count, shift: shift, count: min(blockedSumGroup, count - start))
+                sum += C.widen(group.sum)
+                sumSquares += C.widen(group.sumSquares)
+                start += blockedSumGroup
+            }
+            return (sum, sumSquares)
+        }
+    }
+
+    /// The moments from `shiftedSums(K)`, Σ (x − K) and Σ (x − K)² per lane
+    /// in `laneSums`' order, about each lane's first value, then about its
+    /// rounded mean where the first value was an outlier.
+    @inlinable @inline(__always)
+    init(shift: C.Lanes, divisor: LaneDivisor, eps: Double, shiftedSums: (C.Lanes) -> (C.WideLanes, C.WideLanes)) {
+        let (sum, sumSquares) = shiftedSums(shift)
         let shiftedMean = divisor.divide(sum)
         var variance = divisor.divide(sumSquares) - shiftedMean * shiftedMean
         var mean = C.widen(shift) + shiftedMean
@@ -49,7 +76,7 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
         // As `momentsFromShiftedSums`: a NaN lane takes the second pass too.
         if !C.allAtMost(outlier, limit) {
             let center = C.narrow(mean)
-            let (deviation, squaredDeviation) = laneSums(ShiftedColumns(columns, shift: center), count: count)
+            let (deviation, squaredDeviation) = shiftedSums(center)
             var centeredVariance = divisor.divide(squaredDeviation - divisor.divide(deviation * deviation))
             // max(σ², 0) as Swift's `max` takes it: 0 where 0 >= σ².
             centeredVariance = C.select(centeredVariance, atMost: C.WideLanes(), C.WideLanes(), else: centeredVariance)

@@ -41,6 +41,99 @@ public protocol InstanceNormScalar: BinaryFloatingPoint, Codable, Sendable {
     /// `rows`, any alignment), widened, as four columns of B lanes:
     /// columns[m·B + b] = rows[4·b + m].
     static func transposeQuads(_ rows: UnsafePointer<Self>, into columns: UnsafeMutablePointer<Compute>)
+    /// Whether `gradientGroupSums` is available: tiles of one register of
+    /// compute values that span half a block of B instances (float and
+    /// half storage; float64's blocks take their transposed columns).
+    static var sumsGroupsInRegisters: Bool { get }
+    /// Per lane b of a block of B instances held in natural order (instance
+    /// b's values at `dy + b·rowStride`, `x + b·rowStride`), Σ dy and
+    /// Σ dy·(x − center_b) over its first `count` (1 ... 8) values, one running
+    /// sum per lane from zero, as `laneSums` adds a group of the block's
+    /// transposed columns: the same bits, the transposes left in registers.
+    static func gradientGroupSums(
+        dy: UnsafePointer<Self>, x: UnsafePointer<Self>, rowStride: Int, center: Vector, count: Int
+    ) -> (sumDy: Vector, sumDyCentered: Vector)
+    /// The same for the statistics: Σ (x − shift_b) and Σ (x − shift_b)²
+    /// over instance b's first `count` (1 ... 8) values, as `laneSums` adds
+    /// `ShiftedColumns`.
+    static func shiftedGroupSums(x: UnsafePointer<Self>, rowStride: Int, shift: Vector, count: Int) -> (sum: Vector, sumSquares: Vector)
+    /// Every lane's instance's first value, x[b·rowStride], widened: column 0 of the block.
+    static func firstValues(_ x: UnsafePointer<Self>, rowStride: Int) -> Vector
+}
+
+extension InstanceNormScalar {
+    @inlinable @inline(__always) public static var sumsGroupsInRegisters: Bool { false }
+
+    @inlinable
+    public static func gradientGroupSums(
+        dy: UnsafePointer<Self>, x: UnsafePointer<Self>, rowStride: Int, center: Vector, count: Int
+    ) -> (sumDy: Vector, sumDyCentered: Vector) {
+        preconditionFailure("\(Self.self) sums its blocks from transposed columns")
+    }
+
+    @inlinable
+    public static func shiftedGroupSums(x: UnsafePointer<Self>, rowStride: Int, shift: Vector, count: Int)
+        -> (sum: Vector, sumSquares: Vector) {
+        preconditionFailure("\(Self.self) sums its blocks from transposed columns")
+    }
+
+    @inlinable
+    public static func firstValues(_ x: UnsafePointer<Self>, rowStride: Int) -> Vector {
+        preconditionFailure("\(Self.self) sums its blocks from transposed columns")
+    }
+}
+
+/// Two 8-lane halves of 16 float lanes, each filled by `fill` from its
+/// pointer to 16 floats (C hands vectors back through memory), as the
+/// first and second of a pair: (low.first ∥ high.first, low.second ∥ high.second).
+@inlinable @inline(__always)
+func halvesOf16(_ fill: (_ half: Int, _ out: UnsafeMutablePointer<Float>) -> Void) -> (SIMD16<Float>, SIMD16<Float>) {
+    var low = SIMD16<Float>(), high = SIMD16<Float>()
+    withUnsafeMutablePointer(to: &low) { $0.withMemoryRebound(to: Float.self, capacity: 16) { fill(0, $0) } }
+    withUnsafeMutablePointer(to: &high) { $0.withMemoryRebound(to: Float.self, capacity: 16) { fill(1, $0) } }
+    return (SIMD16(lowHalf: low.lowHalf, highHalf: high.lowHalf), SIMD16(lowHalf: low.highHalf, highHalf: high.highHalf))
+}
+
+/// `InstanceNormScalar.shiftedGroupSums` for 16 lanes of float (see `gradientGroupSums16`).
+@inlinable @inline(__always)
+func shiftedGroupSums16(
+    x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int, shift: SIMD16<Float>, count: Int
+) -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
+    let half: Int32 = halves ? 1 : 0
+    return halvesOf16 { index, out in
+        instnorm_shifted_tile_sums(
+            x + index * 8 * rowStride * elementSize, rowStride, half, index == 0 ? shift.lowHalf : shift.highHalf, count, out)
+    }
+}
+
+/// `InstanceNormScalar.firstValues` for 16 lanes of float.
+@inlinable @inline(__always)
+func firstValues16(_ x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int) -> SIMD16<Float> {
+    let half: Int32 = halves ? 1 : 0
+    var values = SIMD16<Float>()
+    withUnsafeMutablePointer(to: &values) {
+        $0.withMemoryRebound(to: Float.self, capacity: 16) {
+            instnorm_first_values8(x, rowStride, half, $0)
+            instnorm_first_values8(x + 8 * rowStride * elementSize, rowStride, half, $0 + 8)
+        }
+    }
+    return values
+}
+
+/// `InstanceNormScalar.gradientGroupSums` for 16 lanes of float, from
+/// storage of floats or of halves (`halves`): two 8x8 tiles turned in
+/// registers.
+@inlinable @inline(__always)
+func gradientGroupSums16(
+    dy: UnsafeRawPointer, x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int, center: SIMD16<Float>,
+    count: Int
+) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
+    let half: Int32 = halves ? 1 : 0
+    return halvesOf16 { index, out in
+        let offset = index * 8 * rowStride * elementSize
+        instnorm_gradient_tile_sums(
+            dy + offset, x + offset, rowStride, half, index == 0 ? center.lowHalf : center.highHalf, count, out)
+    }
 }
 
 /// A precision the kernels compute in: `Float` or `Double`. It is also a
@@ -142,6 +235,26 @@ extension Float: InstanceNormComputeScalar {
     }
 
     @inlinable @inline(__always) public static var tileSize: Int { 8 }
+
+    @inlinable @inline(__always) public static var sumsGroupsInRegisters: Bool { true }
+
+    @inlinable @inline(__always)
+    public static func gradientGroupSums(
+        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rowStride: Int, center: SIMD16<Float>, count: Int
+    ) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
+        gradientGroupSums16(dy: dy, x: x, rowStride: rowStride, halves: false, elementSize: 4, center: center, count: count)
+    }
+
+    @inlinable @inline(__always)
+    public static func shiftedGroupSums(x: UnsafePointer<Float>, rowStride: Int, shift: SIMD16<Float>, count: Int)
+        -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
+        shiftedGroupSums16(x: x, rowStride: rowStride, halves: false, elementSize: 4, shift: shift, count: count)
+    }
+
+    @inlinable @inline(__always)
+    public static func firstValues(_ x: UnsafePointer<Float>, rowStride: Int) -> SIMD16<Float> {
+        firstValues16(x, rowStride: rowStride, halves: false, elementSize: 4)
+    }
 
     @inlinable @inline(__always)
     public static func transposeTile(

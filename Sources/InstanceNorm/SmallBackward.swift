@@ -39,18 +39,34 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable @inline(__always)
     func load(_ block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> LoadedBlock<T> {
         let start = block.lowerBound * spatialCount, available = (instanceCount - block.lowerBound) * spatialCount
-        let values = scratch.load(x.base + start, count: block.count, available: available, set: set, kind: 0)
-        let gradients = scratch.load(dy.base + start, count: block.count, available: available, set: set, kind: 1)
+        let transposing = !sumsInRegisters(scratch)
+        let values = scratch.load(
+            x.base + start, count: block.count, available: available, set: set, kind: 0, transposing: transposing)
+        let gradients = scratch.load(
+            dy.base + start, count: block.count, available: available, set: set, kind: 1, transposing: transposing)
         return LoadedBlock(
             block: block, set: set, x: values, dy: gradients,
             lanes: LaneStatistics(statistics.base + block.lowerBound, count: block.count, staging: scratch.staging))
     }
 
+    /// Whether the block's sums come from its natural order, tiles turned
+    /// in registers (`gradientGroupSums`), with no columns in the scratch:
+    /// float and half storage, except instances of four values, whose dx is
+    /// computed from columns (`writeQuads`).
+    @inlinable @inline(__always)
+    func sumsInRegisters(_ scratch: BlockScratch<T>) -> Bool {
+        T.sumsGroupsInRegisters && !scratch.holdsQuads
+    }
+
     /// s1 and s2 of every lane (`gradientLaneSums`), the block loaded.
     @inlinable @inline(__always)
-    func sums(_ lanes: LaneStatistics<C>, _ set: Int, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
-        gradientLaneSums(lanes, dy: UnsafePointer(scratch.columns(set, 1)), x: UnsafePointer(scratch.columns(set, 0)),
-                         count: spatialCount)
+    func sums(_ loaded: LoadedBlock<T>, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
+        if sumsInRegisters(scratch) {
+            return gradientLaneSums(loaded.lanes, dy: loaded.dy, x: loaded.x, count: spatialCount)
+        }
+        return gradientLaneSums(
+            loaded.lanes, dy: UnsafePointer(scratch.columns(loaded.set, 1)), x: UnsafePointer(scratch.columns(loaded.set, 0)),
+            count: spatialCount)
     }
 
     /// Leaves in the constants of set `set` the per-lane constants of dx
@@ -134,7 +150,7 @@ extension SmallBackward {
             var waitingDx: (block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>)?
             schedule.forEachBlock(of: worker) { index, block in
                 let loaded = load(block, index & 1, scratch)
-                let (sumDy, sumDyXHat) = sums(loaded.lanes, loaded.set, scratch)
+                let (sumDy, sumDyXHat) = sums(loaded, scratch)
                 parameterSums.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
                 if index < tailStart {
                     gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, loaded.set, scratch)
@@ -276,6 +292,27 @@ func gradientLaneSums<C: InstanceNormComputeScalar>(
 ) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
     let (meanHigh, meanLow) = lanes.splitMean
     let (sumDy, sumDyCentered) = laneSums(GradientColumns(gradients: dy, values: x, center: meanHigh), count: count)
+    return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
+}
+
+/// `gradientLaneSums` from a block held in natural order (instance b's M
+/// values at `dy + b·M`, `x + b·M`), each group of 8 positions summed from
+/// tiles turned in registers (`InstanceNormScalar.gradientGroupSums`): the
+/// same additions in the same order, so the same bits.
+@inlinable @inline(__always)
+func gradientLaneSums<T: InstanceNormScalar>(
+    _ lanes: LaneStatistics<T.Compute>, dy: UnsafePointer<T>, x: UnsafePointer<T>, count: Int
+) -> (sumDy: T.Compute.WideLanes, sumDyXHat: T.Compute.WideLanes) {
+    typealias C = T.Compute
+    let (meanHigh, meanLow) = lanes.splitMean
+    var sumDy = C.WideLanes(), sumDyCentered = C.WideLanes(), start = 0
+    while start < count {
+        let group = T.gradientGroupSums(
+            dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: min(blockedSumGroup, count - start))
+        sumDy += C.widen(group.sumDy)
+        sumDyCentered += C.widen(group.sumDyCentered)
+        start += blockedSumGroup
+    }
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
 }
 

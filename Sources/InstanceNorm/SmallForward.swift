@@ -66,10 +66,13 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     func statistics(of block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> UnsafePointer<T> {
         typealias C = T.Compute
         let first = block.lowerBound, count = block.count
+        let inRegisters = T.sumsGroupsInRegisters && spatialCount > SmallInstances.forwardColumnsLimit
         let source = scratch.load(
-            x.base + first * spatialCount, count: count, available: (instanceCount - first) * spatialCount, set: set)
-        let lanes = LaneStatistics<C>(
-            columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
+            x.base + first * spatialCount, count: count, available: (instanceCount - first) * spatialCount, set: set,
+            transposing: !inRegisters)
+        let lanes = inRegisters
+            ? LaneStatistics<C>(rows: source, count: spatialCount, divisor: divisor, eps: eps)
+            : LaneStatistics<C>(columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
         lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
         NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes).store(scratch, set)
         return source

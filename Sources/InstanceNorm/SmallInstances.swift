@@ -8,9 +8,13 @@
 /// `Double`. Here B instances go through each of these at once:
 ///
 ///     load      B·M values (M whole vectors), transposed into M columns
-///               of B lanes (`BlockScratch`)
+///               of B lanes (`BlockScratch`); or, for float and half
+///               storage (the backward at M ≠ 4, the forward above
+///               `forwardColumnsLimit`), left in natural order
 ///     sums      per lane, Σ (x − K), Σ (x − K)² (and Σ dy, Σ dy·(x − μ_hi))
-///               over the columns (`laneSums`)
+///               over the columns (`laneSums`), or over 8×8 tiles turned
+///               in registers, a group of 8 positions each, the same
+///               additions (`InstanceNormScalar.gradientGroupSums`)
 ///     per lane  μ, σ², r, the folded constants, in `Double` lanes
 ///               (`LaneStatistics`), a second pass where a lane needs one
 ///     output    y (or dx) in the tensor's order, each vector with its
@@ -46,6 +50,18 @@ public enum SmallInstances {
     /// M = 100 1.56. The forward keeps the blocks up to `limit` (at M = 64
     /// the per-instance forward took 1.46 times as long).
     public static let backwardLimit = 64
+
+    /// The largest M whose forward sums a block from its transposed
+    /// columns in the scratch; above it, float and half blocks sum each
+    /// group of 8 positions from tiles turned in registers
+    /// (`LaneStatistics(rows:)`, the same bits), as the backward does for
+    /// every M but 4 (`SmallBackward.sumsInRegisters`). One thread, float32,
+    /// 6 alternating rounds, forward time in registers over through the
+    /// scratch: M = 9 1.02, 12 1.02, 16 1.02, 25 0.95, 49 0.84, 64 0.83,
+    /// 100 0.68; backward: M = 9 0.96, 12 1.00, 16 0.97, 25 0.81, 49 0.89,
+    /// 64 0.99. At M ≤ 16 the first values, gathered one by one for the
+    /// shift, cost what the stores of the columns saved.
+    public static let forwardColumnsLimit = 16
 
     /// Whether a forward on `shape` takes these kernels.
     @inlinable

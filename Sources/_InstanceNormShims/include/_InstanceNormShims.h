@@ -181,14 +181,13 @@ void instnorm_store_pairs4(double *out, instnorm_double4x first, instnorm_double
     __builtin_memcpy(out + 4, &high, sizeof high);
 }
 
-/// The 8x8 transpose of rows r0..r7 into columns, stored at `columns`,
-/// column c at columns + c * columnStride: unpack, shuffle, then swap
-/// 128-bit halves, 24 shuffles in all.
+/// The 8x8 transpose of rows r0..r7 into c[0..7], in registers: unpack,
+/// shuffle, then swap 128-bit halves, 24 shuffles in all.
 static inline __attribute__((always_inline))
-void instnorm_store_columns_float8x8(
+void instnorm_columns_float8x8(
     instnorm_float8x r0, instnorm_float8x r1, instnorm_float8x r2, instnorm_float8x r3,
     instnorm_float8x r4, instnorm_float8x r5, instnorm_float8x r6, instnorm_float8x r7,
-    float *columns, long columnStride) {
+    instnorm_float8x c[8]) {
     instnorm_float8x t0 = __builtin_shufflevector(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13);
     instnorm_float8x t1 = __builtin_shufflevector(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);
     instnorm_float8x t2 = __builtin_shufflevector(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13);
@@ -205,19 +204,99 @@ void instnorm_store_columns_float8x8(
     instnorm_float8x u5 = __builtin_shufflevector(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);
     instnorm_float8x u6 = __builtin_shufflevector(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);
     instnorm_float8x u7 = __builtin_shufflevector(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);
-    instnorm_float8x c[8] = {
-        __builtin_shufflevector(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11),
-        __builtin_shufflevector(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11),
-        __builtin_shufflevector(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11),
-        __builtin_shufflevector(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11),
-        __builtin_shufflevector(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15),
-        __builtin_shufflevector(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15),
-        __builtin_shufflevector(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15),
-        __builtin_shufflevector(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15),
-    };
+    c[0] = __builtin_shufflevector(u0, u4, 0, 1, 2, 3, 8, 9, 10, 11);
+    c[1] = __builtin_shufflevector(u1, u5, 0, 1, 2, 3, 8, 9, 10, 11);
+    c[2] = __builtin_shufflevector(u2, u6, 0, 1, 2, 3, 8, 9, 10, 11);
+    c[3] = __builtin_shufflevector(u3, u7, 0, 1, 2, 3, 8, 9, 10, 11);
+    c[4] = __builtin_shufflevector(u0, u4, 4, 5, 6, 7, 12, 13, 14, 15);
+    c[5] = __builtin_shufflevector(u1, u5, 4, 5, 6, 7, 12, 13, 14, 15);
+    c[6] = __builtin_shufflevector(u2, u6, 4, 5, 6, 7, 12, 13, 14, 15);
+    c[7] = __builtin_shufflevector(u3, u7, 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+/// The 8x8 transpose of rows r0..r7 into columns, stored at `columns`,
+/// column c at columns + c * columnStride.
+static inline __attribute__((always_inline))
+void instnorm_store_columns_float8x8(
+    instnorm_float8x r0, instnorm_float8x r1, instnorm_float8x r2, instnorm_float8x r3,
+    instnorm_float8x r4, instnorm_float8x r5, instnorm_float8x r6, instnorm_float8x r7,
+    float *columns, long columnStride) {
+    instnorm_float8x c[8];
+    instnorm_columns_float8x8(r0, r1, r2, r3, r4, r5, r6, r7, c);
     for (int column = 0; column < 8; column++) {
         __builtin_memcpy(columns + column * columnStride, &c[column], sizeof c[column]);
     }
+}
+
+/// Eight rows of eight values at `rows` (row r at rows + r * rowStride, any
+/// alignment), floats or halves widened exactly, transposed in registers.
+static inline __attribute__((always_inline))
+void instnorm_tile_columns8x8(const void *rows, long rowStride, int halves, instnorm_float8x c[8]) {
+    instnorm_float8x r[8];
+    for (int row = 0; row < 8; row++) {
+        if (halves) {
+            r[row] = instnorm_load_half8((const _Float16 *)rows + row * rowStride);
+        } else {
+            __builtin_memcpy(&r[row], (const float *)rows + row * rowStride, sizeof r[row]);
+        }
+    }
+    instnorm_columns_float8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], c);
+}
+
+/// Per row b of an 8x8 tile of x (one instance a row), over its first
+/// `count` (1 to 8) positions, column by column from zero, as `laneSums`
+/// adds a group of the transposed columns:
+///     sums[0..<8] = Σ (x − shift)        sums[8..<16] = Σ (x − shift)², fused
+static inline __attribute__((always_inline))
+void instnorm_shifted_tile_sums(const void *x, long rowStride, int halves, instnorm_float8x shift, long count,
+                                float *sums) {
+    instnorm_float8x values[8];
+    instnorm_tile_columns8x8(x, rowStride, halves, values);
+    instnorm_float8x first = 0, second = 0;
+#define INSTNORM_SHIFTED_COLUMN(m) \
+    if (m < count) { \
+        instnorm_float8x deviation = values[m] - shift; \
+        first = first + deviation; \
+        second = __builtin_elementwise_fma(deviation, deviation, second); \
+    }
+    INSTNORM_SHIFTED_COLUMN(0) INSTNORM_SHIFTED_COLUMN(1) INSTNORM_SHIFTED_COLUMN(2) INSTNORM_SHIFTED_COLUMN(3)
+    INSTNORM_SHIFTED_COLUMN(4) INSTNORM_SHIFTED_COLUMN(5) INSTNORM_SHIFTED_COLUMN(6) INSTNORM_SHIFTED_COLUMN(7)
+#undef INSTNORM_SHIFTED_COLUMN
+    __builtin_memcpy(sums, &first, sizeof first);
+    __builtin_memcpy(sums + 8, &second, sizeof second);
+}
+
+/// out[r] = rows[r * rowStride] for r < 8, floats or halves widened: the
+/// first value of each of eight instances.
+static inline __attribute__((always_inline))
+void instnorm_first_values8(const void *rows, long rowStride, int halves, float *out) {
+    for (int row = 0; row < 8; row++) {
+        out[row] = halves ? (float)((const _Float16 *)rows)[row * rowStride] : ((const float *)rows)[row * rowStride];
+    }
+}
+
+/// Per row b of an 8x8 tile of dy and of x (one instance a row), over its
+/// first `count` (1 to 8) positions, column by column from zero, as
+/// `laneSums` adds a group of the transposed columns:
+///     sums[0..<8] = Σ dy        sums[8..<16] = Σ dy·(x − center), fused
+/// without the columns going through memory.
+static inline __attribute__((always_inline))
+void instnorm_gradient_tile_sums(const void *dy, const void *x, long rowStride, int halves, instnorm_float8x center,
+                                 long count, float *sums) {
+    instnorm_float8x gradients[8], values[8];
+    instnorm_tile_columns8x8(dy, rowStride, halves, gradients);
+    instnorm_tile_columns8x8(x, rowStride, halves, values);
+    instnorm_float8x first = 0, second = 0;
+#define INSTNORM_GRADIENT_COLUMN(m) \
+    if (m < count) { \
+        first = first + gradients[m]; \
+        second = __builtin_elementwise_fma(gradients[m], values[m] - center, second); \
+    }
+    INSTNORM_GRADIENT_COLUMN(0) INSTNORM_GRADIENT_COLUMN(1) INSTNORM_GRADIENT_COLUMN(2) INSTNORM_GRADIENT_COLUMN(3)
+    INSTNORM_GRADIENT_COLUMN(4) INSTNORM_GRADIENT_COLUMN(5) INSTNORM_GRADIENT_COLUMN(6) INSTNORM_GRADIENT_COLUMN(7)
+#undef INSTNORM_GRADIENT_COLUMN
+    __builtin_memcpy(sums, &first, sizeof first);
+    __builtin_memcpy(sums + 8, &second, sizeof second);
 }
 
 /// columns[c * columnStride + r] = rows[r * rowStride + c] for r, c < 8
