@@ -47,26 +47,6 @@ extension Float16: InstanceNormScalar {
         instnorm_transpose_half8x8(rows, rowStride, columns, columnStride)
     }
 
-    @inlinable @inline(__always) public static var sumsGroupsInRegisters: Bool { true }
-
-    @inlinable @inline(__always)
-    public static func gradientGroupSums(
-        dy: UnsafePointer<Float16>, x: UnsafePointer<Float16>, rowStride: Int, center: SIMD16<Float>, count: Int
-    ) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
-        gradientGroupSums16(dy: dy, x: x, rowStride: rowStride, halves: true, elementSize: 2, center: center, count: count)
-    }
-
-    @inlinable @inline(__always)
-    public static func shiftedGroupSums(x: UnsafePointer<Float16>, rowStride: Int, shift: SIMD16<Float>, count: Int)
-        -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
-        shiftedGroupSums16(x: x, rowStride: rowStride, halves: true, elementSize: 2, shift: shift, count: count)
-    }
-
-    @inlinable @inline(__always)
-    public static func firstValues(_ x: UnsafePointer<Float16>, rowStride: Int) -> SIMD16<Float> {
-        firstValues16(x, rowStride: rowStride, halves: true, elementSize: 2)
-    }
-
     @inlinable @inline(__always)
     public static func transposeQuads(_ rows: UnsafePointer<Float16>, into columns: UnsafeMutablePointer<Float>) {
         instnorm_transpose_quads_half(rows, columns)

@@ -94,45 +94,51 @@ func halvesOf16(_ fill: (_ half: Int, _ out: UnsafeMutablePointer<Float>) -> Voi
     return (SIMD16(lowHalf: low.lowHalf, highHalf: high.lowHalf), SIMD16(lowHalf: low.highHalf, highHalf: high.highHalf))
 }
 
-/// `InstanceNormScalar.shiftedGroupSums` for 16 lanes of float (see `gradientGroupSums16`).
-@inlinable @inline(__always)
-func shiftedGroupSums16(
-    x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int, shift: SIMD16<Float>, count: Int
-) -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
-    let half: Int32 = halves ? 1 : 0
-    return halvesOf16 { index, out in
-        instnorm_shifted_tile_sums(
-            x + index * 8 * rowStride * elementSize, rowStride, half, index == 0 ? shift.lowHalf : shift.highHalf, count, out)
-    }
-}
+/// Float and half storage: 16 float lanes, each group's two 8x8 tiles
+/// (lanes 0-7, 8-15) turned in registers by the C shims, which widen halves.
+extension InstanceNormScalar where Compute == Float {
+    @inlinable @inline(__always) public static var sumsGroupsInRegisters: Bool { true }
 
-/// `InstanceNormScalar.firstValues` for 16 lanes of float.
-@inlinable @inline(__always)
-func firstValues16(_ x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int) -> SIMD16<Float> {
-    let half: Int32 = halves ? 1 : 0
-    var values = SIMD16<Float>()
-    withUnsafeMutablePointer(to: &values) {
-        $0.withMemoryRebound(to: Float.self, capacity: 16) {
-            instnorm_first_values8(x, rowStride, half, $0)
-            instnorm_first_values8(x + 8 * rowStride * elementSize, rowStride, half, $0 + 8)
+    /// 1 for half storage, 0 for float: the shims' `halves` flag.
+    @inlinable @inline(__always) static var storesHalves: Int32 { MemoryLayout<Self>.size == 2 ? 1 : 0 }
+
+    /// Where lane 8's instance starts, in bytes past lane 0's.
+    @inlinable @inline(__always)
+    static func highHalfOffset(rowStride: Int) -> Int { 8 * rowStride * MemoryLayout<Self>.stride }
+
+    @inlinable @inline(__always)
+    public static func gradientGroupSums(
+        dy: UnsafePointer<Self>, x: UnsafePointer<Self>, rowStride: Int, center: SIMD16<Float>, count: Int
+    ) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
+        let (dy, x) = (UnsafeRawPointer(dy), UnsafeRawPointer(x))
+        return halvesOf16 { half, out in
+            let offset = half * highHalfOffset(rowStride: rowStride)
+            instnorm_gradient_tile_sums(
+                dy + offset, x + offset, rowStride, storesHalves, half == 0 ? center.lowHalf : center.highHalf, count, out)
         }
     }
-    return values
-}
 
-/// `InstanceNormScalar.gradientGroupSums` for 16 lanes of float, from
-/// storage of floats or of halves (`halves`): two 8x8 tiles turned in
-/// registers.
-@inlinable @inline(__always)
-func gradientGroupSums16(
-    dy: UnsafeRawPointer, x: UnsafeRawPointer, rowStride: Int, halves: Bool, elementSize: Int, center: SIMD16<Float>,
-    count: Int
-) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
-    let half: Int32 = halves ? 1 : 0
-    return halvesOf16 { index, out in
-        let offset = index * 8 * rowStride * elementSize
-        instnorm_gradient_tile_sums(
-            dy + offset, x + offset, rowStride, half, index == 0 ? center.lowHalf : center.highHalf, count, out)
+    @inlinable @inline(__always)
+    public static func shiftedGroupSums(x: UnsafePointer<Self>, rowStride: Int, shift: SIMD16<Float>, count: Int)
+        -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
+        let x = UnsafeRawPointer(x)
+        return halvesOf16 { half, out in
+            instnorm_shifted_tile_sums(
+                x + half * highHalfOffset(rowStride: rowStride), rowStride, storesHalves,
+                half == 0 ? shift.lowHalf : shift.highHalf, count, out)
+        }
+    }
+
+    @inlinable @inline(__always)
+    public static func firstValues(_ x: UnsafePointer<Self>, rowStride: Int) -> SIMD16<Float> {
+        var values = SIMD16<Float>()
+        withUnsafeMutablePointer(to: &values) {
+            $0.withMemoryRebound(to: Float.self, capacity: 16) {
+                instnorm_first_values8(x, rowStride, storesHalves, $0)
+                instnorm_first_values8(UnsafeRawPointer(x) + highHalfOffset(rowStride: rowStride), rowStride, storesHalves, $0 + 8)
+            }
+        }
+        return values
     }
 }
 
@@ -235,26 +241,6 @@ extension Float: InstanceNormComputeScalar {
     }
 
     @inlinable @inline(__always) public static var tileSize: Int { 8 }
-
-    @inlinable @inline(__always) public static var sumsGroupsInRegisters: Bool { true }
-
-    @inlinable @inline(__always)
-    public static func gradientGroupSums(
-        dy: UnsafePointer<Float>, x: UnsafePointer<Float>, rowStride: Int, center: SIMD16<Float>, count: Int
-    ) -> (sumDy: SIMD16<Float>, sumDyCentered: SIMD16<Float>) {
-        gradientGroupSums16(dy: dy, x: x, rowStride: rowStride, halves: false, elementSize: 4, center: center, count: count)
-    }
-
-    @inlinable @inline(__always)
-    public static func shiftedGroupSums(x: UnsafePointer<Float>, rowStride: Int, shift: SIMD16<Float>, count: Int)
-        -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
-        shiftedGroupSums16(x: x, rowStride: rowStride, halves: false, elementSize: 4, shift: shift, count: count)
-    }
-
-    @inlinable @inline(__always)
-    public static func firstValues(_ x: UnsafePointer<Float>, rowStride: Int) -> SIMD16<Float> {
-        firstValues16(x, rowStride: rowStride, halves: false, elementSize: 4)
-    }
 
     @inlinable @inline(__always)
     public static func transposeTile(

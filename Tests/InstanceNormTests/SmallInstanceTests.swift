@@ -100,6 +100,57 @@ import Testing
         #expect(back == rows.map(\.computed), "\(T.self) turned back")
     }
 
+    /// Float and half blocks take their sums from tiles turned in registers
+    /// and float64 from columns, through the generic code that the kernels
+    /// are: a witness that fell back to the columns would keep every bit
+    /// (the tests above could not tell) and lose the speed.
+    @Test func floatAndHalfSumTilesInRegisters() {
+        func inRegisters<T: InstanceNormScalar>(_: T.Type) -> Bool { T.sumsGroupsInRegisters }
+        #expect(inRegisters(Float.self))
+        #expect(inRegisters(Float16.self))
+        #expect(!inRegisters(Double.self))
+    }
+
+    /// A group's sums from a block in natural order equal `laneSums` over
+    /// its transposed columns, lane by lane, at every group length (1-8).
+    @Test func groupSumsFromRowsMatchColumns() {
+        var generator = SeededGenerator(seed: 81)
+        let spatialCount = 13, lanes = 16
+        let x = generator.normals(lanes * spatialCount + lanes, mean: 2, deviation: 3).map { Float($0) }
+        let dy = generator.normals(lanes * spatialCount + lanes).map { Float($0) }
+        let center = SIMD16<Float>((0..<lanes).map { Float($0) / 4 })
+        for start in [0, 8] {
+            let count = min(8, spatialCount - start)
+            for length in 1...count {
+                let (sumDy, sumProduct) = x.withUnsafeBufferPointer { xs in
+                    dy.withUnsafeBufferPointer { dys in
+                        Float.gradientGroupSums(dy: dys.baseAddress! + start, x: xs.baseAddress! + start,
+                                                rowStride: spatialCount, center: center, count: length)
+                    }
+                }
+                let (sum, sumSquares) = x.withUnsafeBufferPointer {
+                    Float.shiftedGroupSums(x: $0.baseAddress! + start, rowStride: spatialCount, shift: center, count: length)
+                }
+                for lane in 0..<lanes {
+                    var expected = (dy: Float(0), product: Float(0), sum: Float(0), squares: Float(0))
+                    for m in start..<start + length {
+                        let value = x[lane * spatialCount + m], gradient = dy[lane * spatialCount + m]
+                        expected.dy += gradient
+                        expected.product = expected.product.addingProduct(gradient, value - center[lane])
+                        expected.sum += value - center[lane]
+                        expected.squares = expected.squares.addingProduct(value - center[lane], value - center[lane])
+                    }
+                    #expect(sumDy[lane].bitPattern == expected.dy.bitPattern, "Σ dy, lane \(lane), start \(start), \(length)")
+                    #expect(sumProduct[lane].bitPattern == expected.product.bitPattern, "Σ dy·(x − c), lane \(lane)")
+                    #expect(sum[lane].bitPattern == expected.sum.bitPattern, "Σ (x − K), lane \(lane)")
+                    #expect(sumSquares[lane].bitPattern == expected.squares.bitPattern, "Σ (x − K)², lane \(lane)")
+                }
+                let first = x.withUnsafeBufferPointer { Float.firstValues($0.baseAddress! + start, rowStride: spatialCount) }
+                #expect((0..<lanes).allSatisfy { first[$0] == x[$0 * spatialCount + start] })
+            }
+        }
+    }
+
     /// Mean 1e4, spread 1e-3 (half: 1e3, 1) at small M: every value within
     /// its rounding bound. Not half at M = 2: with half's ulp of 0.5 at 1e3
     /// a pair of equal values is likely, so σ = 0, r = 1/sqrt(ε) = 1e6, and
