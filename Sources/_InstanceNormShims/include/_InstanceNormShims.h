@@ -243,29 +243,6 @@ void instnorm_tile_columns8x8(const void *rows, long rowStride, int halves, inst
     instnorm_columns_float8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], c);
 }
 
-/// Per row b of an 8x8 tile of x (one instance a row), over its first
-/// `count` (1 to 8) positions, column by column from zero, as `laneSums`
-/// adds a group of the transposed columns:
-///     sums[0..<8] = Σ (x − shift)        sums[8..<16] = Σ (x − shift)², fused
-static inline __attribute__((always_inline))
-void instnorm_shifted_tile_sums(const void *x, long rowStride, int halves, instnorm_float8x shift, long count,
-                                float *sums) {
-    instnorm_float8x values[8];
-    instnorm_tile_columns8x8(x, rowStride, halves, values);
-    instnorm_float8x first = 0, second = 0;
-#define INSTNORM_SHIFTED_COLUMN(m) \
-    if (m < count) { \
-        instnorm_float8x deviation = values[m] - shift; \
-        first = first + deviation; \
-        second = __builtin_elementwise_fma(deviation, deviation, second); \
-    }
-    INSTNORM_SHIFTED_COLUMN(0) INSTNORM_SHIFTED_COLUMN(1) INSTNORM_SHIFTED_COLUMN(2) INSTNORM_SHIFTED_COLUMN(3)
-    INSTNORM_SHIFTED_COLUMN(4) INSTNORM_SHIFTED_COLUMN(5) INSTNORM_SHIFTED_COLUMN(6) INSTNORM_SHIFTED_COLUMN(7)
-#undef INSTNORM_SHIFTED_COLUMN
-    __builtin_memcpy(sums, &first, sizeof first);
-    __builtin_memcpy(sums + 8, &second, sizeof second);
-}
-
 /// out[r] = rows[r * rowStride] for r < 8, floats or halves widened: the
 /// first value of each of eight instances.
 static inline __attribute__((always_inline))
@@ -275,26 +252,30 @@ void instnorm_first_values8(const void *rows, long rowStride, int halves, float 
     }
 }
 
-/// Per row b of an 8x8 tile of dy and of x (one instance a row), over its
-/// first `count` (1 to 8) positions, column by column from zero, as
-/// `laneSums` adds a group of the transposed columns:
-///     sums[0..<8] = Σ dy        sums[8..<16] = Σ dy·(x − center), fused
-/// without the columns going through memory.
+/// Per row b of an 8x8 tile of x and of weights w (one instance a row),
+/// over its first `count` (1 to 8) positions, column by column from zero,
+/// as `laneSums` adds a group of the transposed columns:
+///     sums[0..<8] = Σ w        sums[8..<16] = Σ w·(x − center), fused
+/// without the columns going through memory. w is dy at `weights`, or,
+/// with no `weights`, x − center itself: Σ (x − K), Σ (x − K)² for the
+/// statistics about the shift K = center.
 static inline __attribute__((always_inline))
-void instnorm_gradient_tile_sums(const void *dy, const void *x, long rowStride, int halves, instnorm_float8x center,
-                                 long count, float *sums) {
-    instnorm_float8x gradients[8], values[8];
-    instnorm_tile_columns8x8(dy, rowStride, halves, gradients);
+void instnorm_tile_sums(const void *weights, const void *x, long rowStride, int halves, instnorm_float8x center,
+                        long count, float *sums) {
+    instnorm_float8x terms[8], values[8];
     instnorm_tile_columns8x8(x, rowStride, halves, values);
+    if (weights) instnorm_tile_columns8x8(weights, rowStride, halves, terms);
     instnorm_float8x first = 0, second = 0;
-#define INSTNORM_GRADIENT_COLUMN(m) \
+#define INSTNORM_TILE_COLUMN(m) \
     if (m < count) { \
-        first = first + gradients[m]; \
-        second = __builtin_elementwise_fma(gradients[m], values[m] - center, second); \
+        instnorm_float8x deviation = values[m] - center; \
+        instnorm_float8x term = weights ? terms[m] : deviation; \
+        first = first + term; \
+        second = __builtin_elementwise_fma(term, deviation, second); \
     }
-    INSTNORM_GRADIENT_COLUMN(0) INSTNORM_GRADIENT_COLUMN(1) INSTNORM_GRADIENT_COLUMN(2) INSTNORM_GRADIENT_COLUMN(3)
-    INSTNORM_GRADIENT_COLUMN(4) INSTNORM_GRADIENT_COLUMN(5) INSTNORM_GRADIENT_COLUMN(6) INSTNORM_GRADIENT_COLUMN(7)
-#undef INSTNORM_GRADIENT_COLUMN
+    INSTNORM_TILE_COLUMN(0) INSTNORM_TILE_COLUMN(1) INSTNORM_TILE_COLUMN(2) INSTNORM_TILE_COLUMN(3)
+    INSTNORM_TILE_COLUMN(4) INSTNORM_TILE_COLUMN(5) INSTNORM_TILE_COLUMN(6) INSTNORM_TILE_COLUMN(7)
+#undef INSTNORM_TILE_COLUMN
     __builtin_memcpy(sums, &first, sizeof first);
     __builtin_memcpy(sums + 8, &second, sizeof second);
 }
