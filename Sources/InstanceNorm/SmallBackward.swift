@@ -62,7 +62,7 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable @inline(__always)
     func sums(_ loaded: LoadedBlock<T>, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
         if sumsInRegisters(scratch) {
-            return gradientLaneSums(loaded.lanes, dy: loaded.dy, x: loaded.x, count: spatialCount)
+            return gradientLaneSums(loaded.lanes, rows: (dy: loaded.dy, x: loaded.x), count: spatialCount)
         }
         return gradientLaneSums(
             loaded.lanes, dy: UnsafePointer(scratch.columns(loaded.set, 1)), x: UnsafePointer(scratch.columns(loaded.set, 0)),
@@ -301,9 +301,10 @@ func gradientLaneSums<C: InstanceNormComputeScalar>(
 /// same additions in the same order, so the same bits.
 @inlinable @inline(__always)
 func gradientLaneSums<T: InstanceNormScalar>(
-    _ lanes: LaneStatistics<T.Compute>, dy: UnsafePointer<T>, x: UnsafePointer<T>, count: Int
+    _ lanes: LaneStatistics<T.Compute>, rows: (dy: UnsafePointer<T>, x: UnsafePointer<T>), count: Int
 ) -> (sumDy: T.Compute.WideLanes, sumDyXHat: T.Compute.WideLanes) {
     typealias C = T.Compute
+    let (dy, x) = rows
     let (meanHigh, meanLow) = lanes.splitMean
     var sumDy = C.WideLanes(), sumDyCentered = C.WideLanes(), start = 0
     while start < count {
