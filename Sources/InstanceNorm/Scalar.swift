@@ -106,6 +106,9 @@ extension InstanceNormScalar where Compute == Float {
     @inlinable @inline(__always)
     static func highHalfOffset(rowStride: Int) -> Int { 8 * rowStride * MemoryLayout<Self>.stride }
 
+    /// Per lane b of 16 instances in natural order, Σ dy and Σ dy·(x − center_b)
+    /// over the first `count` (1 ... 8) values: `gradientGroupSums` of the
+    /// protocol, from two 8×8 tiles turned in registers.
     @inlinable @inline(__always)
     public static func gradientGroupSums(
         dy: UnsafePointer<Self>, x: UnsafePointer<Self>, rowStride: Int, center: SIMD16<Float>, count: Int
@@ -118,6 +121,9 @@ extension InstanceNormScalar where Compute == Float {
         }
     }
 
+    /// Per lane b of 16 instances in natural order, Σ (x − shift_b) and
+    /// Σ (x − shift_b)² over the first `count` (1 ... 8) values:
+    /// `shiftedGroupSums` of the protocol, from two 8×8 tiles turned in registers.
     @inlinable @inline(__always)
     public static func shiftedGroupSums(x: UnsafePointer<Self>, rowStride: Int, shift: SIMD16<Float>, count: Int)
         -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
@@ -129,6 +135,8 @@ extension InstanceNormScalar where Compute == Float {
         }
     }
 
+    /// The first value of each of 16 instances, x[b·rowStride], widened:
+    /// `firstValues` of the protocol.
     @inlinable @inline(__always)
     public static func firstValues(_ x: UnsafePointer<Self>, rowStride: Int) -> SIMD16<Float> {
         var values = SIMD16<Float>()
