@@ -51,15 +51,9 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
     @inlinable @inline(__always)
     init<T: InstanceNormScalar>(rows: UnsafePointer<T>, count: Int, divisor: LaneDivisor, eps: Double) where T.Compute == C {
         self.init(shift: T.firstValues(rows, rowStride: count), divisor: divisor, eps: eps) { shift in
-            var sum = C.WideLanes(), sumSquares = C.WideLanes(), start = 0
-            while start < count {
-                let group = T.shiftedGroupSums(
-                    x: rows + start, rowStride: count, shift: shift, count: min(blockedSumGroup, count - start))
-                sum += C.widen(group.sum)
-                sumSquares += C.widen(group.sumSquares)
-                start += blockedSumGroup
+            sumsByGroup(C.self, count: count) { start, length in
+                T.shiftedGroupSums(x: rows + start, rowStride: count, shift: shift, count: length)
             }
-            return (sum, sumSquares)
         }
     }
 

@@ -67,20 +67,32 @@ public let blockedSumGroup = 8
 /// all the rest at M = 49.
 @inlinable @inline(__always)
 func laneSums<Terms: ColumnTerms>(_ terms: Terms, count: Int) -> (Terms.Compute.WideLanes, Terms.Compute.WideLanes) {
-    typealias C = Terms.Compute
-    let group = blockedSumGroup
-    var first = C.WideLanes(), second = C.WideLanes()
-    var start = 0
-    while start < count {
-        var groupFirst = C.Lanes(), groupSecond = C.Lanes()
-        for column in start..<min(start + group, count) {
+    sumsByGroup(Terms.Compute.self, count: count) { start, length in
+        var groupFirst = Terms.Compute.Lanes(), groupSecond = Terms.Compute.Lanes()
+        for column in start..<start + length {
             let (a, b, c) = terms.terms(at: column)
             groupFirst += a
             groupSecond.addProduct(b, c)
         }
+        return (groupFirst, groupSecond)
+    }
+}
+
+/// The `Double` half of `laneSums`' order: positions in groups of
+/// `blockedSumGroup`, each group's two lane sums from `group(start, length)`
+/// in the compute precision, widened exactly and added group after group,
+/// from zero. Every way of taking a group's sums (columns in the scratch,
+/// tiles turned in registers) shares it, so that they give the same bits.
+@inlinable @inline(__always)
+func sumsByGroup<C: InstanceNormComputeScalar>(
+    _: C.Type, count: Int, _ group: (_ start: Int, _ length: Int) -> (C.Lanes, C.Lanes)
+) -> (C.WideLanes, C.WideLanes) {
+    var first = C.WideLanes(), second = C.WideLanes(), start = 0
+    while start < count {
+        let (groupFirst, groupSecond) = group(start, min(blockedSumGroup, count - start))
         first += C.widen(groupFirst)
         second += C.widen(groupSecond)
-        start += group
+        start += blockedSumGroup
     }
     return (first, second)
 }

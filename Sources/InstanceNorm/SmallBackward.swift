@@ -306,13 +306,8 @@ func gradientLaneSums<T: InstanceNormScalar>(
     typealias C = T.Compute
     let (dy, x) = rows
     let (meanHigh, meanLow) = lanes.splitMean
-    var sumDy = C.WideLanes(), sumDyCentered = C.WideLanes(), start = 0
-    while start < count {
-        let group = T.gradientGroupSums(
-            dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: min(blockedSumGroup, count - start))
-        sumDy += C.widen(group.sumDy)
-        sumDyCentered += C.widen(group.sumDyCentered)
-        start += blockedSumGroup
+    let (sumDy, sumDyCentered) = sumsByGroup(C.self, count: count) { start, length in
+        T.gradientGroupSums(dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: length)
     }
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
 }
