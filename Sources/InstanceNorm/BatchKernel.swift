@@ -84,7 +84,7 @@ public enum BatchKernel {
         checkCounts(shape, x.count, y.count, statistics.count, gamma, beta)
         guard shape.instanceCount > 0 else { return }
         if layout == .channelsLast && SmallInstances.applies(to: shape) {
-            return SmallChannelsLast<T>(shape: shape).forward(
+            return SmallChannelsLast<T>(shape: shape, threads: threads).forward(
                 y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, eps: eps, threads: threads, stores: stores)
         }
         if layout == .channelsLast {
@@ -215,7 +215,7 @@ public enum BatchKernel {
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
         if layout == .channelsLast && SmallInstances.appliesToBackward(shape) {
-            return SmallChannelsLast<T>(shape: shape).backward(
+            return SmallChannelsLast<T>(shape: shape, threads: threads).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
         }

@@ -79,19 +79,6 @@ final class BlockScratch<T: InstanceNormScalar> {
         constantSets + (set &* 5 &+ index) &* T.Vector.scalarCount
     }
 
-    /// Constant vector `index` of `set`, as `keepConstant` left it.
-    @inlinable @inline(__always)
-    func constantLanes(_ set: Int, _ index: Int) -> T.Vector {
-        loadVector(UnsafePointer(constant(set, index)), 0)
-    }
-
-    /// Keeps `lanes` as constant vector `index` of `set`, between the
-    /// stages of the pipelined loops.
-    @inlinable @inline(__always)
-    func keepConstant(_ lanes: T.Vector, _ set: Int, _ index: Int) {
-        storeVector(lanes, constant(set, index), 0)
-    }
-
     /// Lane b of column m of `columns`.
     @inlinable @inline(__always)
     func column(_ columns: UnsafeMutablePointer<T.Compute>, _ m: Int) -> T.Vector {

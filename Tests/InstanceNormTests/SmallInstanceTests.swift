@@ -48,6 +48,17 @@ import Testing
         }
     }
 
+    /// Channels last takes a sample's channels in units whose columns fit
+    /// 64 KiB per tensor: here 16 blocks of 64 positions (4 KiB each) a
+    /// unit, so the 22 blocks of float32 (339 = 21·16 + 3 channels) fall
+    /// into units of 16 and 6, the 43 of float64 into 16, 16 and 11, each
+    /// with a partial last block; the same bits as channels first, at every
+    /// thread count (see `everyDtypeLayoutAndThreadCount`).
+    @Test func channelsLastCutsWideSamplesIntoUnits() {
+        check(Float.self, [2, 339, 64])
+        check(Double.self, [2, 339, 64])
+    }
+
     /// dγ_c, dβ_c are the instances' s2, s1 added in sample order, bit for
     /// bit, with more instances than one worker combines alone (2^16,
     /// where the workers split the channels) and three threads, in both
