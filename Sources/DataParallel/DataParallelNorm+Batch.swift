@@ -28,7 +28,9 @@ extension DataParallelNorm {
         let shifts = try collectives.time { try sharedShifts(x, channelShape) }
         try BatchNormKernel.forward(
             y: y, statistics: statistics, x: x, gamma: gamma, beta: beta, shape: channelShape, count: globalChannelCount,
-            shifts: shifts, eps: eps, threads: threads, stores: stores, layout: layout
+            shifts: shifts, eps: eps, threads: threads, stores: stores, layout: layout,
+            // The backward's table of shares, free until the backward fills it.
+            instanceSums: localParameterSums.elements
         ) { shares in try collectives.time { try reduceShares(shares) } }
         lastForwardCollectiveSeconds = collectives.seconds
     }

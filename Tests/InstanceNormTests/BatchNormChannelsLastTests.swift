@@ -40,6 +40,24 @@ import Testing
         }
     }
 
+    /// One position per instance (x of (N, C), BatchNorm1d's input) is the
+    /// same memory in both layouts, and channels first runs the
+    /// channels-last kernels there (the per-instance kernels took a call per
+    /// value): the same bits in both layouts, at every thread count, and the
+    /// reference's results. (With the per-instance kernels the two layouts
+    /// gave other bits.)
+    @Test(arguments: [[37, 20, 1], [5, 64, 1], [9, 3, 1]])
+    func onePositionRunsTheChannelsLastKernels(_ dimensions: [Int]) {
+        let first = FamilyInputs<Float>(.batch, dimensions, seed: 9)
+        let last = FamilyInputs<Float>(.batch, dimensions, seed: 9, layout: .channelsLast)
+        for threads in [1, 3] {
+            #expect(first.run(threads: threads) == last.run(threads: 1), "threads \(threads)")
+        }
+        checkFamily(first)
+        checkFamily(FamilyInputs<Float16>(.batch, dimensions, seed: 10))
+        checkFamily(FamilyInputs<Double>(.batch, dimensions, seed: 11))
+    }
+
     /// Mean 1e4, spread 1e-3: the sums about the shift keep the digits.
     @Test func largeMeanTinySpread() {
         checkFamily(FamilyInputs<Float>(.batch, [3, 32, 40], seed: 5, mean: 1e4, deviation: 1e-3, layout: .channelsLast),
