@@ -531,11 +531,10 @@ extension LayerBatch {
         }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
-        for sample in 0..<samples {
-            for position in 0..<rowLength {
-                dbeta[position] += work.parameterSums[2 * (sample * rowLength + position)]
-                dgamma[position] += work.parameterSums[2 * (sample * rowLength + position) + 1]
-            }
+        // Each position's shares in sample order, as the instance kernels add theirs.
+        if samples > 0 {
+            addInSampleOrder(work.parameterSums.baseAddress!, samples: samples, channels: rowLength,
+                             dgamma: dgamma.baseAddress!, dbeta: dbeta.baseAddress!, threads: split.workers)
         }
         overlap?.sumsReady()
         if rows > 0 {
