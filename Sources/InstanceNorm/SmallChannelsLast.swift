@@ -93,10 +93,10 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     /// output at the position, rounded to T, in the tensor's order, the
     /// next unit's lines asked for on the way (`next`).
     @inlinable @inline(__always)
-    func scatter<Output: UnitOutput>(
-        _ tensor: UnsafeMutablePointer<T>, sample: Int, blocks: Range<Int>, streaming: Bool, _ output: Output,
+    func scatter<Constants: UnitConstants>(
+        _ tensor: UnsafeMutablePointer<T>, sample: Int, blocks: Range<Int>, streaming: Bool, _ output: UnitOutput<Constants>,
         prefetching next: NextUnitLines
-    ) where Output.C == C {
+    ) where Constants.C == C {
         let start = tensor + (sample &* spatialCount &* channels &+ blocks.lowerBound &* lanes)
         let lastCount = min(lanes, channels &- (blocks.upperBound &- 1) &* lanes)
         let wholeBlocks = lastCount < lanes ? blocks.count &- 1 : blocks.count
@@ -228,7 +228,8 @@ extension SmallChannelsLast {
         let (output, input, stored) = (SharedBuffer(y), SharedBuffer(x), SharedBuffer(statistics))
         let split = split(threads: threads), blockValues = spatialCount * lanes
         split.run { worker in
-            let scratch = SmallChannelsLastScratch<C>(blocks: unitBlocks, spatialCount: spatialCount, tensors: 1, constantsPerBlock: 3)
+            let scratch = SmallChannelsLastScratch<C>(
+                blocks: unitBlocks, spatialCount: spatialCount, tensors: 1, constantsPerBlock: NormalizeLaneConstants<C>.vectors)
             let columns = scratch.columns(0)
             let units = split.instances(of: worker)
             for unit in units {
@@ -240,10 +241,10 @@ extension SmallChannelsLast {
                         columns: UnsafePointer(columns + k * blockValues), count: spatialCount, divisor: divisor, eps: eps)
                     statistics.store(to: stored.base + first, count: count, staging: scratch.staging)
                     NormalizeLaneConstants(gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
-                        .store(to: scratch.constants + 3 * k * lanes)
+                        .store(to: scratch.constants + NormalizeLaneConstants<C>.vectors * k * lanes)
                 }
                 scatter(output.base, sample: sample, blocks: blocks, streaming: streaming,
-                        NormalizeUnit(x: columns, constants: scratch.constants, blockValues: blockValues),
+                        UnitOutput<NormalizeLaneConstants<C>>(x: columns, constants: scratch.constants, blockValues: blockValues),
                         prefetching: nextUnit(after: unit, in: units, input.base, nil))
             }
         }
@@ -273,7 +274,8 @@ extension SmallChannelsLast {
             inLine: false)
         let split = split(threads: threads), blockValues = spatialCount * lanes
         split.run { worker in
-            let scratch = SmallChannelsLastScratch<C>(blocks: unitBlocks, spatialCount: spatialCount, tensors: 2, constantsPerBlock: 5)
+            let scratch = SmallChannelsLastScratch<C>(
+                blocks: unitBlocks, spatialCount: spatialCount, tensors: 2, constantsPerBlock: GradientLaneConstants<C>.vectors)
             let values = scratch.columns(0), deltas = scratch.columns(1)
             let units = split.instances(of: worker)
             for unit in units {
@@ -290,10 +292,11 @@ extension SmallChannelsLast {
                     GradientLaneConstants(
                         gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat,
                         divisor: divisor
-                    ).store(to: scratch.constants + 5 * k * lanes)
+                    ).store(to: scratch.constants + GradientLaneConstants<C>.vectors * k * lanes)
                 }
                 scatter(output.base, sample: sample, blocks: blocks, streaming: streaming,
-                        InputGradientUnit(x: values, dy: deltas, constants: scratch.constants, blockValues: blockValues),
+                        UnitOutput<GradientLaneConstants<C>>(
+                            x: values, dy: deltas, constants: scratch.constants, blockValues: blockValues),
                         prefetching: nextUnit(after: unit, in: units, input.base, gradients.base))
             }
         }
@@ -303,62 +306,56 @@ extension SmallChannelsLast {
     }
 }
 
-/// An output of a unit of `SmallChannelsLast`: the vector of block k's
-/// lanes at a position, from the unit's columns and its blocks' constants.
+/// A block's per-lane constants of an output of `SmallChannelsLast`, kept
+/// in a unit's scratch between the block's statistics and the unit's
+/// output: `NormalizeLaneConstants` (y) or `GradientLaneConstants` (dx).
 @usableFromInline
-protocol UnitOutput {
+protocol UnitConstants {
     associatedtype C: InstanceNormComputeScalar
-    associatedtype Constants
-    /// Block k's constants, read once for its positions.
-    func constants(of block: Int) -> Constants
-    func vector(_ constants: Constants, _ block: Int, _ position: Int) -> C.Lanes
+    /// How many vectors of B lanes a block keeps.
+    static var vectors: Int { get }
+    init(loadingFrom address: UnsafePointer<C>)
+    /// The output at a position from its x and dy (the forward has no dy).
+    func value(x: C.Lanes, dy: C.Lanes) -> C.Lanes
 }
 
-/// y from the unit's columns of x and each block's μ_hi, a, b
-/// (`NormalizeLaneConstants`, 3·B values a block).
-@usableFromInline
-struct NormalizeUnit<C: InstanceNormComputeScalar>: UnitOutput {
-    @usableFromInline let x, constants: UnsafePointer<C>
-    @usableFromInline let blockValues: Int
-
-    @inlinable init(x: UnsafeMutablePointer<C>, constants: UnsafeMutablePointer<C>, blockValues: Int) {
-        self.x = UnsafePointer(x)
-        self.constants = UnsafePointer(constants)
-        self.blockValues = blockValues
-    }
+extension NormalizeLaneConstants: UnitConstants {
+    @inlinable static var vectors: Int { 3 }
 
     @inlinable @inline(__always)
-    func constants(of block: Int) -> NormalizeLaneConstants<C> {
-        NormalizeLaneConstants<C>(loadingFrom: constants + 3 &* block &* C.Lanes.scalarCount)
-    }
-
-    @inlinable @inline(__always)
-    func vector(_ constants: NormalizeLaneConstants<C>, _ block: Int, _ position: Int) -> C.Lanes {
-        constants.value(x: loadVector(x, block &* blockValues &+ position &* C.Lanes.scalarCount))
-    }
+    func value(x: C.Lanes, dy _: C.Lanes) -> C.Lanes { value(x: x) }
 }
 
-/// dx from the unit's columns of x and dy and each block's μ_hi, m̄, k,
-/// p, q (`GradientLaneConstants`, 5·B values a block).
+extension GradientLaneConstants: UnitConstants {
+    @inlinable static var vectors: Int { 5 }
+}
+
+/// An output of a unit: block k's lanes at a position, from the unit's
+/// columns of x (and dy) and each block's constants, `Constants.vectors`
+/// vectors a block.
 @usableFromInline
-struct InputGradientUnit<C: InstanceNormComputeScalar>: UnitOutput {
+struct UnitOutput<Constants: UnitConstants> {
+    @usableFromInline typealias C = Constants.C
     @usableFromInline let x, dy, constants: UnsafePointer<C>
     @usableFromInline let blockValues: Int
 
-    @inlinable init(x: UnsafeMutablePointer<C>, dy: UnsafeMutablePointer<C>, constants: UnsafeMutablePointer<C>, blockValues: Int) {
+    /// Without `dy` (the forward), the x columns stand in for it, unread.
+    @inlinable init(x: UnsafeMutablePointer<C>, dy: UnsafeMutablePointer<C>? = nil, constants: UnsafeMutablePointer<C>,
+                    blockValues: Int) {
         self.x = UnsafePointer(x)
-        self.dy = UnsafePointer(dy)
+        self.dy = UnsafePointer(dy ?? x)
         self.constants = UnsafePointer(constants)
         self.blockValues = blockValues
     }
 
+    /// Block k's constants, read once for its positions.
     @inlinable @inline(__always)
-    func constants(of block: Int) -> GradientLaneConstants<C> {
-        GradientLaneConstants<C>(loadingFrom: constants + 5 &* block &* C.Lanes.scalarCount)
+    func constants(of block: Int) -> Constants {
+        Constants(loadingFrom: constants + Constants.vectors &* block &* C.Lanes.scalarCount)
     }
 
     @inlinable @inline(__always)
-    func vector(_ constants: GradientLaneConstants<C>, _ block: Int, _ position: Int) -> C.Lanes {
+    func vector(_ constants: Constants, _ block: Int, _ position: Int) -> C.Lanes {
         let index = block &* blockValues &+ position &* C.Lanes.scalarCount
         return constants.value(x: loadVector(x, index), dy: loadVector(dy, index))
     }
