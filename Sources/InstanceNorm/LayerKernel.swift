@@ -176,6 +176,10 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>,
         block: UnsafeMutablePointer<T.Compute>
     ) {
+        if batch.rowsPerSample == 1 {
+            // Its columns' room, 2·D ≥ 2·B doubles whenever a row holds a vector, stages the shares.
+            return oneRowSample(sample, writesDx: sample < firstDeferred, staging: columns)
+        }
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
         block.update(repeating: 0, count: 2 * length)
@@ -214,7 +218,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     func rowSums<Companion: SumsCompanion>(
         _ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>, alongside companion: inout Companion
     ) {
-        let columns = columns(of: row, addingTo: block)
+        rowSums(row, into: columns(of: row, addingTo: block), alongside: &companion)
+    }
+
+    /// A, S of `row`, its column contributions into `columns`.
+    @inlinable @inline(__always)
+    func rowSums<Companion: SumsCompanion, Columns: ColumnContributions>(
+        _ row: Int, into columns: Columns, alongside companion: inout Companion
+    ) where Columns.Scalar == T {
         let gradients = batch.row(dy, row), values = batch.row(batch.x, row), gamma = batch.gamma.base
         let (sumA, centered) = chunkedSums(batch.rowLength) { chunk in
             // A local copy: through the capture the optimizer would reload
@@ -234,6 +245,27 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         return LayerColumns<T>(
             block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
             lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+    }
+
+    /// `sums(ofSample:)` of a sample of one row (x of (N, D)): the row's A,
+    /// S and its shares written straight into the table (`RowShares`, the
+    /// values the block and columns of `sums` would leave there), then its
+    /// dx unless deferred, the row still in cache. Through the block and
+    /// columns, every row paid for clearing, widening and copying 2·D
+    /// values of each.
+    @inlinable func oneRowSample(_ row: Int, writesDx: Bool, staging: UnsafeMutablePointer<Double>) {
+        var none = NoCompanion()
+        rowSums(row, into: rowShares(of: row, staging: staging), alongside: &none)
+        if writesDx { inputGradient(row, 0..<batch.rowLength) }
+    }
+
+    /// Where a one-row sample's shares go, about its μ_hi.
+    @inlinable func rowShares(of row: Int, staging: UnsafeMutablePointer<Double>) -> RowShares<T> {
+        let rowStatistics = statistics[row]
+        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
+        return RowShares<T>(
+            shares: parameterSums.baseAddress! + 2 * row * batch.rowLength, staging: staging, center: meanHigh,
+            invstd: T.Compute(rowStatistics.invstd), lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
     }
 
     /// A and S = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of `row`, from A and the centred sum.
@@ -354,10 +386,67 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 /// compute precision. Public for checks that model the kernel's roundings.
 public let layerColumnBlock = 8
 
+/// Where one row's column contributions to dβ, dγ (dy and dy·x̂ at each
+/// position, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision) go: a
+/// block of rows' sums (`LayerColumns`) or a one-row sample's shares (`RowShares`).
+@usableFromInline
+protocol ColumnContributions {
+    associatedtype Scalar: InstanceNormScalar
+    /// μ_hi, which the row's values are centred on before they reach `add`.
+    var center: Scalar.Compute { get }
+    /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int)
+}
+
+/// A one-row sample's shares, (Σ dy, Σ dy·x̂) over its row at each
+/// position, interleaved in its row of the table: 0 + dy and 0 + dy·x̂ in
+/// the compute precision (−0 becomes +0), widened, which is what a block of
+/// zeros plus the row, flushed into columns of zeros, holds (`LayerColumns`,
+/// `LayerBackward.flush`): the same bits.
+@usableFromInline
+struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
+    /// 2·D: (Σ dy, Σ dy·x̂) per position.
+    @usableFromInline let shares: UnsafeMutablePointer<Double>
+    /// 2·B doubles for a vector's widened lanes on their way to `shares`.
+    @usableFromInline let staging: UnsafeMutablePointer<Double>
+    @usableFromInline let center, invstd, lowTerm: Scalar.Compute
+    // Splats formed where they are used (see `LayerColumns`).
+    @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
+    @inlinable var lowTermVector: Scalar.Vector { Scalar.Vector(repeating: lowTerm) }
+
+    @inlinable
+    init(shares: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>, center: Scalar.Compute,
+         invstd: Scalar.Compute, lowTerm: Scalar.Compute) {
+        self.shares = shares
+        self.staging = staging
+        self.center = center
+        self.invstd = invstd
+        self.lowTerm = lowTerm
+    }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
+        typealias C = Scalar.Compute
+        let lanes = Scalar.Vector.scalarCount, xHat = lowTermVector.addingProduct(centered, invstdVector)
+        storeLanes(C.widen(Scalar.Vector() + gradient), staging)
+        storeLanes(C.widen(Scalar.Vector() + gradient * xHat), staging + lanes)
+        for first in stride(from: 0, to: lanes, by: 4) {
+            instnorm_store_pairs4(shares + 2 &* (index &+ first), lanesAt(staging + first), lanesAt(staging + (lanes &+ first)))
+        }
+    }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
+        shares[2 &* index] = (Scalar.Compute.zero + gradient).widened
+        shares[2 &* index &+ 1] = (Scalar.Compute.zero + gradient * lowTerm.addingProduct(centered, invstd)).widened
+    }
+}
+
 /// A block of LayerNorm's column sums and what one row adds to it:
 /// dy and dy·x̂, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision.
 @usableFromInline
-struct LayerColumns<Scalar: InstanceNormScalar> {
+struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
     @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
     @usableFromInline let length: Int
     /// μ_hi, which the row's values are centred on before they reach `add`.
@@ -405,7 +494,9 @@ struct WeightedLineSums<T: InstanceNormScalar> {
     @inlinable init() {}
 
     @inlinable @inline(__always)
-    mutating func add(weights: T.Vector, gradient: T.Vector, centered: T.Vector, columns: LayerColumns<T>, at index: Int) {
+    mutating func add<Columns: ColumnContributions>(
+        weights: T.Vector, gradient: T.Vector, centered: T.Vector, columns: Columns, at index: Int
+    ) where Columns.Scalar == T {
         let weightedGradient = weights * gradient
         weighted += weightedGradient
         product.addProduct(weightedGradient, centered)
@@ -420,10 +511,10 @@ struct WeightedLineSums<T: InstanceNormScalar> {
 /// column sums added to `columns` on the way; `companion` steps along (the
 /// fused order writes the previous row's dx there, see `SumsCompanion`).
 @inlinable @inline(__always)
-func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
+func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion, Columns: ColumnContributions>(
     _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
-    columns: LayerColumns<T>, alongside companion: inout Companion
-) -> (Double, Double) {
+    columns: Columns, alongside companion: inout Companion
+) -> (Double, Double) where Columns.Scalar == T {
     let lanes = T.Vector.scalarCount
     let centerVector = T.Vector(repeating: center)
     var sums = WeightedLineSums<T>()
@@ -448,10 +539,10 @@ func weightedGradientChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
 /// The values of a chunk past its last whole vector, one by one, added to
 /// the vector part's `sums`.
 @inlinable @inline(__always)
-func weightedGradientTail<T: InstanceNormScalar>(
+func weightedGradientTail<T: InstanceNormScalar, Columns: ColumnContributions>(
     _ dy: UnsafePointer<T>, _ x: UnsafePointer<T>, _ gamma: UnsafePointer<T>, _ range: Range<Int>, center: T.Compute,
-    columns: LayerColumns<T>, sums: (Double, Double)
-) -> (Double, Double) {
+    columns: Columns, sums: (Double, Double)
+) -> (Double, Double) where Columns.Scalar == T {
     var (sumA, centered) = sums
     for index in range {
         let gradient = gamma[index].computed * dy[index].computed, deviation = x[index].computed - center

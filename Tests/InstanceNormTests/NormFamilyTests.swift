@@ -133,13 +133,14 @@ func checkFamily<T: InstanceNormScalar>(
 @Suite struct NormFamily {
     /// (normalization, dimensions): group sizes 1, 2 and C/2; M = 1 (also as (N, C)), odd M
     /// and a group longer than a reduction chunk (1024); layer norm over
-    /// one, two and all trailing dimensions, odd D.
+    /// one, two and all trailing dimensions, odd D, and x of (N, D), whose
+    /// every sample is one row (its shares written straight into the table).
     static let cases: [(Normalization, [Int])] = [
         (.group(groups: 1), [2, 4, 5]), (.group(groups: 2), [3, 4, 7, 3]), (.group(groups: 2), [2, 6, 1]),
         (.group(groups: 3), [2, 6, 19, 23]), (.group(groups: 1), [1, 3, 700]), (.group(groups: 3), [4, 12]),
         (.layer(normalizedDimensions: 1), [3, 5, 37]), (.layer(normalizedDimensions: 2), [2, 3, 4, 9]),
         (.layer(normalizedDimensions: 3), [2, 3, 5, 7]), (.layer(normalizedDimensions: 1), [2, 1, 1]),
-        (.layer(normalizedDimensions: 1), [2, 3, 1500]),
+        (.layer(normalizedDimensions: 1), [2, 3, 1500]), (.layer(normalizedDimensions: 1), [7, 40]),
         (.batch, [3, 4, 5]), (.batch, [2, 3, 4, 5]), (.batch, [4, 6, 1]), (.batch, [5, 3]), (.batch, [1, 2, 1100]),
     ]
 
