@@ -165,6 +165,21 @@ public enum BatchKernel {
                 TiledNormalizeOperation(x: xBase, scratch: scratch)
             }
         }
+        if layout == .channelsFirst, let positions = positionChannels(shape, T.self), let xBase = x.baseAddress {
+            // Instances of a few values: a sample's C·M values as that many channels.
+            let streaming = stores.streams(y, tensors: 2), spatialCount = shape.spatialCount
+            return writeChannelwise(y, channels: positions, threads: threads, streaming: streaming, prefetching: false) { scratch in
+                for channel in 0..<channels {
+                    let constants = InstanceKernel.normalizeConstants(
+                        saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
+                        beta: beta.map { $0[channel].widened } ?? 0, as: T.self)
+                    for position in 0..<spatialCount { scratch.setNormalize(constants, channel: channel * spatialCount + position) }
+                }
+                for slot in 0..<3 { scratch.replicate(slot) }
+            } operation: { scratch in
+                TiledNormalizeOperation(x: xBase, scratch: scratch)
+            }
+        }
         let batch = ForwardBatch(
             y: y, statistics: nil, x: x, gamma: gamma, beta: beta, shape: shape, eps: 1, stores: stores)
         let split = WorkSplit(shape: shape, threads: threads)

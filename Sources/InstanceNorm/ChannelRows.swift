@@ -327,7 +327,7 @@ func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
     guard let base = out.baseAddress else { return }
     // Streaming stores need aligned vectors; the workers' runs start on lines of the tensor.
     let streams = streaming && Int(bitPattern: base) & 63 == 0
-    let scratch = ChannelsLastScratch<T>(channels: channels)
+    let scratch = ChannelsLastScratch<T>(channels: channels, sums: false)
     fill(scratch)
     let shared = SharedBuffer(out), prepared = UncheckedSendable(operation(scratch))
     let line = max(T.Vector.scalarCount, 64 / MemoryLayout<T>.stride), count = out.count
@@ -344,6 +344,21 @@ func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
     }
     withExtendedLifetime(scratch) {}
     if streams { instnorm_store_fence() }
+}
+
+/// For a channels-first output whose constants are per channel (BatchNorm,
+/// and any norm in evaluation mode), with instances of fewer than 2·B
+/// values: the C·M values of a sample as that many channels of one
+/// position, for `writeChannelwise`, each channel's constants repeated over
+/// its M positions. An instance of a few values is a call and a scalar
+/// loop of its own otherwise (BatchNorm on (8192,256,2,2): y 5% of the
+/// floor). Nil for longer instances, which amortize their call, and where
+/// the tiled constants would pass 2^16 values a slot.
+@inlinable
+func positionChannels<T: InstanceNormScalar>(_ shape: InstanceNormShape, _: T.Type) -> Int? {
+    let count = shape.channels * shape.spatialCount
+    guard shape.spatialCount < 2 * T.Vector.scalarCount, count > 0 else { return nil }
+    return ChannelsLastScratch<T>.lengths(channels: count).period <= 1 << 16 ? count : nil
 }
 
 /// out[i] = operation(i) for i in `range`, vector after vector in order

@@ -235,11 +235,13 @@ final class ChannelsLastScratch<T: InstanceNormScalar> {
     /// Per channel, the widened sum of the upper L lane rows (`widenLanes`).
     @usableFromInline let upperHalf: UnsafeMutablePointer<Double>
 
-    @inlinable init(channels: Int) {
+    /// Without `sums`, for an elementwise output alone (`writeChannelwise`):
+    /// no room for the lane accumulators, which it never touches.
+    @inlinable init(channels: Int, sums: Bool = true) {
         self.channels = channels
         (blockLength, period, slotLength) = Self.lengths(channels: channels)
-        firstLanes = allocateAligned(blockLength, of: T.Compute.self)
-        secondLanes = allocateAligned(blockLength, of: T.Compute.self)
+        firstLanes = allocateAligned(sums ? blockLength : 0, of: T.Compute.self)
+        secondLanes = allocateAligned(sums ? blockLength : 0, of: T.Compute.self)
         slots = allocateAligned(5 * slotLength, of: T.Compute.self)
         first = .allocate(capacity: channels)
         second = .allocate(capacity: channels)

@@ -221,20 +221,11 @@ struct ParameterSums: @unchecked Sendable {
     func record<Wide: SIMD>(_ block: Range<Int>, sumDy: Wide, sumDyXHat: Wide, staging: UnsafeMutablePointer<Double>)
     where Wide.Scalar == Double {
         let lanes = Wide.scalarCount, count = block.count
-        storeLanes(sumDy, staging)
-        storeLanes(sumDyXHat, staging + lanes)
         if let stored {
-            let out = stored.base + 2 * block.lowerBound
-            if count == lanes {
-                for first in stride(from: 0, to: lanes, by: 4) {
-                    instnorm_store_pairs4(out + 2 * first, lanesAt(staging + first), lanesAt(staging + lanes + first))
-                }
-            } else {
-                for lane in 0..<count {
-                    out[2 * lane] = staging[lane]
-                    out[2 * lane + 1] = staging[lanes + lane]
-                }
-            }
+            Self.storePairs(sumDy, sumDyXHat, to: stored.base + 2 * block.lowerBound, count: count, staging: staging)
+        } else {
+            storeLanes(sumDy, staging)
+            storeLanes(sumDyXHat, staging + lanes)
         }
         guard inLine else { return }
         let channel = block.lowerBound % channels
@@ -249,6 +240,28 @@ struct ParameterSums: @unchecked Sendable {
             dbeta.base[wrapped] += staging[lane]
             dgamma.base[wrapped] += staging[lanes + lane]
             wrapped = wrapped + 1 == channels ? 0 : wrapped + 1
+        }
+    }
+
+    /// The first `count` lanes of `first` and `second` interleaved at `out`
+    /// (out[2b] = first[b], out[2b + 1] = second[b]), through `staging`
+    /// (2·B doubles, which keeps them).
+    @inlinable @inline(__always)
+    static func storePairs<Wide: SIMD>(
+        _ first: Wide, _ second: Wide, to out: UnsafeMutablePointer<Double>, count: Int, staging: UnsafeMutablePointer<Double>
+    ) where Wide.Scalar == Double {
+        let lanes = Wide.scalarCount
+        storeLanes(first, staging)
+        storeLanes(second, staging + lanes)
+        if count == lanes {
+            for lane in stride(from: 0, to: lanes, by: 4) {
+                instnorm_store_pairs4(out + 2 * lane, lanesAt(staging + lane), lanesAt(staging + lanes + lane))
+            }
+            return
+        }
+        for lane in 0..<count {
+            out[2 * lane] = staging[lane]
+            out[2 * lane + 1] = staging[lanes + lane]
         }
     }
 
