@@ -240,11 +240,15 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// What `row` adds to the column sums in `block`, about its μ_hi.
     @inlinable func columns(of row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) -> LayerColumns<T> {
+        LayerColumns<T>(block: block, length: batch.rowLength, row: normalization(of: row))
+    }
+
+    /// x̂ of `row` from its statistics: about μ_hi, r and −μ_lo·r rounded to the compute precision.
+    @inlinable func normalization(of row: Int) -> RowNormalization<T> {
         let rowStatistics = statistics[row]
         let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
-        return LayerColumns<T>(
-            block: block, length: batch.rowLength, center: meanHigh, invstd: T.Compute(rowStatistics.invstd),
-            lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+        return RowNormalization<T>(
+            center: meanHigh, invstd: T.Compute(rowStatistics.invstd), lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
     }
 
     /// `sums(ofSample:)` of a sample of one row (x of (N, D)): the row's A,
@@ -261,11 +265,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// Where a one-row sample's shares go, about its μ_hi.
     @inlinable func rowShares(of row: Int, staging: UnsafeMutablePointer<Double>) -> RowShares<T> {
-        let rowStatistics = statistics[row]
-        let (meanHigh, meanLow) = rowStatistics.splitMean(as: T.self)
-        return RowShares<T>(
-            shares: parameterSums.baseAddress! + 2 * row * batch.rowLength, staging: staging, center: meanHigh,
-            invstd: T.Compute(rowStatistics.invstd), lowTerm: T.Compute(-meanLow * rowStatistics.invstd))
+        RowShares<T>(shares: parameterSums.baseAddress! + 2 * row * batch.rowLength, staging: staging,
+                     row: normalization(of: row))
     }
 
     /// A and S = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of `row`, from A and the centred sum.
@@ -399,6 +400,32 @@ protocol ColumnContributions {
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int)
 }
 
+/// x̂ = (x − μ_hi)·r + (−μ_lo·r) of one row in the compute precision,
+/// from x − μ_hi, as a vector or a scalar (the same expression).
+@usableFromInline
+struct RowNormalization<Scalar: InstanceNormScalar> {
+    /// μ_hi, which the row's values are centred on.
+    @usableFromInline let center: Scalar.Compute
+    @usableFromInline let invstd, lowTerm: Scalar.Compute
+
+    @inlinable init(center: Scalar.Compute, invstd: Scalar.Compute, lowTerm: Scalar.Compute) {
+        self.center = center
+        self.invstd = invstd
+        self.lowTerm = lowTerm
+    }
+
+    // Splats formed where they are used, not stored: a stored vector of 16
+    // floats is two registers' worth of loads the optimizer cannot tell
+    // apart, where a splat of a scalar is one register.
+    @inlinable @inline(__always)
+    func xHat(_ centered: Scalar.Vector) -> Scalar.Vector {
+        Scalar.Vector(repeating: lowTerm).addingProduct(centered, Scalar.Vector(repeating: invstd))
+    }
+
+    @inlinable @inline(__always)
+    func xHat(_ centered: Scalar.Compute) -> Scalar.Compute { lowTerm.addingProduct(centered, invstd) }
+}
+
 /// A one-row sample's shares, (Σ dy, Σ dy·x̂) over its row at each
 /// position, interleaved in its row of the table: 0 + dy and 0 + dy·x̂ in
 /// the compute precision (−0 becomes +0), widened, which is what a block of
@@ -410,27 +437,23 @@ struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
     @usableFromInline let shares: UnsafeMutablePointer<Double>
     /// 2·B doubles for a vector's widened lanes on their way to `shares`.
     @usableFromInline let staging: UnsafeMutablePointer<Double>
-    @usableFromInline let center, invstd, lowTerm: Scalar.Compute
-    // Splats formed where they are used (see `LayerColumns`).
-    @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
-    @inlinable var lowTermVector: Scalar.Vector { Scalar.Vector(repeating: lowTerm) }
+    @usableFromInline let row: RowNormalization<Scalar>
 
     @inlinable
-    init(shares: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>, center: Scalar.Compute,
-         invstd: Scalar.Compute, lowTerm: Scalar.Compute) {
+    init(shares: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>, row: RowNormalization<Scalar>) {
         self.shares = shares
         self.staging = staging
-        self.center = center
-        self.invstd = invstd
-        self.lowTerm = lowTerm
+        self.row = row
     }
+
+    @inlinable var center: Scalar.Compute { row.center }
 
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
         typealias C = Scalar.Compute
-        let lanes = Scalar.Vector.scalarCount, xHat = lowTermVector.addingProduct(centered, invstdVector)
+        let lanes = Scalar.Vector.scalarCount
         storeLanes(C.widen(Scalar.Vector() + gradient), staging)
-        storeLanes(C.widen(Scalar.Vector() + gradient * xHat), staging + lanes)
+        storeLanes(C.widen(Scalar.Vector() + gradient * row.xHat(centered)), staging + lanes)
         for first in stride(from: 0, to: lanes, by: 4) {
             instnorm_store_pairs4(shares + 2 &* (index &+ first), lanesAt(staging + first), lanesAt(staging + (lanes &+ first)))
         }
@@ -439,7 +462,7 @@ struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
         shares[2 &* index] = (Scalar.Compute.zero + gradient).widened
-        shares[2 &* index &+ 1] = (Scalar.Compute.zero + gradient * lowTerm.addingProduct(centered, invstd)).widened
+        shares[2 &* index &+ 1] = (Scalar.Compute.zero + gradient * row.xHat(centered)).widened
     }
 }
 
@@ -449,37 +472,28 @@ struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
 struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
     @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
     @usableFromInline let length: Int
-    /// μ_hi, which the row's values are centred on before they reach `add`.
-    @usableFromInline let center: Scalar.Compute
-    @usableFromInline let invstd, lowTerm: Scalar.Compute
-    // Splats formed where they are used, not stored: a stored vector of 16
-    // floats is two registers' worth of loads the optimizer cannot tell
-    // apart, where a splat of a scalar is one register.
-    @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
-    @inlinable var lowTermVector: Scalar.Vector { Scalar.Vector(repeating: lowTerm) }
+    @usableFromInline let row: RowNormalization<Scalar>
 
     @inlinable
-    init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, center: Scalar.Compute, invstd: Scalar.Compute,
-         lowTerm: Scalar.Compute) {
+    init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, row: RowNormalization<Scalar>) {
         self.block = block
         self.length = length
-        self.center = center
-        self.invstd = invstd
-        self.lowTerm = lowTerm
+        self.row = row
     }
+
+    @inlinable var center: Scalar.Compute { row.center }
 
     /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
-        let xHat = lowTermVector.addingProduct(centered, invstdVector)
         storeVector(loadVector(block, index) + gradient, block, index)
-        storeVector(loadVector(block, length + index) + gradient * xHat, block, length + index)
+        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered), block, length + index)
     }
 
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
         block[index] += gradient
-        block[length + index] += gradient * lowTerm.addingProduct(centered, invstd)
+        block[length + index] += gradient * row.xHat(centered)
     }
 }
 
