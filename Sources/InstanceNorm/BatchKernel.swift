@@ -150,30 +150,17 @@ public enum BatchKernel {
         precondition(channelStatistics.count == shape.channels)
         guard shape.instanceCount > 0 else { return }
         let saved = SharedBuffer(channelStatistics), channels = shape.channels
-        if layout == .channelsLast, let xBase = x.baseAddress {
-            // Whole rows in the tensor's order, one table of constants for every sample.
+        if let tiling = ChannelTiling.of(shape, layout, T.self), let xBase = x.baseAddress {
+            // In the tensor's order, one table of constants for every sample.
             let streaming = stores.streams(y, tensors: 2)
-            return writeChannelwise(y, channels: channels, threads: threads, streaming: streaming, prefetching: false) { scratch in
+            return writeChannelwise(y, channels: tiling.channels, threads: threads, streaming: streaming, prefetching: false) { scratch in
                 for channel in 0..<channels {
                     let constants = InstanceKernel.normalizeConstants(
                         saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
                         beta: beta.map { $0[channel].widened } ?? 0, as: T.self)
-                    scratch.setNormalize(constants, channel: channel)
-                }
-                for slot in 0..<3 { scratch.replicate(slot) }
-            } operation: { scratch in
-                TiledNormalizeOperation(x: xBase, scratch: scratch)
-            }
-        }
-        if layout == .channelsFirst, let positions = positionChannels(shape, T.self), let xBase = x.baseAddress {
-            // Instances of a few values: a sample's C·M values as that many channels.
-            let streaming = stores.streams(y, tensors: 2), spatialCount = shape.spatialCount
-            return writeChannelwise(y, channels: positions, threads: threads, streaming: streaming, prefetching: false) { scratch in
-                for channel in 0..<channels {
-                    let constants = InstanceKernel.normalizeConstants(
-                        saved.base[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
-                        beta: beta.map { $0[channel].widened } ?? 0, as: T.self)
-                    for position in 0..<spatialCount { scratch.setNormalize(constants, channel: channel * spatialCount + position) }
+                    for position in 0..<tiling.positions {
+                        scratch.setNormalize(constants, channel: channel * tiling.positions + position)
+                    }
                 }
                 for slot in 0..<3 { scratch.replicate(slot) }
             } operation: { scratch in

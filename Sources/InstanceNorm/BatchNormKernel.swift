@@ -175,17 +175,12 @@ public enum BatchNormKernel {
         // Channels last writes whole samples; channels first, instances.
         let run = layout == .channelsLast ? shape.channels * shape.spatialCount : shape.spatialCount
         let streaming = stores.streams(dx, tensors: 3, runsOf: run)
-        if layout == .channelsLast {
-            return inputGradientChannelsLast(
+        if let tiling = ChannelTiling.of(shape, layout, T.self) {
+            // Channels first as tiled channels writes the whole tensor in order, not runs of an instance.
+            return inputGradientTiled(
                 dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, channelSums: channelSums, count: count,
-                shape: shape, threads: threads, streaming: streaming)
-        }
-        if let positions = positionChannels(shape, T.self) {
-            // Instances of a few values: a sample's C·M values as that many channels.
-            return inputGradientChannelsLast(
-                dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, channelSums: channelSums, count: count,
-                shape: shape, threads: threads, streaming: stores.streams(dx, tensors: 3),
-                positionsPerChannel: shape.spatialCount, channels: positions)
+                shape: shape, threads: threads, streaming: layout == .channelsLast ? streaming : stores.streams(dx, tensors: 3),
+                tiling: tiling)
         }
         let (output, gradients, input) = (SharedBuffer(dx), SharedBuffer(dy), SharedBuffer(x))
         let (saved, sums, weights) = (SharedBuffer(statistics), SharedBuffer(channelSums), gamma.map { SharedBuffer($0) })
@@ -256,7 +251,7 @@ public enum BatchNormKernel {
     /// every term widened to `Double` and added in position order, which is
     /// all those functions do for an instance too short for their vector
     /// loop: the same bits, without a call and a scalar loop per instance.
-    /// With y and dx tiled (`positionChannels`), (8192,256,2,2) float32 at
+    /// With y and dx tiled (`ChannelTiling`), (8192,256,2,2) float32 at
     /// one thread went from 54 / 69 ms to 11 / 16 ms forward / backward.
     @inlinable
     static func laneInstanceSums<T: InstanceNormScalar>(
@@ -303,26 +298,24 @@ public enum BatchNormKernel {
         }
     }
 
-    /// dx channels last, in the tensor's order with each channel's constants
-    /// (`writeChannelwise`): the same bits as channels first, value by value.
-    /// With `positionsPerChannel` M > 1, channels first written as C·M
-    /// `channels` of one position (`positionChannels`).
+    /// dx in the tensor's order with each channel's constants, as `tiling`
+    /// lays them out (`writeChannelwise`): the same bits as channels first,
+    /// value by value.
     @inlinable
-    static func inputGradientChannelsLast<T: InstanceNormScalar>(
+    static func inputGradientTiled<T: InstanceNormScalar>(
         dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
         channelSums: UnsafeBufferPointer<Double>, count: Int, shape: InstanceNormShape, threads: Int, streaming: Bool,
-        positionsPerChannel: Int = 1, channels tiled: Int? = nil
+        tiling: ChannelTiling
     ) {
         guard let dyBase = dy.baseAddress, let xBase = x.baseAddress else { return }
-        let tiledChannels = tiled ?? shape.channels
-        writeChannelwise(dx, channels: tiledChannels, threads: threads, streaming: streaming, prefetching: true) { scratch in
+        writeChannelwise(dx, channels: tiling.channels, threads: threads, streaming: streaming, prefetching: true) { scratch in
             for channel in 0..<shape.channels {
                 let operation = InstanceKernel.inputGradientOperation(
                     dy: dyBase, x: xBase, statistics: statistics[channel], gamma: gamma.map { $0[channel].widened } ?? 1,
                     sumDy: channelSums[2 * channel], sumDyXHat: channelSums[2 * channel + 1], spatialCount: count)
-                for position in 0..<positionsPerChannel {
-                    scratch.setInputGradient(operation, channel: channel * positionsPerChannel + position)
+                for position in 0..<tiling.positions {
+                    scratch.setInputGradient(operation, channel: channel * tiling.positions + position)
                 }
             }
             for slot in 0..<5 { scratch.replicate(slot) }

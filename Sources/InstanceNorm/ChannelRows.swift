@@ -346,19 +346,34 @@ func writeChannelwise<T: InstanceNormScalar, Operation: TiledOperation>(
     if streams { instnorm_store_fence() }
 }
 
-/// For a channels-first output whose constants are per channel (BatchNorm,
-/// and any norm in evaluation mode), with instances of fewer than 2·B
-/// values: the C·M values of a sample as that many channels of one
-/// position, for `writeChannelwise`, each channel's constants repeated over
-/// its M positions. An instance of a few values is a call and a scalar
-/// loop of its own otherwise (BatchNorm on (8192,256,2,2): y 5% of the
-/// floor). Nil for longer instances, which amortize their call, and where
-/// the tiled constants would pass 2^16 values a slot.
-@inlinable
-func positionChannels<T: InstanceNormScalar>(_ shape: InstanceNormShape, _: T.Type) -> Int? {
-    let count = shape.channels * shape.spatialCount
-    guard shape.spatialCount < 2 * T.Vector.scalarCount, count > 0 else { return nil }
-    return ChannelsLastScratch<T>.lengths(channels: count).period <= 1 << 16 ? count : nil
+/// How an output whose constants are per channel (BatchNorm, and any norm
+/// in evaluation mode) is written in the tensor's order by
+/// `writeChannelwise`: as `channels` tiled channels, channel c's constants
+/// over `positions` of them (c·positions ..< (c + 1)·positions).
+@usableFromInline
+struct ChannelTiling {
+    @usableFromInline let channels, positions: Int
+
+    @inlinable init(channels: Int, positions: Int) {
+        self.channels = channels
+        self.positions = positions
+    }
+
+    /// Channels last: the C channels themselves. Channels first with
+    /// instances of fewer than 2·B values: the C·M values of a sample as
+    /// that many channels of one position, each channel's constants over
+    /// its M positions (an instance of a few values is a call and a scalar
+    /// loop of its own otherwise; BatchNorm on (8192,256,2,2): y at 5% of
+    /// the floor). Nil for longer instances channels first, which amortize
+    /// their call, and where the tiled constants would pass 2^16 values a slot.
+    @inlinable
+    static func of<T: InstanceNormScalar>(_ shape: InstanceNormShape, _ layout: TensorLayout, _: T.Type) -> ChannelTiling? {
+        if layout == .channelsLast { return ChannelTiling(channels: shape.channels, positions: 1) }
+        let count = shape.channels * shape.spatialCount
+        guard shape.spatialCount < 2 * T.Vector.scalarCount, count > 0,
+              ChannelsLastScratch<T>.lengths(channels: count).period <= 1 << 16 else { return nil }
+        return ChannelTiling(channels: count, positions: shape.spatialCount)
+    }
 }
 
 /// out[i] = operation(i) for i in `range`, vector after vector in order
