@@ -38,6 +38,14 @@ final class GroupBatch<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable var channelsPerGroup: Int { shape.channels / groups }
     /// L = (C/G)·M, the values of a group.
     @inlinable var groupLength: Int { channelsPerGroup * shape.spatialCount }
+    /// The values an output is written in runs of, each with its own
+    /// constants (see `StorePolicy.shortRunBytes`): a group, or the whole
+    /// tensor where the segments go through `SmallGroups`, whose blocks
+    /// write the tensor in order.
+    @inlinable static func outputRun(_ shape: InstanceNormShape, groups: Int, backward: Bool) -> Int {
+        SmallGroups<T>.applies(to: shape, groups: groups, backward: backward) ? shape.elementCount : shape.channels / groups * shape.spatialCount
+    }
+
     /// Work split by whole groups, or by chunks of groups when there are fewer than workers.
     @inlinable func split(threads: Int) -> WorkSplit {
         WorkSplit(units: shape.batch * groups, length: groupLength, threads: threads)
@@ -71,6 +79,11 @@ extension GroupBatch {
         y: UnsafeMutableBufferPointer<T>, statistics: UnsafeMutableBufferPointer<InstanceStatistics>?,
         beta: UnsafeBufferPointer<T>?, eps: Double, threads: Int
     ) {
+        if SmallGroups<T>.applies(to: shape, groups: groups, backward: false) {
+            let saved = statistics ?? .allocate(capacity: shape.batch * groups)
+            defer { if statistics == nil { saved.deallocate() } }
+            return SmallGroups(batch: self, beta: beta).forward(y: y, statistics: saved, eps: eps, threads: threads)
+        }
         let output = ForwardBatch(
             y: y, statistics: nil, x: UnsafeBufferPointer(start: x.base, count: shape.elementCount), gamma: gamma.map {
                 UnsafeBufferPointer(start: $0.base, count: shape.channels)
@@ -283,6 +296,13 @@ extension GroupBatch {
         dy: UnsafeBufferPointer<T>, statistics: UnsafeBufferPointer<InstanceStatistics>,
         segmentSums: UnsafeMutableBufferPointer<Double>?, threads: Int, overlap: BackwardOverlap?
     ) {
+        if SmallGroups<T>.applies(to: shape, groups: groups, backward: true) {
+            let shares = segmentSums ?? .allocate(capacity: 2 * shape.instanceCount)
+            defer { if segmentSums == nil { shares.deallocate() } }
+            return SmallGroups(batch: self, beta: nil).backward(
+                dx: dx, dy: dy, statistics: statistics, shares: shares, dgamma: dgamma, dbeta: dbeta, threads: threads,
+                overlap: overlap)
+        }
         let work = GroupBackward(batch: self, dx: dx, dy: dy, statistics: statistics)
         let split = split(threads: threads)
         let tails = split.deferredTails(overlap)

@@ -46,6 +46,28 @@ struct GradientColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
     }
 }
 
+/// `GradientColumns` read from storage (widened as they load): the column
+/// of instances of one value, which is their natural order.
+@usableFromInline
+struct GradientValues<T: InstanceNormScalar>: ColumnTerms {
+    @usableFromInline typealias Compute = T.Compute
+    @usableFromInline let gradients, values: UnsafePointer<T>
+    @usableFromInline let center: T.Vector
+
+    @inlinable init(gradients: UnsafePointer<T>, values: UnsafePointer<T>, center: T.Vector) {
+        self.gradients = gradients
+        self.values = values
+        self.center = center
+    }
+
+    @inlinable @inline(__always)
+    func terms(at column: Int) -> (T.Vector, T.Vector, T.Vector) {
+        let offset = column &* T.Vector.scalarCount
+        let gradient = loadVector(gradients, offset)
+        return (gradient, gradient, loadVector(values, offset) - center)
+    }
+}
+
 /// Positions per group of the blocked sums (`laneSums`): the most terms
 /// any compute-precision running sum adds, as in the per-instance kernels'
 /// lanes for M ≤ 256 (`reductionChunk` / 32 lanes · 256 / 1024 = 8).

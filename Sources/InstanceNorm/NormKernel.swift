@@ -54,7 +54,7 @@ public enum NormKernel {
                 threads: threads, stores: stores, layout: layout)
         case .group(let channelShape, let groups):
             GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
-                       streaming: stores.streams(y, tensors: 2, runsOf: channelShape.channels / groups * channelShape.spatialCount))
+                       streaming: stores.streams(y, tensors: 2, runsOf: GroupBatch<T>.outputRun(channelShape, groups: groups, backward: false)))
                 .forward(y: y, statistics: statistics, beta: beta, eps: eps, threads: threads)
         case .groupChannelsLast(let channelShape, let groups):
             ChannelsLastGroups(shape: channelShape, groups: groups, threads: threads)
@@ -122,7 +122,7 @@ public enum NormKernel {
                 layout: layout)
         case .group(let channelShape, let groups):
             GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
-                       streaming: stores.streams(dx, tensors: 3, runsOf: channelShape.channels / groups * channelShape.spatialCount))
+                       streaming: stores.streams(dx, tensors: 3, runsOf: GroupBatch<T>.outputRun(channelShape, groups: groups, backward: true)))
                 .backward(
                     dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, segmentSums: parameterSums,
                     threads: threads, overlap: overlap)

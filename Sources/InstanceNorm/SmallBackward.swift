@@ -39,34 +39,18 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable @inline(__always)
     func load(_ block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> LoadedBlock<T> {
         let start = block.lowerBound * spatialCount, available = (instanceCount - block.lowerBound) * spatialCount
-        let transposing = !sumsInRegisters(scratch)
-        let values = scratch.load(
-            x.base + start, count: block.count, available: available, set: set, kind: 0, transposing: transposing)
-        let gradients = scratch.load(
-            dy.base + start, count: block.count, available: available, set: set, kind: 1, transposing: transposing)
+        let (values, gradients) = scratch.loadGradients(
+            x: x.base + start, dy: dy.base + start, count: block.count, available: available, set: set,
+            transposing: !scratch.sumsInRegisters)
         return LoadedBlock(
             block: block, set: set, x: values, dy: gradients,
             lanes: LaneStatistics(statistics.base + block.lowerBound, count: block.count, staging: scratch.staging))
     }
 
-    /// Whether the block's sums come from its natural order, tiles turned
-    /// in registers (`gradientGroupSums`), with no columns in the scratch:
-    /// float and half storage, except instances of four values, whose dx is
-    /// computed from columns (`writeQuads`).
-    @inlinable @inline(__always)
-    func sumsInRegisters(_ scratch: BlockScratch<T>) -> Bool {
-        T.sumsGroupsInRegisters && !scratch.holdsQuads
-    }
-
     /// s1 and s2 of every lane (`gradientLaneSums`), the block loaded.
     @inlinable @inline(__always)
     func sums(_ loaded: LoadedBlock<T>, _ scratch: BlockScratch<T>) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
-        if sumsInRegisters(scratch) {
-            return gradientLaneSums(loaded.lanes, rows: (dy: loaded.dy, x: loaded.x), count: spatialCount)
-        }
-        return gradientLaneSums(
-            loaded.lanes, dy: UnsafePointer(scratch.columns(loaded.set, 1)), x: UnsafePointer(scratch.columns(loaded.set, 0)),
-            count: spatialCount)
+        scratch.gradientSums(loaded.lanes, x: loaded.x, dy: loaded.dy, set: loaded.set)
     }
 
     /// Leaves in the constants of set `set` the per-lane constants of dx
@@ -85,21 +69,72 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// constants of its set.
     @inlinable @inline(__always)
     func inputGradient(_ block: Range<Int>, _ set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
-        if scratch.holdsQuads {
-            let constants = GradientLaneConstants<C>(scratch, set), lanes = T.Vector.scalarCount
-            let values = UnsafePointer(scratch.columns(set, 0)), gradients = UnsafePointer(scratch.columns(set, 1))
-            for column in 0..<4 {
-                let offset = column &* lanes
-                storeVector(constants.value(x: loadVector(values, offset), dy: loadVector(gradients, offset)),
-                            scratch.outputColumns, offset)
-            }
-            writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: block.count,
-                       to: dx.base + block.lowerBound * spatialCount, streaming: streaming)
-            return
+        writeInputGradient(count: block.count, set, x: x, dy: dy, scratch, to: dx.base + block.lowerBound * spatialCount,
+                           streaming: streaming)
+    }
+}
+
+/// Writes dx of the first `count` instances of a block whose x and dy are
+/// at `x`, `dy` in natural order (and, for quads, in the columns of `set`),
+/// each lane with the `GradientLaneConstants` left in the constants of
+/// `set`, as `writeNormalized` writes y.
+@inlinable @inline(__always)
+func writeInputGradient<T: InstanceNormScalar>(
+    count: Int, _ set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>, _ scratch: BlockScratch<T>,
+    to out: UnsafeMutablePointer<T>, streaming: Bool
+) {
+    if scratch.holdsQuads {
+        let constants = GradientLaneConstants<T.Compute>(scratch, set), lanes = T.Vector.scalarCount
+        let values = UnsafePointer(scratch.columns(set, 0)), gradients = UnsafePointer(scratch.columns(set, 1))
+        for column in 0..<4 {
+            let offset = column &* lanes
+            storeVector(constants.value(x: loadVector(values, offset), dy: loadVector(gradients, offset)),
+                        scratch.outputColumns, offset)
         }
-        writeInOrder(
-            InputGradientBlock(dy: dy, x: x, constants: UnsafePointer(scratch.constant(set, 0))), count: block.count,
-            spatialCount: spatialCount, to: dx.base + block.lowerBound * spatialCount, streaming: streaming)
+        writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: count, to: out, streaming: streaming)
+        return
+    }
+    if scratch.spatialCount == 1 {
+        let constants = GradientLaneConstants<T.Compute>(scratch, set)
+        writeLanes(constants.value(x: loadVector(x, 0), dy: loadVector(dy, 0)), count: count, to: out, streaming: streaming)
+        return
+    }
+    writeInOrder(
+        InputGradientBlock(dy: dy, x: x, constants: UnsafePointer(scratch.constant(set, 0))), count: count,
+        spatialCount: scratch.spatialCount, to: out, streaming: streaming)
+}
+
+extension BlockScratch {
+    /// Whether a block's gradient sums come from its natural order, tiles
+    /// turned in registers (`gradientGroupSums`), with no columns in the
+    /// scratch: float and half storage, except instances of four values,
+    /// whose dx is computed from columns (`writeQuads`).
+    @inlinable var sumsInRegisters: Bool { T.sumsGroupsInRegisters && !holdsQuads }
+
+    /// Loads x and dy of the `count` ≤ B instances at `x`, `dy` into set
+    /// `set` (kinds 0 and 1; see `load`), and returns where each can be
+    /// read in natural order.
+    @inlinable @inline(__always)
+    func loadGradients(
+        x: UnsafePointer<T>, dy: UnsafePointer<T>, count: Int, available: Int, set: Int, transposing: Bool
+    ) -> (x: UnsafePointer<T>, dy: UnsafePointer<T>) {
+        (load(x, count: count, available: available, set: set, kind: 0, transposing: transposing),
+         load(dy, count: count, available: available, set: set, kind: 1, transposing: transposing))
+    }
+
+    /// s1 and s2 of every lane of a block loaded into set `set` with
+    /// `transposing: !sumsInRegisters` (`gradientLaneSums`), x̂ from `lanes`.
+    @inlinable @inline(__always)
+    func gradientSums(
+        _ lanes: LaneStatistics<T.Compute>, x: UnsafePointer<T>, dy: UnsafePointer<T>, set: Int
+    ) -> (sumDy: T.Compute.WideLanes, sumDyXHat: T.Compute.WideLanes) {
+        if spatialCount == 1 {
+            // One value per lane: the natural order is the one column.
+            return gradientLaneSums(lanes, count: 1) { GradientValues(gradients: dy, values: x, center: $0) }
+        }
+        if sumsInRegisters { return gradientLaneSums(lanes, rows: (dy: dy, x: x), count: spatialCount) }
+        return gradientLaneSums(
+            lanes, dy: UnsafePointer(columns(set, 1)), x: UnsafePointer(columns(set, 0)), count: spatialCount)
     }
 }
 
@@ -303,8 +338,16 @@ final class DeferredSums<C: InstanceNormComputeScalar>: @unchecked Sendable {
 func gradientLaneSums<C: InstanceNormComputeScalar>(
     _ lanes: LaneStatistics<C>, dy: UnsafePointer<C>, x: UnsafePointer<C>, count: Int
 ) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
+    gradientLaneSums(lanes, count: count) { GradientColumns(gradients: dy, values: x, center: $0) }
+}
+
+/// The same over the columns that `columns(μ_hi)` gives.
+@inlinable @inline(__always)
+func gradientLaneSums<Terms: ColumnTerms>(
+    _ lanes: LaneStatistics<Terms.Compute>, count: Int, _ columns: (Terms.Compute.Lanes) -> Terms
+) -> (sumDy: Terms.Compute.WideLanes, sumDyXHat: Terms.Compute.WideLanes) {
     let (meanHigh, meanLow) = lanes.splitMean
-    let (sumDy, sumDyCentered) = laneSums(GradientColumns(gradients: dy, values: x, center: meanHigh), count: count)
+    let (sumDy, sumDyCentered) = laneSums(columns(meanHigh), count: count)
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
 }
 

@@ -64,15 +64,10 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     /// Returns where the block's x can be read in natural order.
     @inlinable @inline(__always)
     func statistics(of block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> UnsafePointer<T> {
-        typealias C = T.Compute
         let first = block.lowerBound, count = block.count
-        let inRegisters = T.sumsGroupsInRegisters && spatialCount > SmallInstances.forwardColumnsLimit
-        let source = scratch.load(
+        let (lanes, source) = scratch.loadStatistics(
             x.base + first * spatialCount, count: count, available: (instanceCount - first) * spatialCount, set: set,
-            transposing: !inRegisters)
-        let lanes = inRegisters
-            ? LaneStatistics<C>(rows: source, count: spatialCount, divisor: divisor, eps: eps)
-            : LaneStatistics<C>(columns: UnsafePointer(scratch.columns(set)), count: spatialCount, divisor: divisor, eps: eps)
+            divisor: divisor, eps: eps)
         lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
         NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes).store(scratch, set)
         return source
@@ -81,21 +76,65 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     /// Writes y of `block` from its x (at `source`) and the constants of `set`.
     @inlinable @inline(__always)
     func normalize(_ block: Range<Int>, _ set: Int, _ source: UnsafePointer<T>, _ scratch: BlockScratch<T>) {
-        let out = y.base + block.lowerBound * spatialCount
-        if scratch.holdsQuads {
-            let constants = NormalizeLaneConstants<T.Compute>(scratch, set)
-            let columns = UnsafePointer(scratch.columns(set)), lanes = T.Vector.scalarCount
-            for column in 0..<4 {
-                storeVector(constants.value(x: loadVector(columns, column &* lanes)), scratch.outputColumns, column &* lanes)
-            }
-            writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: block.count, to: out,
-                       streaming: streaming)
-            return
+        writeNormalized(count: block.count, set, x: source, scratch, to: y.base + block.lowerBound * spatialCount,
+                        streaming: streaming)
+    }
+}
+
+/// Writes y of the first `count` instances of a block whose x is at
+/// `source` in natural order (and, for quads, in the columns of `set`),
+/// each lane with the `NormalizeLaneConstants` left in the constants of
+/// `set`: in the tensor's order, from the columns for quads, lane for lane
+/// where an instance holds one value (its natural order is its column).
+@inlinable @inline(__always)
+func writeNormalized<T: InstanceNormScalar>(
+    count: Int, _ set: Int, x source: UnsafePointer<T>, _ scratch: BlockScratch<T>, to out: UnsafeMutablePointer<T>,
+    streaming: Bool
+) {
+    if scratch.holdsQuads {
+        let constants = NormalizeLaneConstants<T.Compute>(scratch, set)
+        let columns = UnsafePointer(scratch.columns(set)), lanes = T.Vector.scalarCount
+        for column in 0..<4 {
+            storeVector(constants.value(x: loadVector(columns, column &* lanes)), scratch.outputColumns, column &* lanes)
         }
-        let output = NormalizeBlock(
-            x: source, meanHigh: UnsafePointer(scratch.constant(set, 0)), scale: UnsafePointer(scratch.constant(set, 1)),
-            offset: UnsafePointer(scratch.constant(set, 2)))
-        writeInOrder(output, count: block.count, spatialCount: spatialCount, to: out, streaming: streaming)
+        writeQuads(UnsafePointer(scratch.outputColumns), rows: scratch.outputRows, count: count, to: out, streaming: streaming)
+        return
+    }
+    if scratch.spatialCount == 1 {
+        writeLanes(NormalizeLaneConstants<T.Compute>(scratch, set).value(x: loadVector(source, 0)), count: count, to: out,
+                   streaming: streaming)
+        return
+    }
+    let output = NormalizeBlock(
+        x: source, meanHigh: UnsafePointer(scratch.constant(set, 0)), scale: UnsafePointer(scratch.constant(set, 1)),
+        offset: UnsafePointer(scratch.constant(set, 2)))
+    writeInOrder(output, count: count, spatialCount: scratch.spatialCount, to: out, streaming: streaming)
+}
+
+/// The first `count` lanes of one vector of outputs at `out`: a whole
+/// vector as `writeInOrder` stores one, fewer lane by lane.
+@inlinable @inline(__always)
+func writeLanes<T: InstanceNormScalar>(_ vector: T.Vector, count: Int, to out: UnsafeMutablePointer<T>, streaming: Bool) {
+    let stores = VectorStores(out, streaming: streaming)
+    if count == T.Vector.scalarCount { stores.store(vector, at: 0) } else { stores.store(vector, at: 0, count: count) }
+}
+
+extension BlockScratch {
+    /// Loads the `count` ≤ B instances at `block` into set `set` and
+    /// returns their lanes' statistics and where their values can be read
+    /// in natural order (see `load`). Float and half blocks above
+    /// `SmallInstances.forwardColumnsLimit` values are summed from tiles
+    /// turned in registers, the others from their columns: the same bits.
+    @inlinable @inline(__always)
+    func loadStatistics(
+        _ block: UnsafePointer<T>, count: Int, available: Int, set: Int, divisor: LaneDivisor, eps: Double
+    ) -> (LaneStatistics<T.Compute>, UnsafePointer<T>) {
+        let inRegisters = T.sumsGroupsInRegisters && spatialCount > SmallInstances.forwardColumnsLimit
+        let source = load(block, count: count, available: available, set: set, transposing: !inRegisters)
+        let lanes = inRegisters
+            ? LaneStatistics<T.Compute>(rows: source, count: spatialCount, divisor: divisor, eps: eps)
+            : LaneStatistics<T.Compute>(columns: UnsafePointer(columns(set)), count: spatialCount, divisor: divisor, eps: eps)
+        return (lanes, source)
     }
 }
 

@@ -55,7 +55,7 @@ public enum SmallInstances {
     /// columns in the scratch; above it, float and half blocks sum each
     /// group of 8 positions from tiles turned in registers
     /// (`LaneStatistics(rows:)`, the same bits), as the backward does for
-    /// every M but 4 (`SmallBackward.sumsInRegisters`). One thread, float32,
+    /// every M but 4 (`BlockScratch.sumsInRegisters`). One thread, float32,
     /// 6 alternating rounds, forward time in registers over through the
     /// scratch: M = 9 1.02, 12 1.02, 16 1.02, 25 0.95, 49 0.84, 64 0.83,
     /// 100 0.68; backward: M = 9 0.96, 12 1.00, 16 0.97, 25 0.81, 49 0.89,

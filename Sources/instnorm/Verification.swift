@@ -42,10 +42,11 @@ struct Verification {
 
     init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
         var arithmetic = KernelArithmetic(for: T.self)
-        // InstanceNorm (GroupNorm with G = C runs it) sums small instances in blocks.
+        // InstanceNorm sums small instances in blocks; GroupNorm the same
+        // way its groups of few values and its small channel segments
+        // (`SmallGroups`), with the same limits.
         let blocksInstances = switch layer.globalShape.normalization {
-        case .instance: true
-        case .group(let groups): groups == layer.globalShape.channelShape?.channels
+        case .instance, .group: true
         default: false
         }
         if blocksInstances {

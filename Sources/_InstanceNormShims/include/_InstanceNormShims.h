@@ -139,6 +139,24 @@ void instnorm_store_statistics4(double *out, instnorm_double4x mean, instnorm_do
     __builtin_memcpy(out + 8, &third, sizeof third);
 }
 
+/// out[i] = base[stride · indices[i]] for i < 4, stored as one 32-byte
+/// vector: `out` must be 32-byte aligned. Lanes stored one scalar (or one
+/// half, as an unaligned 32-byte store is split) at a time and then loaded
+/// as a vector wait for the stores to reach the cache, since a load that
+/// several smaller stores must forward stalls; one vector store forwards
+/// to the vector load that follows it.
+static inline __attribute__((always_inline))
+void instnorm_gather4(const double *base, long stride, const long *indices, double *out) {
+    instnorm_double4x lanes = {base[stride * indices[0]], base[stride * indices[1]], base[stride * indices[2]],
+                               base[stride * indices[3]]};
+    // Opaque to the optimizer, which would otherwise store the two halves
+    // it built the vector from. (Without AVX a vector is two registers.)
+#ifdef __AVX__
+    __asm__("" : "+x"(lanes));
+#endif
+    *(instnorm_double4x *)out = lanes;
+}
+
 /// The inverse of `instnorm_store_statistics4`: the means and invstds of
 /// the four instances whose statistics are the twelve doubles at `source`,
 /// stored at `means` and `invstds` (four each, any alignment).
