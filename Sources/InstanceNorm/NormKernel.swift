@@ -169,7 +169,9 @@ public enum NormKernel {
         case .group(let groups):
             let channelShape = shape.channelShape!
             if groups == channelShape.channels { return .instance(channelShape) }
-            return layout == .channelsFirst ? .group(channelShape, groups: groups) : .groupChannelsLast(channelShape, groups: groups)
+            // With one position the two layouts are the same memory.
+            let channelsFirst = layout == .channelsFirst || channelShape.spatialCount == 1
+            return channelsFirst ? .group(channelShape, groups: groups) : .groupChannelsLast(channelShape, groups: groups)
         case .layer:
             precondition(layout == .channelsFirst, "layer norm reads its natural layout: the normalized dimensions last")
             return .layer
