@@ -25,31 +25,12 @@ struct ShiftedColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
     }
 }
 
-/// (dy, dy, x − center): Σ dy and Σ dy·(x − μ_hi), μ_hi per lane.
+/// (dy, dy, x − center): Σ dy and Σ dy·(x − μ_hi), μ_hi per lane, over
+/// columns of values of type T: a block's columns in the compute precision
+/// (T = Compute), or instances of one value in storage, whose natural
+/// order is their one column (widened as they load).
 @usableFromInline
-struct GradientColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
-    @usableFromInline let gradients: UnsafePointer<Compute>
-    @usableFromInline let values: UnsafePointer<Compute>
-    @usableFromInline let center: Compute.Lanes
-
-    @inlinable init(gradients: UnsafePointer<Compute>, values: UnsafePointer<Compute>, center: Compute.Lanes) {
-        self.gradients = gradients
-        self.values = values
-        self.center = center
-    }
-
-    @inlinable @inline(__always)
-    func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes) {
-        let offset = column &* Compute.Lanes.scalarCount
-        let gradient = loadVector(gradients, offset)
-        return (gradient, gradient, loadVector(values, offset) - center)
-    }
-}
-
-/// `GradientColumns` read from storage (widened as they load): the column
-/// of instances of one value, which is their natural order.
-@usableFromInline
-struct GradientValues<T: InstanceNormScalar>: ColumnTerms {
+struct GradientColumns<T: InstanceNormScalar>: ColumnTerms {
     @usableFromInline typealias Compute = T.Compute
     @usableFromInline let gradients, values: UnsafePointer<T>
     @usableFromInline let center: T.Vector

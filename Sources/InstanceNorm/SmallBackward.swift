@@ -130,7 +130,7 @@ extension BlockScratch {
     ) -> (sumDy: T.Compute.WideLanes, sumDyXHat: T.Compute.WideLanes) {
         if spatialCount == 1 {
             // One value per lane: the natural order is the one column.
-            return gradientLaneSums(lanes, count: 1) { GradientValues(gradients: dy, values: x, center: $0) }
+            return gradientLaneSums(lanes, count: 1) { GradientColumns(gradients: dy, values: x, center: $0) }
         }
         if sumsInRegisters { return gradientLaneSums(lanes, rows: (dy: dy, x: x), count: spatialCount) }
         return gradientLaneSums(
