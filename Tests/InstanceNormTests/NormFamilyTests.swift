@@ -130,6 +130,18 @@ func checkFamily<T: InstanceNormScalar>(
     }
 }
 
+/// `checkFamily` in half, float and double precision (seeds `seed`,
+/// `seed` + 20, `seed` + 40), with and without γ, β.
+func checkFamilyInEveryPrecision(
+    _ normalization: Normalization, _ dimensions: [Int], seed: UInt64, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    for affine in [true, false] {
+        checkFamily(FamilyInputs<Float16>(normalization, dimensions, affine: affine, seed: seed), sourceLocation: sourceLocation)
+        checkFamily(FamilyInputs<Float>(normalization, dimensions, affine: affine, seed: seed + 20), sourceLocation: sourceLocation)
+        checkFamily(FamilyInputs<Double>(normalization, dimensions, affine: affine, seed: seed + 40), sourceLocation: sourceLocation)
+    }
+}
+
 @Suite struct NormFamily {
     /// (normalization, dimensions): group sizes 1, 2 and C/2; M = 1 (also as (N, C)), odd M
     /// and a group longer than a reduction chunk (1024); layer norm over
@@ -147,11 +159,7 @@ func checkFamily<T: InstanceNormScalar>(
     @Test(arguments: 0..<cases.count)
     func againstTheReference(_ index: Int) {
         let (normalization, dimensions) = Self.cases[index]
-        for affine in [true, false] {
-            checkFamily(FamilyInputs<Float16>(normalization, dimensions, affine: affine, seed: 20 + UInt64(index)))
-            checkFamily(FamilyInputs<Float>(normalization, dimensions, affine: affine, seed: 40 + UInt64(index)))
-            checkFamily(FamilyInputs<Double>(normalization, dimensions, affine: affine, seed: 60 + UInt64(index)))
-        }
+        checkFamilyInEveryPrecision(normalization, dimensions, seed: 20 + UInt64(index))
     }
 
     /// A channel whose γ is so small that A/(L·γ), the centre of its dy in

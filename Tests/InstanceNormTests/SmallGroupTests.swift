@@ -18,11 +18,7 @@ import Testing
     @Test(arguments: 0..<cases.count)
     func againstTheReference(_ index: Int) {
         let (normalization, dimensions) = Self.cases[index]
-        for affine in [true, false] {
-            checkFamily(FamilyInputs<Float16>(normalization, dimensions, affine: affine, seed: 120 + UInt64(index)))
-            checkFamily(FamilyInputs<Float>(normalization, dimensions, affine: affine, seed: 140 + UInt64(index)))
-            checkFamily(FamilyInputs<Double>(normalization, dimensions, affine: affine, seed: 160 + UInt64(index)))
-        }
+        checkFamilyInEveryPrecision(normalization, dimensions, seed: 120 + UInt64(index))
     }
 
     /// The same bits at every thread count, with cached or streamed
