@@ -151,8 +151,7 @@ extension SmallGroups {
         let (output, saved) = (SharedBuffer(y), SharedBuffer(statistics))
         let workers = workers(threads: threads)
         WorkSplit(units: workers, length: 1, threads: workers).run { worker in
-            let scratch = SmallGroupScratch<T>(
-                spatialCount: batch.shape.spatialCount, groupLength: batch.groupLength, runLength: runLength, forward: true)
+            let scratch = makeScratch(runLength: runLength, forward: true)
             forEachRun(of: groups(of: worker, workers: workers)) { run in
                 groupStatistics(run, saved.base, eps: eps, scratch)
                 normalize(run, output.base, UnsafePointer(saved.base), scratch)
@@ -246,20 +245,12 @@ extension SmallGroups {
         let gradients = GroupGradients(
             dx: SharedBuffer(dx), dy: SharedBuffer(dy), statistics: SharedBuffer(statistics), shares: SharedBuffer(shares))
         let workers = workers(threads: threads), split = WorkSplit(units: workers, length: 1, threads: workers)
-        let tails = (0..<workers).map { worker in
-            let mine = groups(of: worker, workers: workers), elements = overlap?.tailElements ?? 0
-            let count = elements > 0 ? min(mine.count, (elements + batch.groupLength - 1) / max(batch.groupLength, 1)) : 0
-            return mine.upperBound - count..<mine.upperBound
-        }
+        let tails = tailGroups(workers: workers, elements: overlap?.tailElements ?? 0)
         // A, B of the tails' groups, kept until their dx.
         let tailSums = tails.map { SharedBuffer(UnsafeMutableBufferPointer<(Double, Double)>.allocate(capacity: $0.count)) }
         defer { for sums in tailSums { sums.base.deallocate() } }
-        let scratchShape = (spatialCount: batch.shape.spatialCount, groupLength: batch.groupLength, runLength: runLength)
         split.run { worker in
-            let scratch = SmallGroupScratch<T>(
-                spatialCount: scratchShape.spatialCount, groupLength: scratchShape.groupLength,
-                runLength: scratchShape.runLength, forward: false)
-            let runSums = scratch.runSums
+            let scratch = makeScratch(runLength: runLength, forward: false), runSums = scratch.runSums
             forEachRun(of: groups(of: worker, workers: workers).lowerBound..<tails[worker].lowerBound) { run in
                 sums(run, gradients, scratch, into: runSums - run.lowerBound)
                 inputGradient(run, gradients, scratch, sums: runSums - run.lowerBound)
@@ -274,23 +265,45 @@ extension SmallGroups {
                              dbeta: dbeta.baseAddress!, threads: threads)
         }
         overlap?.sumsReady()
-        if tails.contains(where: { !$0.isEmpty }) {
-            split.run { worker in
-                let scratch = SmallGroupScratch<T>(
-                    spatialCount: scratchShape.spatialCount, groupLength: scratchShape.groupLength, runLength: 0, forward: false)
-                let kept = tailSums[worker].base - tails[worker].lowerBound
-                var sinceProgress = 0
-                forEachRun(of: tails[worker]) { run in
-                    inputGradient(run, gradients, scratch, sums: kept)
-                    sinceProgress += run.count * batch.groupLength
-                    if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
-                        overlap.progress()
-                        sinceProgress = 0
-                    }
+        if tails.contains(where: { !$0.isEmpty }) { writeTails(tails, tailSums, gradients, split, overlap) }
+        if batch.streaming { instnorm_store_fence() }
+    }
+
+    /// A worker's scratch.
+    @inlinable func makeScratch(runLength: Int, forward: Bool) -> SmallGroupScratch<T> {
+        SmallGroupScratch(spatialCount: batch.shape.spatialCount, groupLength: batch.groupLength, runLength: runLength,
+                          forward: forward)
+    }
+
+    /// Per worker, its last groups whose dx waits for `sumsReady`: enough
+    /// for `elements` values.
+    @inlinable func tailGroups(workers: Int, elements: Int) -> [Range<Int>] {
+        (0..<workers).map { worker in
+            let mine = groups(of: worker, workers: workers), length = max(batch.groupLength, 1)
+            let count = elements > 0 ? min(mine.count, (elements + length - 1) / length) : 0
+            return mine.upperBound - count..<mine.upperBound
+        }
+    }
+
+    /// dx of every worker's tail groups from their kept A, B (`tailSums`,
+    /// from each tail's first group on); worker 0 calls `overlap.progress`
+    /// every `progressInterval` values.
+    @inlinable func writeTails(
+        _ tails: [Range<Int>], _ tailSums: [SharedBuffer<(Double, Double)>], _ gradients: GroupGradients<T>,
+        _ split: WorkSplit, _ overlap: BackwardOverlap?
+    ) {
+        split.run { worker in
+            let scratch = makeScratch(runLength: 0, forward: false), kept = tailSums[worker].base - tails[worker].lowerBound
+            var sinceProgress = 0
+            forEachRun(of: tails[worker]) { run in
+                inputGradient(run, gradients, scratch, sums: kept)
+                sinceProgress += run.count * batch.groupLength
+                if worker == 0, let overlap, sinceProgress >= overlap.progressInterval {
+                    overlap.progress()
+                    sinceProgress = 0
                 }
             }
         }
-        if batch.streaming { instnorm_store_fence() }
     }
 
     /// s1, s2 of every segment of `run` into the shares, then A, B of each
