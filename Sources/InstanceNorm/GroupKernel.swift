@@ -223,13 +223,10 @@ final class GroupBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// A = Σ_c γ_c·s1_c and B = Σ_c γ_c·s2_c of one group, in channel order.
     @inlinable func combine(_ group: Int) {
-        var total = (0.0, 0.0)
-        for index in 0..<batch.channelsPerGroup {
-            let instance = batch.instance(group, index), gamma = batch.gammaValue(instance)
-            total.0 += gamma * segmentSums[instance].sumDy
-            total.1 += gamma * segmentSums[instance].sumDyXHat
+        groupSums[group] = groupGradientSums(count: batch.channelsPerGroup) { index in
+            let instance = batch.instance(group, index)
+            return (batch.gammaValue(instance), segmentSums[instance].sumDy, segmentSums[instance].sumDyXHat)
         }
-        groupSums[group] = total
     }
 
     /// dx over `range` (within the group) of `group`.
@@ -324,6 +321,19 @@ extension GroupBatch {
         split.writeDeferred(tails: tails, overlap: overlap) { work.inputGradient($0, $1) }
         if streaming { instnorm_store_fence() }
     }
+}
+
+/// A = Σ_c γ_c·s1_c and B = Σ_c γ_c·s2_c over the `count` channel segments
+/// of a group, in channel order; `segment(j)` gives segment j's γ, s1, s2.
+@inlinable @inline(__always)
+func groupGradientSums(count: Int, _ segment: (Int) -> (gamma: Double, sumDy: Double, sumDyXHat: Double)) -> (Double, Double) {
+    var total = (0.0, 0.0)
+    for index in 0..<count {
+        let (gamma, sumDy, sumDyXHat) = segment(index)
+        total.0 += gamma * sumDy
+        total.1 += gamma * sumDyXHat
+    }
+    return total
 }
 
 // MARK: - Channels last

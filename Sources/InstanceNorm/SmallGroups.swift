@@ -325,15 +325,10 @@ extension SmallGroups {
         }
         let perGroup = batch.channelsPerGroup, gammaValues = gamma.values
         for group in run {
-            // A, B in channel order, as `GroupBackward.combine` adds them.
-            var total = (0.0, 0.0)
             let firstChannel = group % batch.groups * perGroup, shares = gradients.shares.base + 2 * group * perGroup
-            for segment in 0..<perGroup {
-                let gamma = gammaValues[firstChannel + segment]
-                total.0 += gamma * shares[2 * segment]
-                total.1 += gamma * shares[2 * segment + 1]
+            groupSums[group] = groupGradientSums(count: perGroup) {
+                (gammaValues[firstChannel + $0], shares[2 * $0], shares[2 * $0 + 1])
             }
-            groupSums[group] = total
         }
     }
 
