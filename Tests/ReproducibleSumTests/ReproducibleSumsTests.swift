@@ -60,6 +60,27 @@ struct ReproducibleSumsTests {
         #expect(sum([0x1p-1074, 0x1p-1074, 0x1p-1074]) == 3 * .leastNonzeroMagnitude)
     }
 
+    /// The rounding finds the leading bit, the round bit and the sticky bits
+    /// wherever they fall among the 64-bit words of the window: a leading
+    /// bit at every offset within a word (2^e over 70 binades), a tie or a
+    /// near-tie, and a sticky term from 1 to 105 bits below the round bit
+    /// (at most 159 below the leading bit: every bit the window keeps), of
+    /// either sign, against the exact sum.
+    @Test func roundingAtEveryBitOffsetOfTheWindow() {
+        for exponent in -35...35 {
+            let leading = Double(sign: .plus, exponent: exponent, significand: 1.5)
+            let halfUlp = Double(sign: .plus, exponent: exponent - 53, significand: 1)
+            for below in [1, 7, 11, 31, 32, 33, 63, 64, 65, 100, 105] {
+                let sticky = Double(sign: .plus, exponent: exponent - 53 - below, significand: 1)
+                for values in [[leading, halfUlp, sticky], [leading, halfUlp, -sticky], [-leading, -halfUlp, sticky],
+                               [leading, 3 * halfUlp, -sticky], [leading + 2 * halfUlp, halfUlp], [leading, sticky]] {
+                    #expect(sum(values).bitPattern == correctlyRoundedSum(values).bitPattern,
+                            "2^\(exponent) with a sticky bit \(below) below: \(values)")
+                }
+            }
+        }
+    }
+
     /// The same words, so the same result, for every order and grouping:
     /// addends dealt to parts in many ways, each part summed alone, then
     /// merged in shuffled order (what ranks and a reduction tree do).
