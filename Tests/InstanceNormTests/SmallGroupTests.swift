@@ -45,6 +45,10 @@ import Testing
         for threads in [1, 3] {
             #expect(last.run(threads: threads) == single, "channels last, threads \(threads)")
         }
+        // Double's tiles are 4 × 4 where float's are 8 × 8 (`transposeMatrix`).
+        let wide = FamilyInputs<Double>(normalization, dimensions, seed: 190 + UInt64(index))
+        let wideLast = FamilyInputs<Double>(normalization, dimensions, seed: 190 + UInt64(index), layout: .channelsLast)
+        #expect(wideLast.run(threads: 2) == wide.run(stores: .cached), "channels last, float64")
     }
 
     /// Without γ and β, GroupNorm's forward is InstanceNorm's on x seen as
