@@ -359,15 +359,23 @@ struct ChannelsLastGroups: Sendable {
     @inlinable var sampleShape: InstanceNormShape { shape.withBatch(min(shape.batch, 1)) }
     @inlinable var sampleCount: Int { shape.channels * shape.spatialCount }
 
-    /// Runs `body(sample, scratch)` for every sample, whole samples per
-    /// worker, each worker with `arrays` sample-sized scratch arrays.
-    @inlinable func forEachSample<T>(arrays: Int, as _: T.Type, _ body: @Sendable (Int, UnsafeMutablePointer<T>) -> Void) {
+    /// Runs `body(sample, scratch, wide)` for every sample, whole samples
+    /// per worker, each worker with `arrays` sample-sized scratch arrays and
+    /// `doubles` values of `Double` scratch, allocated once per worker.
+    @inlinable func forEachSample<T>(
+        arrays: Int, doubles: Int = 0, as _: T.Type,
+        _ body: @Sendable (Int, UnsafeMutablePointer<T>, UnsafeMutablePointer<Double>) -> Void
+    ) {
         let split = WorkSplit(units: shape.batch, length: sampleCount, threads: min(threads, max(shape.batch, 1)))
         let count = sampleCount
         split.run { worker in
             let scratch = UnsafeMutablePointer<T>.allocate(capacity: arrays * count)
-            defer { scratch.deallocate() }
-            for sample in split.instances(of: worker) { body(sample, scratch) }
+            let wide = UnsafeMutablePointer<Double>.allocate(capacity: max(doubles, 1))
+            defer {
+                scratch.deallocate()
+                wide.deallocate()
+            }
+            for sample in split.instances(of: worker) { body(sample, scratch, wide) }
         }
     }
 
@@ -389,7 +397,7 @@ struct ChannelsLastGroups: Sendable {
         let (input, output, saved) = (SharedBuffer(x), SharedBuffer(y), SharedBuffer(statistics))
         let (gammaValues, betaValues) = (gamma.map { SharedBuffer($0) }, beta.map { SharedBuffer($0) })
         let count = sampleCount, channels = shape.channels, groups = groups, sampleShape = sampleShape
-        forEachSample(arrays: 2, as: T.self) { sample, scratch in
+        forEachSample(arrays: 2, as: T.self) { sample, scratch, _ in
             toChannelsFirst(input.base + sample * count, scratch)
             GroupBatch(x: UnsafeBufferPointer(start: scratch, count: count),
                        gamma: gammaValues.map { UnsafeBufferPointer(start: $0.base, count: channels) },
@@ -416,11 +424,10 @@ struct ChannelsLastGroups: Sendable {
         let (input, gradients, output, shared) = (SharedBuffer(x), SharedBuffer(dy), SharedBuffer(dx), SharedBuffer(sums))
         let gammaValues = gamma.map { SharedBuffer($0) }
         let count = sampleCount, groups = groups, sampleShape = sampleShape, saved = SharedBuffer(statistics)
-        forEachSample(arrays: 3, as: T.self) { sample, scratch in
+        forEachSample(arrays: 3, doubles: 2 * channels, as: T.self) { sample, scratch, wide in
             toChannelsFirst(input.base + sample * count, scratch)
             toChannelsFirst(gradients.base + sample * count, scratch + count)
-            let sampleGradients = UnsafeMutableBufferPointer<Double>.allocate(capacity: 2 * channels)
-            defer { sampleGradients.deallocate() }
+            let sampleGradients = UnsafeMutableBufferPointer(start: wide, count: 2 * channels)
             GroupBatch(x: UnsafeBufferPointer(start: scratch, count: count),
                        gamma: gammaValues.map { UnsafeBufferPointer(start: $0.base, count: channels) },
                        shape: sampleShape, groups: groups, streaming: false)
