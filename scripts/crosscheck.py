@@ -73,6 +73,10 @@ FAMILY_CASES = [
     (["--norm", "group", "--groups", "3"], (5, 6, 4, 5), np.float16, True, True, "nchw"),
     (["--norm", "group", "--groups", "4"], (5, 4, 3, 3), np.float64, False, True, "nchw"),
     (["--norm", "group", "--groups", "2"], (5, 4, 6, 3), np.float32, True, True, "nhwc"),
+    # Channels last with samples that fill register tiles and leave edges
+    # (8 x 8 float, 4 x 4 double): 25 and 27 positions, 24 and 16 channels.
+    (["--norm", "group", "--groups", "4"], (3, 24, 5, 5), np.float32, True, True, "nhwc"),
+    (["--norm", "group", "--groups", "8"], (3, 16, 9, 3), np.float64, True, True, "nhwc"),
     # (N, C), as in PyTorch's own GroupNorm tests (GroupNorm_1d_affine_GN, _1d_no_affine_LN).
     (["--norm", "group", "--groups", "3"], (4, 12), np.float32, True, True, "nchw"),
     (["--norm", "group", "--groups", "1"], (4, 10), np.float64, False, True, "nchw"),
