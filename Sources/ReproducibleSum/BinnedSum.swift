@@ -225,14 +225,20 @@ struct WideInteger {
     /// reaches below 2^-1074, whose dropped bits are zero).
     @inlinable func shiftedRight(by count: Int) -> WideInteger {
         guard count > 0 else { return self }
-        let words = [w0, w1, w2, w3]
         let wordShift = count / 64, bitShift = UInt64(count % 64)
-        var result = [UInt64](repeating: 0, count: 4)
-        for index in 0..<4 where index + wordShift < 4 {
-            var word = words[index + wordShift] >> bitShift
-            if bitShift > 0 && index + wordShift + 1 < 4 { word |= words[index + wordShift + 1] << (64 - bitShift) }
-            result[index] = word
+        func word(_ index: Int) -> UInt64 {
+            switch index {
+            case 0: w0
+            case 1: w1
+            case 2: w2
+            case 3: w3
+            default: 0
+            }
         }
-        return WideInteger(result[0], result[1], result[2], result[3])
+        func shifted(_ index: Int) -> UInt64 {
+            let low = word(index + wordShift) >> bitShift
+            return bitShift == 0 ? low : low | word(index + wordShift + 1) << (64 - bitShift)
+        }
+        return WideInteger(shifted(0), shifted(1), shifted(2), shifted(3))
     }
 }

@@ -81,6 +81,19 @@ struct ReproducibleSumsTests {
         }
     }
 
+    /// Near the bottom of the exponent range the window reaches below
+    /// 2^-1074 and is shifted before rounding: sums there, from a few
+    /// subnormal units up to 2^-900, against the exact sum.
+    @Test func roundingWhereTheWindowReachesBelowTheSmallestSubnormal() {
+        let unit = Double.leastNonzeroMagnitude
+        for exponent in stride(from: -1073, through: -900, by: 3) {
+            let leading = Double(sign: .plus, exponent: exponent, significand: 1.75)
+            for values in [[leading, 3 * unit], [leading, -unit], [-leading, 5 * unit, unit], [leading, leading / 3, unit]] {
+                #expect(sum(values).bitPattern == correctlyRoundedSum(values).bitPattern, "2^\(exponent): \(values)")
+            }
+        }
+    }
+
     /// The same words, so the same result, for every order and grouping:
     /// addends dealt to parts in many ways, each part summed alone, then
     /// merged in shuffled order (what ranks and a reduction tree do).
