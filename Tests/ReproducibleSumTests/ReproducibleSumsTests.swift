@@ -152,6 +152,11 @@ struct ReproducibleSumsTests {
         #expect(sum([.greatestFiniteMagnitude, .greatestFiniteMagnitude]) == .infinity)
         #expect(sum([-.greatestFiniteMagnitude, -.greatestFiniteMagnitude]) == -.infinity)
         #expect(sum([.greatestFiniteMagnitude, .greatestFiniteMagnitude, -.greatestFiniteMagnitude]) == .greatestFiniteMagnitude)
+        // Rounding up from the largest double, a tie to even (its significand is odd): past it.
+        let halfUlp = Double.greatestFiniteMagnitude.ulp / 2
+        #expect(sum([.greatestFiniteMagnitude, halfUlp]) == .infinity)
+        #expect(sum([-.greatestFiniteMagnitude, -halfUlp, -0x1p900]) == -.infinity)
+        #expect(sum([.greatestFiniteMagnitude, halfUlp, -0x1p900]) == .greatestFiniteMagnitude)
     }
 
     @Test func emptyZeroAndSubnormalSums() {
