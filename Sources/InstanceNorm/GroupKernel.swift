@@ -381,12 +381,12 @@ struct ChannelsLastGroups: Sendable {
 
     /// (S, C) of one sample → (C, S).
     @inlinable func toChannelsFirst<T: InstanceNormScalar>(_ source: UnsafePointer<T>, _ target: UnsafeMutablePointer<T>) {
-        transposeMatrix(source, rows: shape.spatialCount, columns: shape.channels, into: target, tensorIsSource: true)
+        transposeMatrix(source, rows: shape.spatialCount, columns: shape.channels, into: target, inSourceOrder: true)
     }
 
     /// (C, S) of one sample → (S, C).
     @inlinable func toChannelsLast<T: InstanceNormScalar>(_ source: UnsafePointer<T>, _ target: UnsafeMutablePointer<T>) {
-        transposeMatrix(source, rows: shape.channels, columns: shape.spatialCount, into: target, tensorIsSource: false)
+        transposeMatrix(source, rows: shape.channels, columns: shape.spatialCount, into: target, inSourceOrder: false)
     }
 
     @inlinable
@@ -454,18 +454,19 @@ struct ChannelsLastGroups: Sendable {
 /// target[c·rows + r] = source[r·columns + c]: a rows × columns matrix
 /// transposed in square tiles turned in registers where the storage is the
 /// compute type (`InstanceNormScalar.transposeTile`; float and double), the
-/// edges and half storage value by value in the tensor's order (the
-/// scratch side, a sample of a few KiB, stays in L1). Value by value
-/// throughout it cost about 1 ns a value: 70% of channels-last GroupNorm's
-/// time on 7×7 maps.
+/// edges and half storage value by value, reading the source in order
+/// (`inSourceOrder`) or writing the target in order. Callers keep the
+/// tensor's side in order; the scratch side, a sample of a few KiB, stays
+/// in L1. Value by value throughout it cost about 1 ns a value: 70% of
+/// channels-last GroupNorm's time on 7×7 maps.
 @inlinable
 func transposeMatrix<T: InstanceNormScalar>(
-    _ source: UnsafePointer<T>, rows: Int, columns: Int, into target: UnsafeMutablePointer<T>, tensorIsSource: Bool
+    _ source: UnsafePointer<T>, rows: Int, columns: Int, into target: UnsafeMutablePointer<T>, inSourceOrder: Bool
 ) {
     let tile = T.Compute.tileSize
     guard T.Compute.self == T.self, rows >= tile, columns >= tile else {
         return transposeValues(source, rows: rows, columns: columns, into: target, 0..<rows, 0..<columns,
-                               inSourceOrder: tensorIsSource)
+                               inSourceOrder: inSourceOrder)
     }
     let tiledRows = rows / tile * tile, tiledColumns = columns / tile * tile
     for rowStart in stride(from: 0, to: tiledRows, by: tile) {
@@ -477,9 +478,9 @@ func transposeMatrix<T: InstanceNormScalar>(
         }
     }
     transposeValues(source, rows: rows, columns: columns, into: target, 0..<tiledRows, tiledColumns..<columns,
-                    inSourceOrder: tensorIsSource)
+                    inSourceOrder: inSourceOrder)
     transposeValues(source, rows: rows, columns: columns, into: target, tiledRows..<rows, 0..<columns,
-                    inSourceOrder: tensorIsSource)
+                    inSourceOrder: inSourceOrder)
 }
 
 /// `transposeMatrix` of the values in `rowRange` × `columnRange` only, one
