@@ -292,8 +292,9 @@ public enum BatchNormKernel {
                         second = second + deviation * deviation
                     }
                 }
+                // Ordinary stores: the channels' totals read these sums back at once.
                 ParameterSums.storePairs(first, second, to: output.base + 2 * block.lowerBound, count: block.count,
-                                         staging: scratch.staging)
+                                         staging: scratch.staging, streaming: false)
             }
         }
     }

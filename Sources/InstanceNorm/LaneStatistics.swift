@@ -100,19 +100,29 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
         self.init(mean: lanesAt(staging), variance: C.WideLanes(), invstd: lanesAt(staging + lanes))
     }
 
-    /// Writes the first `count` lanes to `statistics`, through `staging`.
+    /// Writes the first `count` lanes to `statistics`, through `staging`;
+    /// `streaming`, a whole block with streaming stores (see
+    /// `streamsTable`).
     @inlinable @inline(__always)
-    func store(to statistics: UnsafeMutablePointer<InstanceStatistics>, count: Int, staging: UnsafeMutablePointer<Double>) {
+    func store(
+        to statistics: UnsafeMutablePointer<InstanceStatistics>, count: Int, staging: UnsafeMutablePointer<Double>,
+        streaming: Bool
+    ) {
         let lanes = C.WideLanes.scalarCount
         storeLanes(mean, staging)
         storeLanes(variance, staging + lanes)
         storeLanes(invstd, staging + 2 * lanes)
         if count == lanes {
             let out = UnsafeMutableRawPointer(statistics).assumingMemoryBound(to: Double.self)
+            let streams = streamsTable(streaming, out)
             for first in stride(from: 0, to: lanes, by: 4) {
-                instnorm_store_statistics4(
-                    out + 3 * first, lanesAt(staging + first), lanesAt(staging + lanes + first),
-                    lanesAt(staging + 2 * lanes + first))
+                let (means, variances, invstds): (SIMD4<Double>, SIMD4<Double>, SIMD4<Double>) =
+                    (lanesAt(staging + first), lanesAt(staging + lanes + first), lanesAt(staging + 2 * lanes + first))
+                if streams {
+                    instnorm_stream_statistics4(out + 3 * first, means, variances, invstds)
+                } else {
+                    instnorm_store_statistics4(out + 3 * first, means, variances, invstds)
+                }
             }
             return
         }
@@ -154,6 +164,19 @@ final class ChannelLanes: @unchecked Sendable {
     func lanes<Wide: SIMD>(from firstInstance: Int) -> Wide where Wide.Scalar == Double {
         lanesAt(values + firstInstance % channels)
     }
+}
+
+/// Whether a kernel whose tensor outputs stream (`streaming`) writes its
+/// per-instance table at `address` (statistics, s1 and s2) with streaming
+/// stores too: on small instances the table is a large part of what is
+/// written (24 of every 40 bytes of the forward's output at M = 4, float),
+/// and an ordinary store reads each line from memory before it writes it.
+/// The table must be 16-byte aligned (the stores go in pairs of doubles),
+/// as the allocator's large blocks are; a table that is not takes
+/// ordinary stores.
+@inlinable @inline(__always)
+func streamsTable(_ streaming: Bool, _ address: UnsafeMutablePointer<Double>) -> Bool {
+    streaming && Int(bitPattern: address) & 15 == 0
 }
 
 /// The vector of doubles at `address`.

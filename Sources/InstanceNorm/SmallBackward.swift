@@ -176,7 +176,7 @@ extension SmallBackward {
         defer { waiting.deallocate() }
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: stored.map { SharedBuffer($0) },
-            channels: channels, inLine: schedule.combinesInLine)
+            channels: channels, inLine: schedule.combinesInLine, streaming: streaming)
         split.run { worker in
             // Software-pipelined as the forward is: a block's sums before
             // the dx of the block before it.
@@ -196,6 +196,8 @@ extension SmallBackward {
                 waitingDx = index < tailStart ? (block, loaded.set, loaded.x, loaded.dy) : nil
             }
             if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
+            // The streamed sums reach memory before another thread adds them up.
+            if streaming { instnorm_store_fence() }
         }
         if !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount, threads: threads) }
         overlap?.sumsReady()
@@ -240,14 +242,19 @@ struct ParameterSums: @unchecked Sendable {
     @usableFromInline let channels: Int
     /// Whether `record` adds into dγ, dβ (one worker takes every instance, in order).
     @usableFromInline let inLine: Bool
+    /// Whether `stored` takes streaming stores (`streamsTable`): the
+    /// kernel's dx streams, and nothing reads the table before its workers
+    /// are done.
+    @usableFromInline let streaming: Bool
 
     @inlinable init(dgamma: SharedBuffer<Double>, dbeta: SharedBuffer<Double>, stored: SharedBuffer<Double>?,
-                    channels: Int, inLine: Bool) {
+                    channels: Int, inLine: Bool, streaming: Bool) {
         self.dgamma = dgamma
         self.dbeta = dbeta
         self.stored = stored
         self.channels = channels
         self.inLine = inLine
+        self.streaming = streaming
     }
 
     /// Stores the lanes' sums of `block`, and adds them into dγ_c, dβ_c in
@@ -257,7 +264,8 @@ struct ParameterSums: @unchecked Sendable {
     where Wide.Scalar == Double {
         let lanes = Wide.scalarCount, count = block.count
         if let stored {
-            Self.storePairs(sumDy, sumDyXHat, to: stored.base + 2 * block.lowerBound, count: count, staging: staging)
+            Self.storePairs(sumDy, sumDyXHat, to: stored.base + 2 * block.lowerBound, count: count, staging: staging,
+                            streaming: streaming)
         } else {
             storeLanes(sumDy, staging)
             storeLanes(sumDyXHat, staging + lanes)
@@ -280,17 +288,25 @@ struct ParameterSums: @unchecked Sendable {
 
     /// The first `count` lanes of `first` and `second` interleaved at `out`
     /// (out[2b] = first[b], out[2b + 1] = second[b]), through `staging`
-    /// (2·B doubles, which keeps them).
+    /// (2·B doubles, which keeps them); `streaming`, a whole block with
+    /// streaming stores (`streamsTable`).
     @inlinable @inline(__always)
     static func storePairs<Wide: SIMD>(
-        _ first: Wide, _ second: Wide, to out: UnsafeMutablePointer<Double>, count: Int, staging: UnsafeMutablePointer<Double>
+        _ first: Wide, _ second: Wide, to out: UnsafeMutablePointer<Double>, count: Int, staging: UnsafeMutablePointer<Double>,
+        streaming: Bool
     ) where Wide.Scalar == Double {
         let lanes = Wide.scalarCount
         storeLanes(first, staging)
         storeLanes(second, staging + lanes)
         if count == lanes {
+            let streams = streamsTable(streaming, out)
             for lane in stride(from: 0, to: lanes, by: 4) {
-                instnorm_store_pairs4(out + 2 * lane, lanesAt(staging + lane), lanesAt(staging + lanes + lane))
+                let (firsts, seconds): (SIMD4<Double>, SIMD4<Double>) = (lanesAt(staging + lane), lanesAt(staging + lanes + lane))
+                if streams {
+                    instnorm_stream_pairs4(out + 2 * lane, firsts, seconds)
+                } else {
+                    instnorm_store_pairs4(out + 2 * lane, firsts, seconds)
+                }
             }
             return
         }

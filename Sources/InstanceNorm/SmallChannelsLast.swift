@@ -239,7 +239,7 @@ extension SmallChannelsLast {
                     let (first, count) = instances(sample: sample, block: block), k = block - blocks.lowerBound
                     let statistics = LaneStatistics<C>(
                         columns: UnsafePointer(columns + k * blockValues), count: spatialCount, divisor: divisor, eps: eps)
-                    statistics.store(to: stored.base + first, count: count, staging: scratch.staging)
+                    statistics.store(to: stored.base + first, count: count, staging: scratch.staging, streaming: streaming)
                     NormalizeLaneConstants(gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
                         .store(to: scratch.constants + NormalizeLaneConstants<C>.vectors * k * lanes)
                 }
@@ -247,6 +247,8 @@ extension SmallChannelsLast {
                         UnitOutput<NormalizeLaneConstants<C>>(x: columns, constants: scratch.constants, blockValues: blockValues),
                         prefetching: nextUnit(after: unit, in: units, input.base, nil))
             }
+            // Each worker's streaming stores (y and the statistics) done before the join.
+            if streaming { instnorm_store_fence() }
         }
         if streaming { instnorm_store_fence() }
     }
@@ -271,7 +273,7 @@ extension SmallChannelsLast {
         dbeta.update(repeating: 0)
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: SharedBuffer(sums), channels: channels,
-            inLine: false)
+            inLine: false, streaming: streaming)
         let split = split(threads: threads), blockValues = spatialCount * lanes
         split.run { worker in
             let scratch = SmallChannelsLastScratch<C>(
@@ -299,6 +301,8 @@ extension SmallChannelsLast {
                             x: values, dy: deltas, constants: scratch.constants, blockValues: blockValues),
                         prefetching: nextUnit(after: unit, in: units, input.base, gradients.base))
             }
+            // The streamed sums reach memory before another thread adds them up.
+            if streaming { instnorm_store_fence() }
         }
         if streaming { instnorm_store_fence() }
         parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount, threads: threads)

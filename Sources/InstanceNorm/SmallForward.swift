@@ -51,6 +51,8 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
                 waiting = (blocks[index], set, source)
             }
             if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
+            // Each worker's streaming stores (y and the statistics) done before the join.
+            if streaming { instnorm_store_fence() }
         }
         if streaming { instnorm_store_fence() }
     }
@@ -68,7 +70,7 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
         let (lanes, source) = scratch.loadStatistics(
             x.base + first * spatialCount, count: count, available: (instanceCount - first) * spatialCount, set: set,
             divisor: divisor, eps: eps)
-        lanes.store(to: statistics.base + first, count: count, staging: scratch.staging)
+        lanes.store(to: statistics.base + first, count: count, staging: scratch.staging, streaming: streaming)
         NormalizeLaneConstants(gamma: gamma.lanes(from: first), beta: beta.lanes(from: first), lanes).store(scratch, set)
         return source
     }

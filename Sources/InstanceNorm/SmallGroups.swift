@@ -177,7 +177,8 @@ extension SmallGroups {
             let (lanes, _) = blocks.loadStatistics(
                 x + first * length, count: block.count, available: (groupCount - first) * length, set: 0,
                 divisor: groupDivisor, eps: eps)
-            lanes.store(to: statistics + first, count: block.count, staging: blocks.staging)
+            // Ordinary stores: the segments' y reads these statistics back at once.
+            lanes.store(to: statistics + first, count: block.count, staging: blocks.staging, streaming: false)
         }
     }
 
@@ -320,8 +321,9 @@ extension SmallGroups {
                 x: batch.x.base + start, dy: gradients.dy.base + start, count: block.count,
                 available: (instances - first) * spatialCount, set: 0, transposing: !blocks.sumsInRegisters)
             let (sumDy, sumDyXHat) = blocks.gradientSums(groupLanes(block, statistics, scratch), x: x, dy: dy, set: 0)
+            // Ordinary stores: the group sums below read these shares back at once.
             ParameterSums.storePairs(sumDy, sumDyXHat, to: gradients.shares.base + 2 * first, count: block.count,
-                                     staging: blocks.staging)
+                                     staging: blocks.staging, streaming: false)
         }
         let perGroup = batch.channelsPerGroup, gammaValues = gamma.values
         for group in run {

@@ -139,6 +139,19 @@ void instnorm_store_statistics4(double *out, instnorm_double4x mean, instnorm_do
     __builtin_memcpy(out + 8, &third, sizeof third);
 }
 
+typedef double instnorm_double2x __attribute__((ext_vector_type(2)));
+
+/// `instnorm_store_statistics4` with streaming stores, in halves, so that
+/// `out` need only be 16-byte aligned (as a large malloc'd table is): the
+/// twelve doubles reach memory without the lines being read first.
+static inline __attribute__((always_inline))
+void instnorm_stream_statistics4(double *out, instnorm_double4x mean, instnorm_double4x variance, instnorm_double4x invstd) {
+    instnorm_double2x pairs[6] = {
+        {mean[0], variance[0]}, {invstd[0], mean[1]}, {variance[1], invstd[1]},
+        {mean[2], variance[2]}, {invstd[2], mean[3]}, {variance[3], invstd[3]}};
+    for (int pair = 0; pair < 6; pair++) __builtin_nontemporal_store(pairs[pair], (instnorm_double2x *)(out + 2 * pair));
+}
+
 /// out[i] = base[stride · indices[i]] for i < 4, stored as one 32-byte
 /// vector: `out` must be 32-byte aligned. Lanes stored one scalar (or one
 /// half, as an unaligned 32-byte store is split) at a time and then loaded
@@ -197,6 +210,15 @@ void instnorm_store_pairs4(double *out, instnorm_double4x first, instnorm_double
     instnorm_double4x high = __builtin_shufflevector(first, second, 2, 6, 3, 7);
     __builtin_memcpy(out, &low, sizeof low);
     __builtin_memcpy(out + 4, &high, sizeof high);
+}
+
+/// `instnorm_store_pairs4` with streaming stores, in halves (`out` 16-byte aligned).
+static inline __attribute__((always_inline))
+void instnorm_stream_pairs4(double *out, instnorm_double4x first, instnorm_double4x second) {
+    for (int lane = 0; lane < 4; lane++) {
+        instnorm_double2x pair = {first[lane], second[lane]};
+        __builtin_nontemporal_store(pair, (instnorm_double2x *)(out + 2 * lane));
+    }
 }
 
 /// The 8x8 transpose of rows r0..r7 into c[0..7], in registers: unpack,
