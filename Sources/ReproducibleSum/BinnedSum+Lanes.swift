@@ -4,10 +4,10 @@
 ///
 /// The scalar `add` spends most of its time deciding, addend by addend,
 /// whether the top must rise and which limbs take the digits. Here the top
-/// of each lane is raised once, to the bin of the largest addend of its
-/// column (the final top of the scalar sequence too: a top only rises, to
-/// the largest addend's bin), and every addend's digits then come off in
-/// floating point, without a branch. Scaled by a power of two, so that
+/// of each lane is raised at most once per tile of rows, to the bin of the
+/// tile's largest addend (a top only rises, so the last tile leaves the
+/// final top of the scalar sequence, the largest addend's bin), and every
+/// addend's digits then come off in floating point, without a branch. Scaled by a power of two, so that
 /// the window's lowest bit weighs 1 (exact), an addend is y, |y| < 2^192,
 /// and its six 32-bit digits are
 ///
@@ -27,13 +27,15 @@ extension BinnedSum {
 
     /// Adds `table[row·rowLength + column]` for every row to the sum at
     /// `sums + column·words`, for every column of `columns` (a multiple of
-    /// `laneCount` of them). The table is read twice: row by row for each
-    /// column's largest and smallest magnitudes, then in tiles of
-    /// `digitTileRows` rows, four columns at a time down a tile, for the
-    /// digits (six vectors of digit sums in registers), of which those
-    /// below the smallest magnitude's lowest bit are skipped (`lowestDigit`). A column that holds a NaN or an infinity,
-    /// or whose addends are all tiny, takes the scalar path (its flags are
-    /// per addend).
+    /// `laneCount` of them). One pass over the table, in tiles of
+    /// `digitTileRows` rows, four columns at a time down a tile: first the
+    /// tile's largest and smallest magnitudes per column (`prepareTile`
+    /// raises the sums' tops to the largest, after moving the digits so
+    /// far to the limbs), then its digits (six vectors of digit sums in
+    /// registers), of which those below the tile's smallest magnitude's
+    /// lowest bit are skipped (`lowestDigit`). A column's values in a tile
+    /// that holds a NaN or an infinity, or whose window lies too low, take
+    /// the scalar path (its flags are per addend).
     @inlinable
     static func addTable(
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
@@ -46,8 +48,8 @@ extension BinnedSum {
         }
     }
 
-    /// Columns `addTable` takes at a time: their scratch (seventeen vectors
-    /// per four columns) stays near 70 KB, memory the allocator reuses,
+    /// Columns `addTable` takes at a time: their scratch (nine vectors
+    /// per four columns) stays near 40 KB, memory the allocator reuses,
     /// however wide the table (LayerNorm's rows can be 150 000 values, whose
     /// scratch at once was 40 MB of fresh pages per call). A multiple of
     /// `laneCount`.
@@ -59,122 +61,103 @@ extension BinnedSum {
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
     ) {
         let blocks = columns.count / laneCount
-        withUnsafeTemporaryAllocation(of: Lanes.self, capacity: blocks * 4) { scratch in
-            // Per block of four columns: the largest and smallest
-            // magnitudes, then the window bases and the mask of lanes to skip.
-            let largest = scratch.baseAddress!, smallest = largest + blocks
-            let windowBases = smallest + blocks, skipped = windowBases + blocks
-            findExtremes(table, rows: rows, rowLength: rowLength, columns: columns, largest: largest, smallest: smallest)
-            withUnsafeTemporaryAllocation(of: Int.self, capacity: blocks) { lowestDigits in
-                for block in 0..<blocks {
-                    let column = columns.lowerBound + block * laneCount
-                    (windowBases[block], skipped[block]) = prepareLanes(
-                        largest[block], table + column, rows: rows, rowLength: rowLength, sums: sums + column * words)
-                    lowestDigits[block] = lowestDigit(
-                        smallest: smallest[block], windowBase: windowBases[block], skipped: skipped[block])
-                }
-                addDigitTiles(table, rows: rows, rowLength: rowLength, columns: columns, windowBases: windowBases,
-                              skipped: skipped, lowestDigits: lowestDigits.baseAddress!, to: sums)
-            }
-        }
-    }
-
-    /// Per block of four of `columns`, the largest and the smallest
-    /// magnitude (bit patterns without the sign) over every row.
-    @inlinable
-    static func findExtremes(
-        _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>,
-        largest: UnsafeMutablePointer<Lanes>, smallest: UnsafeMutablePointer<Lanes>
-    ) {
-        let blocks = columns.count / laneCount
-        largest.initialize(repeating: .zero, count: blocks)
-        smallest.initialize(repeating: Lanes(repeating: .max), count: blocks)
-        for row in 0..<rows {
-            let values = table + row * rowLength + columns.lowerBound
-            for block in 0..<blocks {
-                let magnitudes = loadLanes(values + block * laneCount) & Int64.max
-                largest[block] = pointwiseMax(largest[block], magnitudes)
-                smallest[block] = pointwiseMin(smallest[block], magnitudes)
-            }
-        }
-    }
-
-    /// The digits of every row's addends in `columns`, their sums' tops
-    /// raised (`prepareLanes`), added to the limbs: rows in tiles that stay
-    /// in L2, each block of four columns down a tile with its digit sums in
-    /// registers, moved to the limbs every `digitFlushRows` rows.
-    @inlinable
-    static func addDigitTiles(
-        _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>,
-        windowBases: UnsafeMutablePointer<Lanes>, skipped: UnsafeMutablePointer<Lanes>,
-        lowestDigits: UnsafeMutablePointer<Int>, to sums: UnsafeMutablePointer<Int64>
-    ) {
-        let blocks = columns.count / laneCount
         withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
-            let scales = floating.baseAddress!, digitSums = scales + blocks
-            for block in 0..<blocks { scales[block] = scale(windowBase: windowBases[block], skipped: skipped[block]) }
-            var start = 0
-            while start < rows {
-                let flushEnd = min(start + digitFlushRows, rows)
-                digitSums.initialize(repeating: .zero, count: limbs * blocks)
-                for tileStart in stride(from: start, to: flushEnd, by: digitTileRows) {
+            withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 2 * blocks) { integers in
+                let windows = BlockWindows(
+                    bases: integers.baseAddress!, inactive: integers.baseAddress! + blocks, scales: floating.baseAddress!,
+                    digitSums: floating.baseAddress! + blocks)
+                windows.digitSums.initialize(repeating: .zero, count: limbs * blocks)
+                for block in 0..<blocks { windows.update(block, from: sums + (columns.lowerBound + block * laneCount) * words) }
+                var rowsSinceFlush = 0
+                for tileStart in stride(from: 0, to: rows, by: digitTileRows) {
+                    let tile = tileStart..<min(tileStart + digitTileRows, rows)
+                    if rowsSinceFlush + tile.count > digitFlushRows {
+                        for block in 0..<blocks {
+                            windows.flush(block, to: sums + (columns.lowerBound + block * laneCount) * words)
+                        }
+                        rowsSinceFlush = 0
+                    }
+                    rowsSinceFlush += tile.count
                     for block in 0..<blocks {
-                        addDigits(table + columns.lowerBound + block * laneCount,
-                                  rows: tileStart..<min(tileStart + digitTileRows, flushEnd), rowLength: rowLength,
-                                  skipped: skipped[block], scale: scales[block], lowestDigit: lowestDigits[block],
-                                  to: digitSums + limbs * block)
+                        let column = table + columns.lowerBound + block * laneCount
+                        addTile(column, rows: tile, rowLength: rowLength, block: block, windows: windows,
+                                sums: sums + (columns.lowerBound + block * laneCount) * words)
                     }
                 }
-                flush(digitSums, blocks: blocks, skipped: skipped, to: sums + columns.lowerBound * words)
-                start = flushEnd
+                for block in 0..<blocks { windows.flush(block, to: sums + (columns.lowerBound + block * laneCount) * words) }
             }
         }
     }
 
-    /// Adds the digit sums of `blocks` blocks of four columns (six vectors
-    /// each, in `Double`) to the limbs of their sums, from `sums` on, but in
-    /// the `skipped` lanes.
-    @inlinable
-    static func flush(
-        _ digitSums: UnsafeMutablePointer<SIMD4<Double>>, blocks: Int, skipped: UnsafeMutablePointer<Lanes>,
-        to sums: UnsafeMutablePointer<Int64>
+    /// One tile of four columns: their extremes, the sums made ready for
+    /// them (`prepareTile`), their digits.
+    @inlinable @inline(__always)
+    static func addTile(
+        _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, block: Int, windows: BlockWindows,
+        sums: UnsafeMutablePointer<Int64>
     ) {
-        for block in 0..<blocks {
-            for lane in 0..<laneCount where skipped[block][lane] == 0 {
-                for limb in 0..<limbs {
-                    // A whole number below 2^53: exact as an integer.
-                    sums[(block * laneCount + lane) * words + 2 + limb] &+= Int64(digitSums[limbs * block + limb][lane])
+        let (largest, smallest) = extremes(column, rows: rows, rowLength: rowLength)
+        let scalarLanes = prepareTile(largest, column, rows: rows, rowLength: rowLength, block: block, windows: windows, sums: sums)
+        let skipped = windows.inactive[block] | scalarLanes
+        let lowest = lowestDigit(smallest: smallest, windowBase: windows.bases[block], skipped: skipped)
+        addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: windows.scales[block], lowestDigit: lowest,
+                  to: windows.digitSums + limbs * block)
+    }
+
+    /// The largest and the smallest magnitude (bit patterns without the
+    /// sign) of four columns over `rows`.
+    @inlinable @inline(__always)
+    static func extremes(_ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int) -> (largest: Lanes, smallest: Lanes) {
+        var largest = Lanes.zero, smallest = Lanes(repeating: .max)
+        var address = column + rows.lowerBound * rowLength
+        for _ in rows {
+            let magnitudes = loadLanes(address) & Int64.max
+            largest = pointwiseMax(largest, magnitudes)
+            smallest = pointwiseMin(smallest, magnitudes)
+            address += rowLength
+        }
+        return (largest, smallest)
+    }
+
+    /// Before the digits of a tile of four columns are added: each sum
+    /// counts the tile's addends, and raises its top to the bin of the
+    /// tile's largest magnitude. A lane whose tile holds a NaN or an
+    /// infinity, or whose window would lie so low that the scale 2^(1074 −
+    /// base) is not a double (tops below about 2^-850), is added here by
+    /// the scalar path, and returned as −1 for the digits to skip. Whenever
+    /// a top is to move (or a scalar addition may move it), the block's
+    /// digit sums go to the limbs first: they are relative to the old
+    /// window.
+    @inlinable @inline(__always)
+    static func prepareTile(
+        _ largest: Lanes, _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, block: Int,
+        windows: BlockWindows, sums: UnsafeMutablePointer<Int64>
+    ) -> Lanes {
+        var scalarLanes = Lanes(), moves = false
+        for lane in 0..<laneCount where largest[lane] != 0 {
+            let sum = sums + lane * words
+            let top = max(sum[0], highBit(ofMagnitude: largest[lane]) >> 5)
+            if largest[lane] &>> 52 == 0x7FF || (top - Int64(limbs - 1)) << 5 < lowestScaledBase {
+                scalarLanes[lane] = -1
+                moves = true
+            } else if top != sum[0] {
+                moves = true
+            }
+        }
+        if moves {
+            windows.flush(block, to: sums)
+            for lane in 0..<laneCount where largest[lane] != 0 {
+                let sum = sums + lane * words
+                if scalarLanes[lane] != 0 {
+                    for row in rows { add(column[row * rowLength + lane], to: sum) }
+                } else {
+                    raiseTop(of: sum, to: highBit(ofMagnitude: largest[lane]) >> 5)
                 }
             }
+            windows.update(block, from: sums)
         }
-    }
-
-    /// Before the digits of four columns are added: each sum counts its
-    /// addends and raises its top to the bin of its column's largest
-    /// magnitude. A column with a NaN or infinity, or whose window lies so
-    /// low that the scale 2^(1074 − base) is not a double (tops below
-    /// about 2^-850), is added by the scalar path. Returns 32·(top − 5) per
-    /// lane, and −1 in the lanes that the vector path must skip (scalar, or
-    /// only zeros).
-    @inlinable
-    static func prepareLanes(
-        _ largest: Lanes, _ column: UnsafePointer<Double>, rows: Int, rowLength: Int, sums: UnsafeMutablePointer<Int64>
-    ) -> (windowBase: Lanes, skipped: Lanes) {
-        var windowBase = Lanes(), skipped = Lanes()
-        for lane in 0..<laneCount {
-            let sum = sums + lane * words
-            let top = largest[lane] == 0 ? sum[0] : max(sum[0], highBit(ofMagnitude: largest[lane]) >> 5)
-            if largest[lane] &>> 52 == 0x7FF || (largest[lane] != 0 && (top - Int64(limbs - 1)) << 5 < lowestScaledBase) {
-                for row in 0..<rows { add(column[row * rowLength + lane], to: sum) }
-                skipped[lane] = -1
-            } else {
-                sum[1] &+= Int64(rows) << countShift
-                guard largest[lane] != 0 else { skipped[lane] = -1; continue }
-                raiseTop(of: sum, to: top)
-                windowBase[lane] = (sum[0] - Int64(limbs - 1)) << 5
-            }
-        }
-        return (windowBase, skipped)
+        for lane in 0..<laneCount where scalarLanes[lane] == 0 { sums[lane * words + 1] &+= Int64(rows.count) << countShift }
+        return scalarLanes
     }
 
     /// The lowest window base (grid position of the window's lowest bit)
@@ -310,5 +293,62 @@ extension BinnedSum {
     @inlinable @inline(__always)
     static func digit(_ truncated: SIMD4<Double>, below higher: SIMD4<Double>) -> SIMD4<Double> {
         truncated.addingProduct(-higher, SIMD4(repeating: 0x1p32))
+    }
+}
+
+/// Per block of four columns of `BinnedSum.addTableColumns`, where its sums'
+/// windows stand and the digits added since they last moved to the limbs.
+@usableFromInline
+struct BlockWindows {
+    @usableFromInline typealias Lanes = BinnedSum.Lanes
+    /// Per block, 32·(top − 5) per lane: the grid position of the window's lowest bit.
+    @usableFromInline let bases: UnsafeMutablePointer<Lanes>
+    /// Per block, −1 in the lanes without a window the digits can use (an
+    /// empty sum, or one too low to scale), 0 in the others.
+    @usableFromInline let inactive: UnsafeMutablePointer<Lanes>
+    /// Per block, 2^(1074 − base) per lane (1 in the inactive lanes).
+    @usableFromInline let scales: UnsafeMutablePointer<SIMD4<Double>>
+    /// Per block, six vectors of digit sums, digit k of lane i at [6·block + k][i].
+    @usableFromInline let digitSums: UnsafeMutablePointer<SIMD4<Double>>
+
+    @inlinable init(
+        bases: UnsafeMutablePointer<Lanes>, inactive: UnsafeMutablePointer<Lanes>, scales: UnsafeMutablePointer<SIMD4<Double>>,
+        digitSums: UnsafeMutablePointer<SIMD4<Double>>
+    ) {
+        self.bases = bases
+        self.inactive = inactive
+        self.scales = scales
+        self.digitSums = digitSums
+    }
+
+    /// Reads the windows of `block` from its four sums' tops.
+    @inlinable @inline(__always)
+    func update(_ block: Int, from sums: UnsafeMutablePointer<Int64>) {
+        var base = Lanes(), unusable = Lanes()
+        for lane in 0..<BinnedSum.laneCount {
+            let top = sums[lane * BinnedSum.words]
+            let windowBase = top == BinnedSum.emptyTop ? 0 : (top - Int64(BinnedSum.limbs - 1)) << 5
+            if top == BinnedSum.emptyTop || windowBase < BinnedSum.lowestScaledBase {
+                unusable[lane] = -1
+            } else {
+                base[lane] = windowBase
+            }
+        }
+        (bases[block], inactive[block]) = (base, unusable)
+        scales[block] = BinnedSum.scale(windowBase: base, skipped: unusable)
+    }
+
+    /// Adds the digit sums of `block` to the limbs of its sums (the
+    /// inactive lanes' are zero) and clears them.
+    @inlinable @inline(__always)
+    func flush(_ block: Int, to sums: UnsafeMutablePointer<Int64>) {
+        let digits = digitSums + BinnedSum.limbs * block
+        for lane in 0..<BinnedSum.laneCount where inactive[block][lane] == 0 {
+            for limb in 0..<BinnedSum.limbs {
+                // A whole number below 2^53: exact as an integer.
+                sums[lane * BinnedSum.words + 2 + limb] &+= Int64(digits[limb][lane])
+            }
+        }
+        digits.update(repeating: .zero, count: BinnedSum.limbs)
     }
 }

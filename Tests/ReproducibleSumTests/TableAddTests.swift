@@ -83,6 +83,36 @@ struct TableAddTests {
         }
     }
 
+    /// Columns whose magnitudes climb (or fall) row after row, by 1 to 40
+    /// binades a row, with tiny addends (below the vector path's lowest
+    /// window), a NaN or an infinity in one tile only: the table path
+    /// raises a sum's top tile after tile (its digits so far moved to the
+    /// limbs first) and takes the scalar path in some tiles but not others.
+    /// The words of one-by-one adds all the same.
+    @Test func topsThatRiseTileAfterTile() {
+        let rows = 200, columns = 12
+        for seed in 1...12 as ClosedRange<UInt64> {
+            var generator = SeededGenerator(seed: seed)
+            let table = (0..<rows * columns).map { index -> Double in
+                let (row, column) = (index / columns, index % columns)
+                let step = [1, 3, 11, 40][column % 4], rising = column % 8 < 4
+                let exponent = -1074 + 40 + (rising ? row : rows - 1 - row) * step % 2000
+                let sign: Double = Bool.random(using: &generator) ? 1 : -1
+                let value = sign * Double(sign: .plus, exponent: exponent, significand: Double.random(in: 1..<2, using: &generator))
+                switch (column, row) {
+                case (9, 70): return .nan
+                case (10, 100): return -.infinity
+                case (11, 40..<72): return sign * .leastNonzeroMagnitude * Double(row)
+                default: return value
+                }
+            }
+            let byTable = ReproducibleSums(count: columns), oneByOne = ReproducibleSums(count: columns)
+            table.withUnsafeBufferPointer { byTable.add(rows: $0) }
+            for index in table.indices.shuffled(using: &generator) { oneByOne.add(table[index], to: index % columns) }
+            #expect(words(byTable) == words(oneByOne), "seed \(seed)")
+        }
+    }
+
     /// Threads that share a table take disjoint column ranges; the ranges
     /// together give the words of the whole table at once, and a range
     /// leaves the other sums alone.
