@@ -166,19 +166,6 @@ final class ChannelLanes: @unchecked Sendable {
     }
 }
 
-/// Whether a kernel whose tensor outputs stream (`streaming`) writes its
-/// per-instance table at `address` (statistics, s1 and s2) with streaming
-/// stores too: on small instances the table is a large part of what is
-/// written (24 of every 40 bytes of the forward's output at M = 4, float),
-/// and an ordinary store reads each line from memory before it writes it.
-/// The table must be 16-byte aligned (the stores go in pairs of doubles),
-/// as the allocator's large blocks are; a table that is not takes
-/// ordinary stores.
-@inlinable @inline(__always)
-func streamsTable(_ streaming: Bool, _ address: UnsafeMutablePointer<Double>) -> Bool {
-    streaming && Int(bitPattern: address) & 15 == 0
-}
-
 /// The vector of doubles at `address`.
 @inlinable @inline(__always)
 func lanesAt<Wide: SIMD>(_ address: UnsafeMutablePointer<Double>) -> Wide where Wide.Scalar == Double {
