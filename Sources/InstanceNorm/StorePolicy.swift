@@ -8,7 +8,9 @@ import Glibc
 /// makes of every cache line it writes (read for ownership), so an output
 /// far larger than the last-level cache moves a third fewer bytes; but it
 /// also evicts the output from the cache, which costs more than it saves
-/// when the output would have stayed there. Both give the same bits.
+/// when the output would have stayed there. Both give the same bits. The
+/// kernels of small instances write their per-instance statistics and
+/// sums as they write the tensors (`streamsTable`).
 public enum StorePolicy: Sendable, Equatable {
     /// Stream exactly the outputs larger than the last-level cache.
     case automatic

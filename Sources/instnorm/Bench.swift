@@ -31,7 +31,7 @@ struct Bench: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Hide the allreduce of dgamma, dbeta behind the dx pass.")
     var overlap = true
 
-    @Option(help: "How y and dx are written: automatic streams them when the tensors a call touches exceed the last-level cache and the runs of values with their own statistics hold 2 KiB or more.")
+    @Option(help: "How y and dx are written (and small instances' statistics and sums with them): automatic streams them when the tensors a call touches exceed the last-level cache and the runs of values with their own statistics hold 2 KiB or more.")
     var stores: Stores = .automatic
 
     @Option(help: "Memory layout of x, y, dy, dx: nchw = (N, C, S...), nhwc = (N, S..., C); --shape is N,C,S... either way.")
