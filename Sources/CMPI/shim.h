@@ -43,5 +43,7 @@ CMPI_HANDLE(MPI_Info, MPI_INFO_NULL)
 // The one null among them: "no status wanted".
 __attribute__((swift_name("getter:MPI_STATUS_IGNORE()")))
 static inline MPI_Status * _Nullable CMPI_MPI_STATUS_IGNORE(void) { return MPI_STATUS_IGNORE; }
+__attribute__((swift_name("getter:MPI_STATUSES_IGNORE()")))
+static inline MPI_Status * _Nullable CMPI_MPI_STATUSES_IGNORE(void) { return MPI_STATUSES_IGNORE; }
 
 #endif // CMPI_SHIM_H

@@ -20,14 +20,37 @@ extension Communicator {
     /// Starts `allreduce(_:)` and returns at once (`MPI_Iallreduce`). The
     /// request keeps `sums` alive; leave it untouched until the request
     /// completes (`test()` returns true, or `wait()` returns).
+    ///
+    /// The sums go out in pieces of at most `iallreducePieceSums` sums, one
+    /// `MPI_Iallreduce` each, all started at once: the operation merges sum
+    /// by sum, so the pieces give the same words as one call. A piece stays
+    /// under the TCP transport's eager limit (64 KiB). A larger message goes
+    /// by rendezvous, whose handshakes advance only while a rank is inside
+    /// MPI: on three simulated hosts (6 ranks, TCP) the 128 KiB of 512
+    /// channels' sums waited 53 ms where the 16 KiB of plain sums waited 11.
     public func iallreduce(_ sums: ReproducibleSums) throws -> Request {
         let call = "MPI_Iallreduce"
         let (datatype, op) = try BinnedReduction.handles.get()
-        let count = try mpiCount(sums.count, call)
-        var request: MPI_Request? = MPI_REQUEST_NULL
-        try check(MPI_Iallreduce(MPI_IN_PLACE, sums.words.baseAddress, count, datatype, op, handle, &request), call)
-        return Request(request, startedBy: call, retaining: sums)
+        _ = try mpiCount(sums.count, call)
+        let pieceStarts = Array(stride(from: 0, to: max(sums.count, 1), by: Self.iallreducePieceSums))
+        var requests = [MPI_Request?](repeating: MPI_REQUEST_NULL, count: pieceStarts.count)
+        for (piece, start) in pieceStarts.enumerated() {
+            let count = Int32(min(Self.iallreducePieceSums, sums.count - start))
+            let words = sums.words.baseAddress! + start * ReproducibleSums.wordsPerSum
+            do {
+                try check(MPI_Iallreduce(MPI_IN_PLACE, words, count, datatype, op, handle, &requests[piece]), call)
+            } catch {
+                // The pieces already started still write into `sums`: finish them first.
+                _ = Request(pieces: requests, startedBy: call, retaining: sums)
+                throw error
+            }
+        }
+        return Request(pieces: requests, startedBy: call, retaining: sums)
     }
+
+    /// The most sums one `MPI_Iallreduce` of `iallreduce(_:)` carries:
+    /// 32 KiB of words, half the TCP transport's default eager limit.
+    public static let iallreducePieceSums = (32 << 10) / (8 * ReproducibleSums.wordsPerSum)
 
     /// Σ over ranks of `values[i]`, for every i, each the exact sum rounded
     /// once: the same bits at every rank count and in every rank order (see

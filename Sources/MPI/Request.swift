@@ -15,9 +15,11 @@ import CMPI
 /// MPI may still be writing into the caller's buffer. An error there cannot be
 /// thrown, so it is printed on standard error: call `wait()` to handle it.
 public final class Request {
-    /// Optional only because `MPI_Test` and `MPI_Wait` take a pointer to an
-    /// optional; MPI sets it to `MPI_REQUEST_NULL` when the operation completes.
-    private var handle: MPI_Request?
+    /// The MPI requests of the operation (several when it went out in
+    /// pieces). Optional only because `MPI_Testall` and `MPI_Waitall` take
+    /// pointers to optionals; MPI sets each to `MPI_REQUEST_NULL` when the
+    /// operation completes.
+    private var handles: [MPI_Request?]
     /// The call that started the operation, for messages from `deinit`.
     private let startedBy: String
     /// Arguments MPI reads until the operation completes (the counts of a
@@ -29,7 +31,7 @@ public final class Request {
 
     init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil,
          retaining retained: AnyObject? = nil) {
-        self.handle = handle
+        self.handles = [handle]
         self.startedBy = call
         self.owned = owned
         self.retained = retained
@@ -37,22 +39,30 @@ public final class Request {
 
     /// True until the operation has been seen to complete by `test()` or
     /// `wait()`.
-    public var isActive: Bool { handle != MPI_REQUEST_NULL }
+    public var isActive: Bool { handles.contains { $0 != MPI_REQUEST_NULL } }
+
+    /// One operation made of several requests, complete when all are.
+    init(pieces: [MPI_Request?], startedBy call: String, retaining retained: AnyObject?) {
+        self.handles = pieces
+        self.startedBy = call
+        self.owned = nil
+        self.retained = retained
+    }
 
     /// Advances the operation and reports whether it has completed
-    /// (`MPI_Test`). After it returns true the buffer is the caller's again.
+    /// (`MPI_Testall`). After it returns true the buffer is the caller's again.
     public func test() throws -> Bool {
         guard isActive else { return true }
         var isComplete: Int32 = 0
-        try check(MPI_Test(&handle, &isComplete, MPI_STATUS_IGNORE), "MPI_Test")
+        try check(MPI_Testall(Int32(handles.count), &handles, &isComplete, MPI_STATUSES_IGNORE), "MPI_Testall")
         return isComplete != 0
     }
 
-    /// Blocks until the operation completes (`MPI_Wait`); at once if it
+    /// Blocks until the operation completes (`MPI_Waitall`); at once if it
     /// already has.
     public func wait() throws {
         guard isActive else { return }
-        try check(MPI_Wait(&handle, MPI_STATUS_IGNORE), "MPI_Wait")
+        try check(MPI_Waitall(Int32(handles.count), &handles, MPI_STATUSES_IGNORE), "MPI_Waitall")
     }
 
     deinit {

@@ -38,7 +38,34 @@ func checkReproducibleSums(_ world: Communicator, _ checker: Checker) {
     }
     checkCorrectRounding(world, checker)
     checkNonBlocking(world, checker)
+    checkPieces(world, checker)
     checkNonFinite(world, checker)
+}
+
+/// More sums than one `MPI_Iallreduce` piece carries (two whole pieces and
+/// a partial one, tops far apart from sum to sum and rank to rank): the
+/// words of the blocking allreduce, sum by sum, by `test()` and `wait()`.
+private func checkPieces(_ world: Communicator, _ checker: Checker) {
+    let count = 2 * Communicator.iallreducePieceSums + 37
+    for completion in ["test", "wait"] {
+        checker.run("reproducible iallreduce in pieces, completed by \(completion)") {
+            let pieces = ReproducibleSums(count: count), blocking = ReproducibleSums(count: count)
+            for sum in 0..<count {
+                let value = Double(sign: sum % 2 == 0 ? .plus : .minus, exponent: (sum * 13 + world.rank * 70) % 600 - 300,
+                                   significand: 1 + Double(sum % 97) / 97)
+                pieces.add(value, to: sum)
+                blocking.add(value, to: sum)
+            }
+            let request = try world.iallreduce(pieces)
+            if completion == "test" {
+                while try !request.test() {}
+            } else {
+                try request.wait()
+            }
+            try world.allreduce(blocking)
+            checker.expect("iallreduce in pieces (\(completion)): the blocking words", Array(pieces.words), Array(blocking.words))
+        }
+    }
 }
 
 /// 1 on rank 0 and 2⁻⁵³ (half an ulp of 1) on each other rank: the exact
