@@ -29,25 +29,24 @@ public final class Request {
     /// completes (the words of a reproducible allreduce), kept alive until then.
     private let retained: AnyObject?
 
-    init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil,
+    /// One operation of one request or several (`pieces`), complete when all are.
+    init(pieces: [MPI_Request?], startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil,
          retaining retained: AnyObject? = nil) {
-        self.handles = [handle]
+        self.handles = pieces
         self.startedBy = call
         self.owned = owned
         self.retained = retained
+    }
+
+    convenience init(_ handle: MPI_Request?, startedBy call: String, owning owned: UnsafeMutableRawBufferPointer? = nil,
+                     retaining retained: AnyObject? = nil) {
+        self.init(pieces: [handle], startedBy: call, owning: owned, retaining: retained)
     }
 
     /// True until the operation has been seen to complete by `test()` or
     /// `wait()`.
     public var isActive: Bool { handles.contains { $0 != MPI_REQUEST_NULL } }
 
-    /// One operation made of several requests, complete when all are.
-    init(pieces: [MPI_Request?], startedBy call: String, retaining retained: AnyObject?) {
-        self.handles = pieces
-        self.startedBy = call
-        self.owned = nil
-        self.retained = retained
-    }
 
     /// Advances the operation and reports whether it has completed
     /// (`MPI_Testall`). After it returns true the buffer is the caller's again.

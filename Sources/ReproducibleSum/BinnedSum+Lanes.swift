@@ -61,30 +61,30 @@ extension BinnedSum {
         _ table: UnsafePointer<Double>, rows: Int, rowLength: Int, columns: Range<Int>, to sums: UnsafeMutablePointer<Int64>
     ) {
         let blocks = columns.count / laneCount
+        // The first of the four columns and the first of the four sums of `block`.
+        func firstColumn(_ block: Int) -> Int { columns.lowerBound + block * laneCount }
+        func blockSums(_ block: Int) -> UnsafeMutablePointer<Int64> { sums + firstColumn(block) * words }
         withUnsafeTemporaryAllocation(of: SIMD4<Double>.self, capacity: blocks * (limbs + 1)) { floating in
             withUnsafeTemporaryAllocation(of: Lanes.self, capacity: 2 * blocks) { integers in
                 let windows = BlockWindows(
                     bases: integers.baseAddress!, inactive: integers.baseAddress! + blocks, scales: floating.baseAddress!,
                     digitSums: floating.baseAddress! + blocks)
                 windows.digitSums.initialize(repeating: .zero, count: limbs * blocks)
-                for block in 0..<blocks { windows.update(block, from: sums + (columns.lowerBound + block * laneCount) * words) }
+                for block in 0..<blocks { windows.update(block, from: blockSums(block)) }
                 var rowsSinceFlush = 0
                 for tileStart in stride(from: 0, to: rows, by: digitTileRows) {
                     let tile = tileStart..<min(tileStart + digitTileRows, rows)
                     if rowsSinceFlush + tile.count > digitFlushRows {
-                        for block in 0..<blocks {
-                            windows.flush(block, to: sums + (columns.lowerBound + block * laneCount) * words)
-                        }
+                        for block in 0..<blocks { windows.flush(block, to: blockSums(block)) }
                         rowsSinceFlush = 0
                     }
                     rowsSinceFlush += tile.count
                     for block in 0..<blocks {
-                        let column = table + columns.lowerBound + block * laneCount
-                        addTile(column, rows: tile, rowLength: rowLength, block: block, windows: windows,
-                                sums: sums + (columns.lowerBound + block * laneCount) * words)
+                        addTile(table + firstColumn(block), rows: tile, rowLength: rowLength, block: block, windows: windows,
+                                sums: blockSums(block))
                     }
                 }
-                for block in 0..<blocks { windows.flush(block, to: sums + (columns.lowerBound + block * laneCount) * words) }
+                for block in 0..<blocks { windows.flush(block, to: blockSums(block)) }
             }
         }
     }
