@@ -48,11 +48,15 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
     /// The same from a block held in natural order (instance b's `count`
     /// values at `rows + b·count`), each group's sums from tiles turned in
     /// registers (`InstanceNormScalar.shiftedGroupSums`): the same bits.
+    /// Above `NextBlockLines.burstLimit` positions, each group asks for its
+    /// slice of the next block's lines.
     @inlinable @inline(__always)
     init<T: InstanceNormScalar>(rows: UnsafePointer<T>, count: Int, divisor: LaneDivisor, eps: Double) where T.Compute == C {
+        let next = NextBlockLines(T.self, spatialCount: count), spreads = NextBlockLines.spreads(spatialCount: count)
         self.init(shift: T.firstValues(rows, rowStride: count), divisor: divisor, eps: eps) { shift in
             sumsByGroup(C.self, count: count) { start, length in
-                T.shiftedGroupSums(x: rows + start, rowStride: count, shift: shift, count: length)
+                if spreads { next.ask(after: UnsafeRawPointer(rows), group: start) }
+                return T.shiftedGroupSums(x: rows + start, rowStride: count, shift: shift, count: length)
             }
         }
     }

@@ -35,13 +35,15 @@ struct SmallBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// The columns of x and dy of `block` into set `set`, the statistics
-    /// of its lanes, and where its x and dy can be read in natural order.
+    /// of its lanes, and where its x and dy can be read in natural order;
+    /// `summing`, for `sums` (which then asks for the next block's lines,
+    /// see `BlockScratch.loadGradients`).
     @inlinable @inline(__always)
-    func load(_ block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>) -> LoadedBlock<T> {
+    func load(_ block: Range<Int>, _ set: Int, _ scratch: BlockScratch<T>, summing: Bool = true) -> LoadedBlock<T> {
         let start = block.lowerBound * spatialCount, available = (instanceCount - block.lowerBound) * spatialCount
         let (values, gradients) = scratch.loadGradients(
             x: x.base + start, dy: dy.base + start, count: block.count, available: available, set: set,
-            transposing: !scratch.sumsInRegisters)
+            transposing: !scratch.sumsInRegisters, summing: summing)
         return LoadedBlock(
             block: block, set: set, x: values, dy: gradients,
             lanes: LaneStatistics(statistics.base + block.lowerBound, count: block.count, staging: scratch.staging))
@@ -113,13 +115,18 @@ extension BlockScratch {
 
     /// Loads x and dy of the `count` ≤ B instances at `x`, `dy` into set
     /// `set` (kinds 0 and 1; see `load`), and returns where each can be
-    /// read in natural order.
+    /// read in natural order. With `summing`, for `gradientSums`: where
+    /// those sum in registers, they ask for the next block's lines, not this.
     @inlinable @inline(__always)
     func loadGradients(
-        x: UnsafePointer<T>, dy: UnsafePointer<T>, count: Int, available: Int, set: Int, transposing: Bool
+        x: UnsafePointer<T>, dy: UnsafePointer<T>, count: Int, available: Int, set: Int, transposing: Bool,
+        summing: Bool = false
     ) -> (x: UnsafePointer<T>, dy: UnsafePointer<T>) {
-        (load(x, count: count, available: available, set: set, kind: 0, transposing: transposing),
-         load(dy, count: count, available: available, set: set, kind: 1, transposing: transposing))
+        let askingForNext = !(summing && sumsInRegisters && NextBlockLines.spreads(spatialCount: spatialCount))
+        return (load(x, count: count, available: available, set: set, kind: 0, transposing: transposing,
+                     askingForNext: askingForNext),
+                load(dy, count: count, available: available, set: set, kind: 1, transposing: transposing,
+                     askingForNext: askingForNext))
     }
 
     /// s1 and s2 of every lane of a block loaded into set `set` with
@@ -219,7 +226,7 @@ extension SmallBackward {
             schedule.forEachBlock(of: worker) { index, block in
                 guard index >= tailStart else { return }
                 let (sumDy, sumDyXHat) = waiting.kept(worker, index - tailStart)
-                let loaded = load(block, 0, scratch)
+                let loaded = load(block, 0, scratch, summing: false)
                 gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, 0, scratch)
                 inputGradient(block, 0, x: loaded.x, dy: loaded.dy, scratch)
                 sinceProgress += block.count * spatialCount
@@ -370,7 +377,9 @@ func gradientLaneSums<Terms: ColumnTerms>(
 /// `gradientLaneSums` from a block held in natural order (instance b's M
 /// values at `dy + b·M`, `x + b·M`), each group of 8 positions summed from
 /// tiles turned in registers (`InstanceNormScalar.gradientGroupSums`): the
-/// same additions in the same order, so the same bits.
+/// same additions in the same order, so the same bits. Above
+/// `NextBlockLines.burstLimit` positions, each group asks for its slice of
+/// the next block's lines.
 @inlinable @inline(__always)
 func gradientLaneSums<T: InstanceNormScalar>(
     _ lanes: LaneStatistics<T.Compute>, rows: (dy: UnsafePointer<T>, x: UnsafePointer<T>), count: Int
@@ -378,8 +387,13 @@ func gradientLaneSums<T: InstanceNormScalar>(
     typealias C = T.Compute
     let (dy, x) = rows
     let (meanHigh, meanLow) = lanes.splitMean
+    let next = NextBlockLines(T.self, spatialCount: count), spreads = NextBlockLines.spreads(spatialCount: count)
     let (sumDy, sumDyCentered) = sumsByGroup(C.self, count: count) { start, length in
-        T.gradientGroupSums(dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: length)
+        if spreads {
+            next.ask(after: UnsafeRawPointer(x), group: start)
+            next.ask(after: UnsafeRawPointer(dy), group: start)
+        }
+        return T.gradientGroupSums(dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: length)
     }
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
 }

@@ -126,13 +126,16 @@ extension BlockScratch {
     /// returns their lanes' statistics and where their values can be read
     /// in natural order (see `load`). Float and half blocks above
     /// `SmallInstances.forwardColumnsLimit` values are summed from tiles
-    /// turned in registers, the others from their columns: the same bits.
+    /// turned in registers (which ask for the next block's lines group by
+    /// group), the others from their columns: the same bits.
     @inlinable @inline(__always)
     func loadStatistics(
         _ block: UnsafePointer<T>, count: Int, available: Int, set: Int, divisor: LaneDivisor, eps: Double
     ) -> (LaneStatistics<T.Compute>, UnsafePointer<T>) {
         let inRegisters = T.sumsGroupsInRegisters && spatialCount > SmallInstances.forwardColumnsLimit
-        let source = load(block, count: count, available: available, set: set, transposing: !inRegisters)
+        let source = load(
+            block, count: count, available: available, set: set, transposing: !inRegisters,
+            askingForNext: !(inRegisters && NextBlockLines.spreads(spatialCount: spatialCount)))
         let lanes = inRegisters
             ? LaneStatistics<T.Compute>(rows: source, count: spatialCount, divisor: divisor, eps: eps)
             : LaneStatistics<T.Compute>(columns: UnsafePointer(columns(set)), count: spatialCount, divisor: divisor, eps: eps)

@@ -319,7 +319,8 @@ extension SmallGroups {
             let first = block.lowerBound, start = first * spatialCount
             let (x, dy) = blocks.loadGradients(
                 x: batch.x.base + start, dy: gradients.dy.base + start, count: block.count,
-                available: (instances - first) * spatialCount, set: 0, transposing: !blocks.sumsInRegisters)
+                available: (instances - first) * spatialCount, set: 0, transposing: !blocks.sumsInRegisters,
+                summing: true)
             let (sumDy, sumDyXHat) = blocks.gradientSums(groupLanes(block, statistics, scratch), x: x, dy: dy, set: 0)
             // Ordinary stores: the group sums below read these shares back at once.
             ParameterSums.storePairs(sumDy, sumDyXHat, to: gradients.shares.base + 2 * first, count: block.count,
