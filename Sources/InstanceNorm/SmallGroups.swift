@@ -8,7 +8,7 @@ import _InstanceNormShims
 /// place of its own:
 ///
 ///     statistics  per group (n, g), over its L = (C/G)·M values: blocks
-///                 of B groups in lanes for L ≤ `SmallInstances.limit`
+///                 of B groups in lanes for L ≤ `blockedGroupLimit`
 ///                 (`BlockScratch.loadStatistics`), `InstanceKernel.moments`
 ///                 of each group above
 ///     y           per block of B segments, with μ, r of each lane's group:
@@ -41,24 +41,27 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
         groupDivisor = LaneDivisor(batch.groupLength)
     }
 
+    @inlinable static var blockedGroupLimit: Int { SmallGroupLimits.blockedGroup }
+    @inlinable static var backwardLimit: Int { SmallGroupLimits.backward }
+
     /// The largest M whose forward takes these kernels when a group holds
-    /// more than `SmallInstances.limit` values. Measured against the
+    /// more than `blockedGroupLimit` values. Measured against the
     /// per-segment forward side by side (one thread, float32, G = 32,
     /// about 8-16 M values, 3 alternating rounds on a noisy machine):
     /// M = 16 0.7-0.9 of its time, M = 25, 36, 49 level (0.8-1.2 by round),
     /// M = 64 1.1-1.25, M = 81, 100 1.2-1.3. The backward gains at every
-    /// M up to `SmallInstances.backwardLimit` (M = 36 0.5, 49 0.6-0.8).
+    /// M up to `backwardLimit` (M = 36 0.5, 49 0.6-0.8).
     @inlinable static var forwardLimit: Int { 36 }
 
     /// Whether a forward (or backward) of `shape` with `groups` groups
-    /// takes these kernels. A group of at most `SmallInstances.limit`
+    /// takes these kernels. A group of at most `blockedGroupLimit`
     /// values always does forward: its statistics are then summed in the
     /// blocked order, which `bench --verify` models for such groups.
     @inlinable static func applies(to shape: InstanceNormShape, groups: Int, backward: Bool) -> Bool {
         let spatialCount = shape.spatialCount
         guard spatialCount >= 1 else { return false }
-        if backward { return spatialCount <= SmallInstances.backwardLimit }
-        return spatialCount <= forwardLimit || shape.channels / groups * spatialCount <= SmallInstances.limit
+        if backward { return spatialCount <= backwardLimit }
+        return spatialCount <= forwardLimit || shape.channels / groups * spatialCount <= blockedGroupLimit
     }
 
     /// The bytes of x a run of groups holds, at most (unless one group is
@@ -83,7 +86,7 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
     /// Groups per run: a multiple of the groups whose segments fill whole
     /// blocks (and, for groups summed in lanes, of B groups).
     @inlinable var runQuantum: Int {
-        if batch.groupLength <= SmallInstances.limit { return lanes }
+        if batch.groupLength <= Self.blockedGroupLimit { return lanes }
         var (a, b) = (lanes, batch.channelsPerGroup)
         while b != 0 { (a, b) = (b, a % b) }
         return lanes / a
@@ -111,8 +114,20 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
     }
 }
 
+/// The limits of GroupNorm's blocked kernels (`SmallGroups`): public for
+/// checks that model their roundings.
+public enum SmallGroupLimits {
+    /// The largest group (in values) whose statistics are summed in blocks
+    /// of whole groups, in the blocked order.
+    public static let blockedGroup = 100
+    /// The largest M whose backward takes the blocked segments. Both are
+    /// the limits these kernels were measured with (stop 24), before the
+    /// instances' blocks went further (`SmallInstances.limit`).
+    public static let backward = 64
+}
+
 /// One worker's scratch: blocks of segments, blocks of whole groups (for
-/// the statistics of groups of at most `SmallInstances.limit` values), room
+/// the statistics of groups of at most `SmallGroups.blockedGroupLimit` values), room
 /// for the lanes' A, B, and for a run's.
 @usableFromInline
 final class SmallGroupScratch<T: InstanceNormScalar> {
@@ -127,7 +142,7 @@ final class SmallGroupScratch<T: InstanceNormScalar> {
 
     @inlinable init(spatialCount: Int, groupLength: Int, runLength: Int, forward: Bool) {
         segments = BlockScratch(spatialCount: spatialCount)
-        groups = forward && groupLength <= SmallInstances.limit ? BlockScratch(spatialCount: groupLength) : nil
+        groups = forward && groupLength <= SmallGroups<T>.blockedGroupLimit ? BlockScratch(spatialCount: groupLength) : nil
         groupSums = allocateAligned(2 * T.Vector.scalarCount, of: Double.self)
         laneGroups = .allocate(capacity: T.Vector.scalarCount)
         laneGroups.initialize(repeating: 0, count: T.Vector.scalarCount)

@@ -33,23 +33,24 @@
 /// the same bits. Blocks may therefore start anywhere; they are cut from
 /// each worker's run of instances.
 public enum SmallInstances {
-    /// The largest M that takes the blocked kernels. Measured against the
-    /// per-instance kernels side by side (one thread, float32, about 16 M
-    /// values, 3 rounds; their time over the blocked kernels', forward /
-    /// backward): M = 64 1.75 / 1.06, M = 100 1.43 / 0.93, M = 121
-    /// 1.13 / 0.93, M = 144 0.79 / 0.55, M = 196 0.85 / 0.64, M = 256
-    /// 0.30 / 0.31. Above about a hundred values an instance amortizes its
-    /// own setup, and the transposition costs more than it saves.
-    public static let limit = 100
+    /// The largest M that takes the blocked kernels, forward and backward.
+    /// Measured against the per-instance kernels side by side (one
+    /// thread, float32, 4-6 M values, 4-5 alternating rounds; the blocked
+    /// kernels' time over theirs, forward / backward), once the blocks
+    /// asked for the next block's lines group by group (`NextBlockLines`):
+    /// channels first M = 81 – / 0.81, 100 – / 0.85, 121 0.53 / 0.64,
+    /// 128 0.64 / 0.72, 144 0.73 / 0.89, 169 0.70 / 0.83, 196 0.73 / 0.77,
+    /// 256 1.51 / 1.02, 400 0.68 / 0.81, 784 1.28 / 1.25; channels last
+    /// (`SmallChannelsLast` against the channels-last kernels) M = 81
+    /// – / 0.71, 100 1.04 / 1.03, 144 0.71 / 0.90, 196 1.09 / 1.20. Both
+    /// layouts must take the same kernels (the two orders of summation give
+    /// different bits), so the limit stops below the channels-last loss.
+    /// (Before the spread requests the limits were M = 100 forward and 64
+    /// backward: at M = 81 the blocked backward took 1.30 times as long.)
+    public static let limit = 144
 
-    /// The largest M whose backward takes the blocked kernels. Above it
-    /// the per-instance backward, whose instances under 2 KiB take
-    /// ordinary stores (`StorePolicy.shortRunBytes`), was as fast or
-    /// faster (one thread, float32, 3 rounds; blocked / per-instance
-    /// backward time): M = 49 0.93, M = 56 0.86, M = 64 1.02, M = 81 1.30,
-    /// M = 100 1.56. The forward keeps the blocks up to `limit` (at M = 64
-    /// the per-instance forward took 1.46 times as long).
-    public static let backwardLimit = 64
+    /// The largest M whose backward takes the blocked kernels: `limit`.
+    public static let backwardLimit = limit
 
     /// The largest M whose forward sums a block from its transposed
     /// columns in the scratch; above it, float and half blocks sum each

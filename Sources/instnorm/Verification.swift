@@ -43,15 +43,18 @@ struct Verification {
     init<T: DataParallelScalar>(layer: DataParallelNorm<T>, batch: SyntheticBatch<T>) throws {
         var arithmetic = KernelArithmetic(for: T.self)
         // InstanceNorm sums small instances in blocks; GroupNorm the same
-        // way its groups of few values and its small channel segments
-        // (`SmallGroups`), with the same limits.
-        let blocksInstances = switch layer.globalShape.normalization {
-        case .instance, .group: true
-        default: false
-        }
-        if blocksInstances {
+        // way its groups of few values and its small channel segments, up
+        // to limits of its own (`SmallGroupLimits`).
+        let shape = layer.globalShape
+        switch shape.normalization {
+        case .instance, .group(shape.dimensions[1]):  // G = C runs InstanceNorm's kernels
             arithmetic.blockedLimit = SmallInstances.limit
             arithmetic.blockedBackwardLimit = SmallInstances.backwardLimit
+        case .group:
+            arithmetic.blockedLimit = SmallGroupLimits.blockedGroup
+            arithmetic.blockedBackwardLimit = SmallGroupLimits.backward
+        default:
+            break
         }
         var local = Measures()
         if layer.globalShape.normalization == .batch {

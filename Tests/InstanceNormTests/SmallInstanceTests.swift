@@ -2,7 +2,7 @@ import InstanceNorm
 import TestSupport
 import Testing
 
-/// The blocked kernels of small instances (`SmallInstances`, M ≤ 100): a
+/// The blocked kernels of small instances (`SmallInstances`, M ≤ 144): a
 /// block of B instances (B = 16 for half and float, 8 for double) is
 /// computed one instance per vector lane, in both layouts.
 ///
@@ -12,9 +12,10 @@ import Testing
 /// (C < B) or by blocks of channels (C ≥ 2B) in the backward.
 @Suite struct SmallInstances_ {
     /// The sizes the issue names (below a vector, odd, one and several
-    /// groups of 8), the smallest whose backward runs per instance after a
-    /// blocked forward, and the largest that takes the blocked forward.
-    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64, SmallInstances.backwardLimit + 1, SmallInstances.limit]
+    /// groups of 8), one past the old limits (65: blocks whose requests
+    /// for the next block span many groups), 100, and the largest that
+    /// takes the blocked kernels.
+    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64, 65, 100, SmallInstances.limit]
 
     /// Against the Double reference (data's-scale tolerance and each value's
     /// own rounding bound), the same bits at threads 1-4, and channels last
