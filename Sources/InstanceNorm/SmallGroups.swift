@@ -118,11 +118,12 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
 /// checks that model their roundings.
 public enum SmallGroupLimits {
     /// The largest group (in values) whose statistics are summed in blocks
-    /// of whole groups, in the blocked order.
-    public static let blockedGroup = 100
-    /// The largest M whose backward takes the blocked segments. Both are
-    /// the limits these kernels were measured with (stop 24), before the
-    /// instances' blocks went further (`SmallInstances.limit`).
+    /// of whole groups: InstanceNorm's limit, so that GroupNorm's forward
+    /// stays InstanceNorm's on x seen as (N, G, L), to the bit.
+    public static var blockedGroup: Int { SmallInstances.limit }
+    /// The largest M whose backward takes the blocked segments: the limit
+    /// they were measured with (stop 24), before the instances' blocks
+    /// went further (`SmallInstances.limit`).
     public static let backward = 64
 }
 

@@ -53,7 +53,8 @@ import Testing
 
     /// Without γ and β, GroupNorm's forward is InstanceNorm's on x seen as
     /// (N, G, L): the group statistics are summed in the order (lanes of
-    /// groups up to 100 values, the per-instance kernel above) and y folded
+    /// groups up to `SmallGroupLimits.blockedGroup` values, the
+    /// per-instance kernel above) and y folded
     /// as InstanceNorm sums and folds an instance of L values, so the bits
     /// are equal; a wrong lane's statistics, channel or offset would not be.
     @Test(arguments: 0..<cases.count)
