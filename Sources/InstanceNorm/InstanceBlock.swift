@@ -163,7 +163,9 @@ struct NextBlockLines {
     /// Bytes of a slice: whole lines, enough that the groups cover the block.
     @usableFromInline let sliceBytes: Int
 
-    @inlinable init<T: InstanceNormScalar>(_: T.Type, spatialCount: Int) {
+    /// Nil for blocks that ask at once (`spreads`).
+    @inlinable init?<T: InstanceNormScalar>(_: T.Type, spatialCount: Int) {
+        guard Self.spreads(spatialCount: spatialCount) else { return nil }
         blockBytes = T.Vector.scalarCount * spatialCount * MemoryLayout<T>.stride
         let groups = (spatialCount + blockedSumGroup - 1) / blockedSumGroup
         // A block that does not start on a line touches one line more.

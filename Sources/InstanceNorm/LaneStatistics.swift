@@ -52,10 +52,10 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
     /// slice of the next block's lines.
     @inlinable @inline(__always)
     init<T: InstanceNormScalar>(rows: UnsafePointer<T>, count: Int, divisor: LaneDivisor, eps: Double) where T.Compute == C {
-        let next = NextBlockLines(T.self, spatialCount: count), spreads = NextBlockLines.spreads(spatialCount: count)
+        let next = NextBlockLines(T.self, spatialCount: count)
         self.init(shift: T.firstValues(rows, rowStride: count), divisor: divisor, eps: eps) { shift in
             sumsByGroup(C.self, count: count) { start, length in
-                if spreads { next.ask(after: UnsafeRawPointer(rows), group: start) }
+                next?.ask(after: UnsafeRawPointer(rows), group: start)
                 return T.shiftedGroupSums(x: rows + start, rowStride: count, shift: shift, count: length)
             }
         }

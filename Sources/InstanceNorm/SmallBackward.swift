@@ -387,12 +387,10 @@ func gradientLaneSums<T: InstanceNormScalar>(
     typealias C = T.Compute
     let (dy, x) = rows
     let (meanHigh, meanLow) = lanes.splitMean
-    let next = NextBlockLines(T.self, spatialCount: count), spreads = NextBlockLines.spreads(spatialCount: count)
+    let next = NextBlockLines(T.self, spatialCount: count)
     let (sumDy, sumDyCentered) = sumsByGroup(C.self, count: count) { start, length in
-        if spreads {
-            next.ask(after: UnsafeRawPointer(x), group: start)
-            next.ask(after: UnsafeRawPointer(dy), group: start)
-        }
+        next?.ask(after: UnsafeRawPointer(x), group: start)
+        next?.ask(after: UnsafeRawPointer(dy), group: start)
         return T.gradientGroupSums(dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: length)
     }
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
