@@ -67,6 +67,14 @@ final class BlockScratch<T: InstanceNormScalar> {
         outputColumns.deallocate()
     }
 
+    /// Whether a block's sums in registers (`sumsGroupsInRegisters`) ask
+    /// for the next block group by group (`NextBlockLines`), so that `load`
+    /// must not ask for it at once: one answer for both, or the lines are
+    /// asked twice or not at all.
+    @inlinable var groupsAskForNext: Bool {
+        T.sumsGroupsInRegisters && NextBlockLines.spreads(spatialCount: spatialCount)
+    }
+
     /// The columns of set 0 or 1, of x (kind 0) or dy (kind 1).
     @inlinable @inline(__always)
     func columns(_ set: Int, _ kind: Int = 0) -> UnsafeMutablePointer<T.Compute> {

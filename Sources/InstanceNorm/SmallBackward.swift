@@ -122,7 +122,7 @@ extension BlockScratch {
         x: UnsafePointer<T>, dy: UnsafePointer<T>, count: Int, available: Int, set: Int, transposing: Bool,
         summing: Bool = false
     ) -> (x: UnsafePointer<T>, dy: UnsafePointer<T>) {
-        let askingForNext = !(summing && sumsInRegisters && NextBlockLines.spreads(spatialCount: spatialCount))
+        let askingForNext = !(summing && groupsAskForNext)
         return (load(x, count: count, available: available, set: set, kind: 0, transposing: transposing,
                      askingForNext: askingForNext),
                 load(dy, count: count, available: available, set: set, kind: 1, transposing: transposing,

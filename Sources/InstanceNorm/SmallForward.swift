@@ -135,7 +135,7 @@ extension BlockScratch {
         let inRegisters = T.sumsGroupsInRegisters && spatialCount > SmallInstances.forwardColumnsLimit
         let source = load(
             block, count: count, available: available, set: set, transposing: !inRegisters,
-            askingForNext: !(inRegisters && NextBlockLines.spreads(spatialCount: spatialCount)))
+            askingForNext: !groupsAskForNext)
         let lanes = inRegisters
             ? LaneStatistics<T.Compute>(rows: source, count: spatialCount, divisor: divisor, eps: eps)
             : LaneStatistics<T.Compute>(columns: UnsafePointer(columns(set)), count: spatialCount, divisor: divisor, eps: eps)

@@ -8,7 +8,7 @@ import _InstanceNormShims
 /// place of its own:
 ///
 ///     statistics  per group (n, g), over its L = (C/G)·M values: blocks
-///                 of B groups in lanes for L ≤ `blockedGroupLimit`
+///                 of B groups in lanes for L ≤ `SmallGroupLimits.blockedGroup`
 ///                 (`BlockScratch.loadStatistics`), `InstanceKernel.moments`
 ///                 of each group above
 ///     y           per block of B segments, with μ, r of each lane's group:
@@ -41,27 +41,24 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
         groupDivisor = LaneDivisor(batch.groupLength)
     }
 
-    @inlinable static var blockedGroupLimit: Int { SmallGroupLimits.blockedGroup }
-    @inlinable static var backwardLimit: Int { SmallGroupLimits.backward }
-
     /// The largest M whose forward takes these kernels when a group holds
-    /// more than `blockedGroupLimit` values. Measured against the
+    /// more than `SmallGroupLimits.blockedGroup` values. Measured against the
     /// per-segment forward side by side (one thread, float32, G = 32,
     /// about 8-16 M values, 3 alternating rounds on a noisy machine):
     /// M = 16 0.7-0.9 of its time, M = 25, 36, 49 level (0.8-1.2 by round),
     /// M = 64 1.1-1.25, M = 81, 100 1.2-1.3. The backward gains at every
-    /// M up to `backwardLimit` (M = 36 0.5, 49 0.6-0.8).
+    /// M up to `SmallGroupLimits.backward` (M = 36 0.5, 49 0.6-0.8).
     @inlinable static var forwardLimit: Int { 36 }
 
     /// Whether a forward (or backward) of `shape` with `groups` groups
-    /// takes these kernels. A group of at most `blockedGroupLimit`
+    /// takes these kernels. A group of at most `SmallGroupLimits.blockedGroup`
     /// values always does forward: its statistics are then summed in the
     /// blocked order, which `bench --verify` models for such groups.
     @inlinable static func applies(to shape: InstanceNormShape, groups: Int, backward: Bool) -> Bool {
         let spatialCount = shape.spatialCount
         guard spatialCount >= 1 else { return false }
-        if backward { return spatialCount <= backwardLimit }
-        return spatialCount <= forwardLimit || shape.channels / groups * spatialCount <= blockedGroupLimit
+        if backward { return spatialCount <= SmallGroupLimits.backward }
+        return spatialCount <= forwardLimit || shape.channels / groups * spatialCount <= SmallGroupLimits.blockedGroup
     }
 
     /// The bytes of x a run of groups holds, at most (unless one group is
@@ -86,7 +83,7 @@ struct SmallGroups<T: InstanceNormScalar>: @unchecked Sendable {
     /// Groups per run: a multiple of the groups whose segments fill whole
     /// blocks (and, for groups summed in lanes, of B groups).
     @inlinable var runQuantum: Int {
-        if batch.groupLength <= Self.blockedGroupLimit { return lanes }
+        if batch.groupLength <= SmallGroupLimits.blockedGroup { return lanes }
         var (a, b) = (lanes, batch.channelsPerGroup)
         while b != 0 { (a, b) = (b, a % b) }
         return lanes / a
@@ -128,7 +125,7 @@ public enum SmallGroupLimits {
 }
 
 /// One worker's scratch: blocks of segments, blocks of whole groups (for
-/// the statistics of groups of at most `SmallGroups.blockedGroupLimit` values), room
+/// the statistics of groups of at most `SmallGroupLimits.blockedGroup` values), room
 /// for the lanes' A, B, and for a run's.
 @usableFromInline
 final class SmallGroupScratch<T: InstanceNormScalar> {
@@ -143,7 +140,7 @@ final class SmallGroupScratch<T: InstanceNormScalar> {
 
     @inlinable init(spatialCount: Int, groupLength: Int, runLength: Int, forward: Bool) {
         segments = BlockScratch(spatialCount: spatialCount)
-        groups = forward && groupLength <= SmallGroups<T>.blockedGroupLimit ? BlockScratch(spatialCount: groupLength) : nil
+        groups = forward && groupLength <= SmallGroupLimits.blockedGroup ? BlockScratch(spatialCount: groupLength) : nil
         groupSums = allocateAligned(2 * T.Vector.scalarCount, of: Double.self)
         laneGroups = .allocate(capacity: T.Vector.scalarCount)
         laneGroups.initialize(repeating: 0, count: T.Vector.scalarCount)
