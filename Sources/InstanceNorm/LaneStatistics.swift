@@ -39,9 +39,12 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
     /// if any lane's first value is an outlier, a second pass about each
     /// lane's rounded mean, kept for exactly the lanes that need it.
     @inlinable @inline(__always)
-    init(columns: UnsafePointer<C>, count: Int, divisor: LaneDivisor, eps: Double) {
+    init<T: InstanceNormScalar>(
+        columns: UnsafePointer<T>, stride: Int = C.Lanes.scalarCount, count: Int, divisor: LaneDivisor, eps: Double,
+        eachGroup: () -> Void = {}
+    ) where T.Compute == C {
         self.init(shift: loadVector(columns, 0), divisor: divisor, eps: eps) { shift in
-            laneSums(ShiftedColumns(columns, shift: shift), count: count)
+            laneSums(ShiftedColumns(columns, stride: stride, shift: shift), count: count, eachGroup: eachGroup)
         }
     }
 

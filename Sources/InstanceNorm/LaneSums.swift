@@ -7,43 +7,53 @@ protocol ColumnTerms {
     func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes)
 }
 
-/// (x − K, x − K, x − K): Σ (x − K) and Σ (x − K)², K per lane.
+/// (x − K, x − K, x − K): Σ (x − K) and Σ (x − K)², K per lane, over
+/// columns of values of type T `stride` values apart: a block's columns in
+/// the compute precision (T = Compute, one vector apart), or a block of
+/// channels where it lies in a channels-last tensor (C values apart).
 @usableFromInline
-struct ShiftedColumns<Compute: InstanceNormComputeScalar>: ColumnTerms {
-    @usableFromInline let columns: UnsafePointer<Compute>
-    @usableFromInline let shift: Compute.Lanes
+struct ShiftedColumns<T: InstanceNormScalar>: ColumnTerms {
+    @usableFromInline typealias Compute = T.Compute
+    @usableFromInline let columns: UnsafePointer<T>
+    @usableFromInline let stride: Int
+    @usableFromInline let shift: T.Vector
 
-    @inlinable init(_ columns: UnsafePointer<Compute>, shift: Compute.Lanes) {
+    @inlinable init(_ columns: UnsafePointer<T>, stride: Int = T.Vector.scalarCount, shift: T.Vector) {
         self.columns = columns
+        self.stride = stride
         self.shift = shift
     }
 
     @inlinable @inline(__always)
-    func terms(at column: Int) -> (Compute.Lanes, Compute.Lanes, Compute.Lanes) {
-        let deviation = loadVector(columns, column &* Compute.Lanes.scalarCount) - shift
+    func terms(at column: Int) -> (T.Vector, T.Vector, T.Vector) {
+        let deviation = loadVector(columns, column &* stride) - shift
         return (deviation, deviation, deviation)
     }
 }
 
 /// (dy, dy, x − center): Σ dy and Σ dy·(x − μ_hi), μ_hi per lane, over
-/// columns of values of type T: a block's columns in the compute precision
-/// (T = Compute), or instances of one value in storage, whose natural
-/// order is their one column (widened as they load).
+/// columns of values of type T `stride` values apart: a block's columns in
+/// the compute precision (T = Compute), instances of one value in storage,
+/// whose natural order is their one column (widened as they load), or a
+/// block of channels in a channels-last tensor (C values apart).
 @usableFromInline
 struct GradientColumns<T: InstanceNormScalar>: ColumnTerms {
     @usableFromInline typealias Compute = T.Compute
     @usableFromInline let gradients, values: UnsafePointer<T>
+    @usableFromInline let stride: Int
     @usableFromInline let center: T.Vector
 
-    @inlinable init(gradients: UnsafePointer<T>, values: UnsafePointer<T>, center: T.Vector) {
+    @inlinable init(gradients: UnsafePointer<T>, values: UnsafePointer<T>, stride: Int = T.Vector.scalarCount,
+                    center: T.Vector) {
         self.gradients = gradients
         self.values = values
+        self.stride = stride
         self.center = center
     }
 
     @inlinable @inline(__always)
     func terms(at column: Int) -> (T.Vector, T.Vector, T.Vector) {
-        let offset = column &* T.Vector.scalarCount
+        let offset = column &* stride
         let gradient = loadVector(gradients, offset)
         return (gradient, gradient, loadVector(values, offset) - center)
     }
@@ -69,8 +79,11 @@ public let blockedSumGroup = 8
 /// each widened (64 conversions per instance whatever M), cost more than
 /// all the rest at M = 49.
 @inlinable @inline(__always)
-func laneSums<Terms: ColumnTerms>(_ terms: Terms, count: Int) -> (Terms.Compute.WideLanes, Terms.Compute.WideLanes) {
+func laneSums<Terms: ColumnTerms>(
+    _ terms: Terms, count: Int, eachGroup: () -> Void = {}
+) -> (Terms.Compute.WideLanes, Terms.Compute.WideLanes) {
     sumsByGroup(Terms.Compute.self, count: count) { start, length in
+        eachGroup()
         var groupFirst = Terms.Compute.Lanes(), groupSecond = Terms.Compute.Lanes()
         for column in start..<start + length {
             let (a, b, c) = terms.terms(at: column)

@@ -356,21 +356,26 @@ final class DeferredSums<C: InstanceNormComputeScalar>: @unchecked Sendable {
 }
 
 /// s1 = Σ dy and s2 = r·(Σ dy·(x − μ_hi) − μ_lo·s1) of every lane of a
-/// block held as columns, as `InstanceKernel.gradientSums` forms them.
+/// block held as columns `stride` values apart, as
+/// `InstanceKernel.gradientSums` forms them.
 @inlinable @inline(__always)
-func gradientLaneSums<C: InstanceNormComputeScalar>(
-    _ lanes: LaneStatistics<C>, dy: UnsafePointer<C>, x: UnsafePointer<C>, count: Int
-) -> (sumDy: C.WideLanes, sumDyXHat: C.WideLanes) {
-    gradientLaneSums(lanes, count: count) { GradientColumns(gradients: dy, values: x, center: $0) }
+func gradientLaneSums<T: InstanceNormScalar>(
+    _ lanes: LaneStatistics<T.Compute>, dy: UnsafePointer<T>, x: UnsafePointer<T>, stride: Int = T.Vector.scalarCount,
+    count: Int, eachGroup: () -> Void = {}
+) -> (sumDy: T.Compute.WideLanes, sumDyXHat: T.Compute.WideLanes) {
+    gradientLaneSums(lanes, count: count, eachGroup: eachGroup) {
+        GradientColumns(gradients: dy, values: x, stride: stride, center: $0)
+    }
 }
 
 /// The same over the columns that `columns(μ_hi)` gives.
 @inlinable @inline(__always)
 func gradientLaneSums<Terms: ColumnTerms>(
-    _ lanes: LaneStatistics<Terms.Compute>, count: Int, _ columns: (Terms.Compute.Lanes) -> Terms
+    _ lanes: LaneStatistics<Terms.Compute>, count: Int, eachGroup: () -> Void = {},
+    _ columns: (Terms.Compute.Lanes) -> Terms
 ) -> (sumDy: Terms.Compute.WideLanes, sumDyXHat: Terms.Compute.WideLanes) {
     let (meanHigh, meanLow) = lanes.splitMean
-    let (sumDy, sumDyCentered) = laneSums(columns(meanHigh), count: count)
+    let (sumDy, sumDyCentered) = laneSums(columns(meanHigh), count: count, eachGroup: eachGroup)
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
 }
 

@@ -3,22 +3,29 @@ import _InstanceNormShims
 /// InstanceNorm channels last (N, S…, C) over small instances (M ≤
 /// `SmallInstances.limit`): a sample's B = `T.Vector.scalarCount`
 /// consecutive channels are already B lanes, position after position, so
-/// a block of channels is (sample, B channels) read as M strided vectors,
+/// a block of channels is (sample, B channels), M vectors C values apart,
 /// with no transposition. Each lane runs the same lane-wise code as the
 /// channels-first blocks (`LaneStatistics`, `laneSums`,
 /// `NormalizeLaneConstants`, `GradientLaneConstants`), so both layouts give
 /// the same bits, a function of each instance alone.
 ///
-/// A unit of work is a run of a sample's channel blocks (all of them when
-/// their columns fit `unitBytes`), read and written in the tensor's own
-/// order, position after position across the run's channels, while the
-/// next unit's lines are asked for. Taken block by block, as until
-/// 2026-12-05, the lines of one block lie C values apart, an order the
-/// prefetchers do not follow: at C = 128, M = 49 that took twice as long
-/// both ways as channels first. The columns are copied (widened) into the
-/// worker's scratch, block after block; a block of fewer than B channels
-/// (C not a multiple of B) fills its missing lanes with zeros, which are
-/// computed and never stored.
+/// A block's sums read its vectors where they lie in the tensor; its
+/// output reads them again (from L1: one or two lines a position and
+/// tensor) and writes a vector a position with the block's constants in
+/// registers. A unit of work is a run of a sample's channel blocks (all of
+/// them when their values fit `unitBytes`), whose lines are asked into L2
+/// a few at a time over the work of the unit before it (`UnitRequests`):
+/// a block's lines lie C values apart, an order the prefetchers do not
+/// follow. A block of fewer than B channels (C not a multiple of B) is
+/// copied into the worker's scratch first, zeros in its missing lanes
+/// (computed and never stored), since its last vector would reach past
+/// the tensor.
+///
+/// Until 2026-12-06 every block was copied (widened) into the scratch, and
+/// the output written across a unit's blocks position by position, each
+/// vector with its block's constants loaded again: at C = 64, M = 196, in
+/// cache, that backward took 1.5 times as long as the channels-last
+/// per-instance kernels'.
 @usableFromInline
 struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     @usableFromInline typealias C = T.Compute
@@ -28,8 +35,9 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     @usableFromInline let unitBlocks: Int
     @usableFromInline let divisor: LaneDivisor
 
-    /// The most bytes of one tensor's columns that a unit gathers: a unit
-    /// of the backward holds two tensors' columns and stays in L2.
+    /// The most bytes of one tensor's blocks that a unit holds, in the
+    /// compute precision: a unit of the backward, two tensors' worth, stays
+    /// in L2 with the next one on its way.
     @inlinable static var unitBytes: Int { 64 << 10 }
 
     @inlinable init(shape: InstanceNormShape, threads: Int) {
@@ -42,7 +50,9 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
         let fitting = max(1, Self.unitBytes / max(1, shape.spatialCount * lanes * MemoryLayout<C>.stride))
         // Fewer samples than workers: a sample's blocks are shared among them.
         let sharing = shape.batch >= threads ? 1 : (threads + max(shape.batch, 1) - 1) / max(shape.batch, 1)
-        unitBlocks = min(fitting, max(1, (channelBlocks + sharing - 1) / sharing))
+        let blocks = min(fitting, max(1, (channelBlocks + sharing - 1) / sharing))
+        // Whole lines a unit (see `lineBlocks`).
+        unitBlocks = blocks > Self.lineBlocks ? blocks - blocks % Self.lineBlocks : blocks
     }
 
     @inlinable var unitsPerSample: Int { (channelBlocks + unitBlocks - 1) / unitBlocks }
@@ -65,101 +75,201 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
         return (sample * channels + firstChannel, min(lanes, channels - firstChannel))
     }
 
-    /// Copies the M positions of `sample`'s channel `blocks` from `tensor`
-    /// into `columns`, widened, block k's M columns at columns + k·M·B,
-    /// lanes past C zero; the tensor is read in its order.
+    /// The offset of position 0 of `sample`'s channel block `block`.
     @inlinable @inline(__always)
-    func gather(_ tensor: UnsafePointer<T>, sample: Int, blocks: Range<Int>, into columns: UnsafeMutablePointer<C>) {
-        let start = tensor + (sample &* spatialCount &* channels &+ blocks.lowerBound &* lanes)
-        let blockValues = spatialCount &* lanes, lastCount = min(lanes, channels &- (blocks.upperBound &- 1) &* lanes)
-        // Whole blocks as plain copies, a partial last block lane by lane:
-        // one loop of index arithmetic ran the same copies at 0.6× the speed.
-        let wholeBlocks = lastCount < lanes ? blocks.count &- 1 : blocks.count
+    func offset(sample: Int, block: Int) -> Int { sample &* spatialCount &* channels &+ block &* lanes }
+
+    /// The M vectors of a block of `count` channels starting at `offset` in
+    /// `tensor`, and how many values apart they lie: in the tensor, C
+    /// apart, or, for a partial block, copied into `scratch` (M·B values),
+    /// B apart, zeros in the lanes past `count`.
+    @inlinable @inline(__always)
+    func columns(
+        _ tensor: UnsafePointer<T>, at offset: Int, count: Int, scratch: UnsafeMutablePointer<T>
+    ) -> (columns: UnsafePointer<T>, stride: Int) {
+        let start = tensor + offset
+        guard count < lanes else { return (start, channels) }
         for position in 0..<spatialCount {
-            let row = start + position &* channels
-            var column = columns + position &* lanes
-            for k in 0..<wholeBlocks {
-                storeVector(loadVector(row, k &* lanes), column, 0)
-                column += blockValues
-            }
-            if wholeBlocks < blocks.count {
-                let partial = row + wholeBlocks &* lanes
-                for lane in 0..<lanes { column[lane] = lane < lastCount ? partial[lane].computed : 0 }
-            }
+            let row = start + position &* channels, column = scratch + position &* lanes
+            for lane in 0..<lanes { column[lane] = lane < count ? row[lane] : 0 }
+        }
+        return (UnsafePointer(scratch), lanes)
+    }
+
+    /// Writes the output of block `block` of a unit's `blocks` (at
+    /// `offset`, `count` channels); or, for the first of a line's two
+    /// blocks in half precision when the unit holds the second, keeps it in
+    /// `held` to write with the second (see `write(_:at:count:then:…)`).
+    @inlinable @inline(__always)
+    func write<Output: ColumnsOutput>(
+        _ output: Output, block: Int, of blocks: Range<Int>, at offset: Int, count: Int,
+        holding held: inout (output: Output, offset: Int)?, to tensor: UnsafeMutablePointer<T>, streaming: Bool,
+        requests: inout UnitRequests
+    ) where Output.T == T {
+        if Self.lineBlocks == 1 {
+            write(output, at: offset, count: count, then: nil, count: 0, to: tensor, streaming: streaming, requests: &requests)
+        } else if block % 2 == 0 && block + 1 < blocks.upperBound {
+            held = (output, offset)
+        } else if let first = held {
+            write(first.output, at: first.offset, count: lanes, then: output, count: count, to: tensor, streaming: streaming,
+                  requests: &requests)
+            held = nil
+        } else {
+            write(output, at: offset, count: count, then: nil, count: 0, to: tensor, streaming: streaming, requests: &requests)
         }
     }
 
-    /// out[sample, position, block's channels] = the unit's k-th block's
-    /// output at the position, rounded to T, in the tensor's order, the
-    /// next unit's lines asked for on the way (`next`).
+    /// Blocks per cache line of a row: 2 for half precision (16 values of
+    /// 2 bytes), 1 otherwise.
+    @inlinable static var lineBlocks: Int { max(1, 64 / (T.Vector.scalarCount * MemoryLayout<T>.stride)) }
+
+    /// out[position, block's channels] = `output` at the position, rounded
+    /// to T, position after position from `offset`, followed at each
+    /// position by `next`, the block after it (`nextCount` channels), if given: a streaming store
+    /// must write a whole line at once, and half precision takes two
+    /// blocks to fill one. A step of the next unit's requests per block
+    /// and position.
     @inlinable @inline(__always)
-    func scatter<Constants: UnitConstants>(
-        _ tensor: UnsafeMutablePointer<T>, sample: Int, blocks: Range<Int>, streaming: Bool, _ output: UnitOutput<Constants>,
-        prefetching next: NextUnitLines
-    ) where Constants.C == C {
-        let start = tensor + (sample &* spatialCount &* channels &+ blocks.lowerBound &* lanes)
-        let lastCount = min(lanes, channels &- (blocks.upperBound &- 1) &* lanes)
-        let wholeBlocks = lastCount < lanes ? blocks.count &- 1 : blocks.count
-        if blocks.count == 1 {
-            // One block: its constants stay in registers.
-            let constants = output.constants(of: 0)
-            for position in 0..<spatialCount {
-                store(output.vector(constants, 0, position), to: start + position &* channels, count: lastCount,
-                      streaming: streaming)
-                next.prefetch(position: position)
-            }
-            return
-        }
+    func write<Output: ColumnsOutput>(
+        _ output: Output, at offset: Int, count: Int, then next: Output?, count nextCount: Int,
+        to tensor: UnsafeMutablePointer<T>, streaming: Bool, requests: inout UnitRequests
+    ) where Output.T == T {
+        let start = tensor + offset
+        let blocks = next == nil ? 1 : 2
+        let fillsLines = streaming && count == lanes && (next == nil || nextCount == lanes)
+            && blocks * lanes * MemoryLayout<T>.stride == 64
         for position in 0..<spatialCount {
-            let row = start + position &* channels
-            for k in 0..<wholeBlocks {
-                store(output.vector(output.constants(of: k), k, position), to: row + k &* lanes, count: lanes,
-                      streaming: streaming)
+            let out = start + position &* channels
+            let streams = fillsLines && Int(bitPattern: out) & 63 == 0
+            store(output.vector(at: position), to: out, count: count, streams: streams)
+            requests.advance()
+            if let next {
+                store(next.vector(at: position), to: out + lanes, count: nextCount, streams: streams)
+                requests.advance()
             }
-            if wholeBlocks < blocks.count {
-                store(output.vector(output.constants(of: wholeBlocks), wholeBlocks, position), to: row + wholeBlocks &* lanes,
-                      count: lastCount, streaming: streaming)
-            }
-            next.prefetch(position: position)
         }
     }
 
     /// The first `count` lanes of `vector` at `out`, rounded to T: a whole
-    /// vector (non-temporal with `streaming` when `out` sits on its
-    /// alignment), or lane by lane (the same bits: IEEE arithmetic rounds a
-    /// lane as it rounds a scalar).
+    /// vector (non-temporal with `streams`), or lane by lane (the same
+    /// bits: IEEE arithmetic rounds a lane as it rounds a scalar).
     @inlinable @inline(__always)
-    func store(_ vector: C.Lanes, to out: UnsafeMutablePointer<T>, count: Int, streaming: Bool) {
+    func store(_ vector: C.Lanes, to out: UnsafeMutablePointer<T>, count: Int, streams: Bool) {
         guard count == lanes else {
             for lane in 0..<count { out[lane] = T(rounding: vector[lane]) }
             return
         }
-        // A power of two: the test is a mask, not a division per vector.
-        let misalignment = min(64, lanes &* MemoryLayout<T>.stride) &- 1
-        if streaming && Int(bitPattern: out) & misalignment == 0 {
+        if streams {
             T.streamStore(vector, to: out)
         } else {
             storeVector(vector, out, 0)
         }
     }
 
-    /// The lines of the unit after `unit`, if `units` holds it, in `first`
-    /// and `second` (x, and dy for the backward).
-    @inlinable func nextUnit(after unit: Int, in units: Range<Int>, _ first: UnsafePointer<T>, _ second: UnsafePointer<T>?) -> NextUnitLines {
-        guard unit + 1 < units.upperBound else { return NextUnitLines() }
+    /// The requests for the lines of the unit after `unit`, if `units`
+    /// holds it, in `first` and `second` (x, and dy for the backward),
+    /// spread over the work of `unit`.
+    @inlinable func requests(after unit: Int, in units: Range<Int>, _ first: UnsafePointer<T>, _ second: UnsafePointer<T>?) -> UnitRequests {
+        let blockCount = blocks(of: unit).blocks.count
+        guard unit + 1 < units.upperBound else { return UnitRequests(NextUnitLines(), positions: spatialCount, blocks: blockCount) }
         let (sample, blocks) = self.blocks(of: unit + 1), stride = MemoryLayout<T>.stride
-        let offset = (sample * spatialCount * channels + blocks.lowerBound * lanes) * stride
-        return NextUnitLines(
+        let offset = offset(sample: sample, block: blocks.lowerBound) * stride
+        let next = NextUnitLines(
             first: UnsafeRawPointer(first) + offset, second: second.map { UnsafeRawPointer($0) + offset },
             rowBytes: channels * stride, runBytes: (min(blocks.upperBound * lanes, channels) - blocks.lowerBound * lanes) * stride)
+        return UnitRequests(next, positions: spatialCount, blocks: blockCount)
     }
 }
 
-/// The next unit's lines, asked into L2 a position at a time while the
-/// current unit's output is written: the unit's columns are gathered in a
-/// burst of loads, which would otherwise wait on memory with nothing to
-/// overlap (at C = 128, M = 49 the gather's loads held half the forward's
-/// samples).
+/// The next unit's lines asked a few positions at a time over the whole of
+/// a unit's work, a step per group of each block's sums and per position
+/// of its output. Asked only while the output was written (until
+/// 2026-12-06), they left memory idle through the sums.
+@usableFromInline
+struct UnitRequests {
+    @usableFromInline let next: NextUnitLines
+    @usableFromInline let positions, steps: Int
+    /// positions · (steps taken) − steps · (positions asked), kept below
+    /// `steps`: a step asks for every position that is due, with no division.
+    @usableFromInline var owed = 0, asked = 0
+
+    /// For the `positions` positions (M) of the next unit, asked over the
+    /// sums and the output of `blocks` blocks of as many positions.
+    @inlinable init(_ next: NextUnitLines, positions: Int, blocks: Int) {
+        self.next = next
+        self.positions = positions
+        steps = blocks * ((positions + blockedSumGroup - 1) / blockedSumGroup + positions)
+        // Without a next unit, nothing is due.
+        asked = next.first == nil ? positions : 0
+    }
+
+    /// Asks for the positions due by the next step. A statistics' second
+    /// pass takes more steps than counted: the rest is then asked earlier.
+    @inlinable @inline(__always)
+    mutating func advance() {
+        owed &+= positions
+        while owed >= steps && asked < positions {
+            next.prefetch(position: asked)
+            asked &+= 1
+            owed &-= steps
+        }
+    }
+}
+
+/// A block's output at a position from its columns: y
+/// (`NormalizedColumns`) or dx (`InputGradientColumns`).
+@usableFromInline
+protocol ColumnsOutput {
+    associatedtype T: InstanceNormScalar
+    /// The output at a position.
+    func vector(at position: Int) -> T.Vector
+}
+
+/// y = (x − μ_hi)·a + b, lane by lane (`NormalizeLaneConstants`), x's
+/// columns `stride` values apart.
+@usableFromInline
+struct NormalizedColumns<T: InstanceNormScalar>: ColumnsOutput {
+    @usableFromInline let constants: NormalizeLaneConstants<T.Compute>
+    @usableFromInline let x: UnsafePointer<T>
+    @usableFromInline let stride: Int
+
+    @inlinable init(_ constants: NormalizeLaneConstants<T.Compute>, x: UnsafePointer<T>, stride: Int) {
+        self.constants = constants
+        self.x = x
+        self.stride = stride
+    }
+
+    @inlinable @inline(__always)
+    func vector(at position: Int) -> T.Vector { constants.value(x: loadVector(x, position &* stride)) }
+}
+
+/// dx, lane by lane (`GradientLaneConstants`), the columns of x and dy
+/// `stride` values apart.
+@usableFromInline
+struct InputGradientColumns<T: InstanceNormScalar>: ColumnsOutput {
+    @usableFromInline let constants: GradientLaneConstants<T.Compute>
+    @usableFromInline let x, dy: UnsafePointer<T>
+    @usableFromInline let stride: Int
+
+    @inlinable init(_ constants: GradientLaneConstants<T.Compute>, x: UnsafePointer<T>, dy: UnsafePointer<T>, stride: Int) {
+        self.constants = constants
+        self.x = x
+        self.dy = dy
+        self.stride = stride
+    }
+
+    @inlinable @inline(__always)
+    func vector(at position: Int) -> T.Vector {
+        let index = position &* stride
+        return constants.value(x: loadVector(x, index), dy: loadVector(dy, index))
+    }
+}
+
+/// The lines of a unit's run of channels in x (and dy), asked into L2 a
+/// position at a time (`UnitRequests` says when): the run's lines lie C
+/// values apart, which the prefetchers do not follow (at C = 128, M = 49,
+/// before these requests, the first loads of a unit held half the
+/// forward's samples).
 @usableFromInline
 struct NextUnitLines {
     /// Position 0 of the next unit's run in x (and dy), or nil for none.
@@ -187,32 +297,29 @@ struct NextUnitLines {
     }
 }
 
-/// One worker's scratch for `SmallChannelsLast`: a unit's columns of one
-/// or two tensors, its blocks' output constants, and room for `LaneStatistics`' staging.
+/// One worker's scratch for `SmallChannelsLast`: a partial block's
+/// columns of one or two tensors and room for `LaneStatistics`' staging.
 @usableFromInline
-final class SmallChannelsLastScratch<C: InstanceNormComputeScalar> {
+final class SmallChannelsLastScratch<T: InstanceNormScalar> {
     @usableFromInline let columnCount: Int
-    @usableFromInline let columnSlots, constants: UnsafeMutablePointer<C>
+    @usableFromInline let columnSlots: UnsafeMutablePointer<T>
     @usableFromInline let staging: UnsafeMutablePointer<Double>
 
-    /// For `blocks` blocks of M = `spatialCount` columns of `tensors` tensors
-    /// and `constantsPerBlock` constant vectors.
-    @inlinable init(blocks: Int, spatialCount: Int, tensors: Int, constantsPerBlock: Int) {
-        let lanes = C.Lanes.scalarCount
-        columnCount = blocks * spatialCount * lanes
-        columnSlots = allocateAligned(tensors * columnCount, of: C.self)
-        constants = allocateAligned(blocks * constantsPerBlock * lanes, of: C.self)
+    /// For M = `spatialCount` columns of `tensors` tensors.
+    @inlinable init(spatialCount: Int, tensors: Int) {
+        let lanes = T.Vector.scalarCount
+        columnCount = spatialCount * lanes
+        columnSlots = allocateAligned(tensors * columnCount, of: T.self)
         staging = allocateAligned(3 * lanes, of: Double.self)
     }
 
     deinit {
         columnSlots.deallocate()
-        constants.deallocate()
         staging.deallocate()
     }
 
     /// The columns of tensor `kind` (0: x, 1: dy).
-    @inlinable func columns(_ kind: Int) -> UnsafeMutablePointer<C> { columnSlots + kind * columnCount }
+    @inlinable func columns(_ kind: Int) -> UnsafeMutablePointer<T> { columnSlots + kind * columnCount }
 }
 
 extension SmallChannelsLast {
@@ -226,26 +333,27 @@ extension SmallChannelsLast {
         let gammaLanes = ChannelLanes(gamma, channels: channels, lanes: lanes, default: 1)
         let betaLanes = ChannelLanes(beta, channels: channels, lanes: lanes, default: 0)
         let (output, input, stored) = (SharedBuffer(y), SharedBuffer(x), SharedBuffer(statistics))
-        let split = split(threads: threads), blockValues = spatialCount * lanes
+        let split = split(threads: threads)
         split.run { worker in
-            let scratch = SmallChannelsLastScratch<C>(
-                blocks: unitBlocks, spatialCount: spatialCount, tensors: 1, constantsPerBlock: NormalizeLaneConstants<C>.vectors)
-            let columns = scratch.columns(0)
+            let scratch = SmallChannelsLastScratch<T>(spatialCount: spatialCount, tensors: 1)
             let units = split.instances(of: worker)
             for unit in units {
                 let (sample, blocks) = self.blocks(of: unit)
-                gather(input.base, sample: sample, blocks: blocks, into: columns)
+                var requests = requests(after: unit, in: units, input.base, nil)
+                var held: (output: NormalizedColumns<T>, offset: Int)?
                 for block in blocks {
-                    let (first, count) = instances(sample: sample, block: block), k = block - blocks.lowerBound
+                    let (first, count) = instances(sample: sample, block: block), offset = offset(sample: sample, block: block)
+                    let (x, stride) = columns(input.base, at: offset, count: count, scratch: scratch.columns(0))
                     let statistics = LaneStatistics<C>(
-                        columns: UnsafePointer(columns + k * blockValues), count: spatialCount, divisor: divisor, eps: eps)
+                        columns: x, stride: stride, count: spatialCount, divisor: divisor, eps: eps
+                    ) { requests.advance() }
                     statistics.store(to: stored.base + first, count: count, staging: scratch.staging, streaming: streaming)
-                    NormalizeLaneConstants(gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
-                        .store(to: scratch.constants + NormalizeLaneConstants<C>.vectors * k * lanes)
+                    let constants = NormalizeLaneConstants(
+                        gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
+                    let columns = NormalizedColumns(constants, x: x, stride: stride)
+                    write(columns, block: block, of: blocks, at: offset, count: count, holding: &held, to: output.base,
+                          streaming: streaming, requests: &requests)
                 }
-                scatter(output.base, sample: sample, blocks: blocks, streaming: streaming,
-                        UnitOutput<NormalizeLaneConstants<C>>(x: columns, constants: scratch.constants, blockValues: blockValues),
-                        prefetching: nextUnit(after: unit, in: units, input.base, nil))
             }
             // Each worker's streaming stores (y and the statistics) done before the join.
             if streaming { instnorm_store_fence() }
@@ -274,32 +382,29 @@ extension SmallChannelsLast {
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: SharedBuffer(sums), channels: channels,
             inLine: false, streaming: streaming)
-        let split = split(threads: threads), blockValues = spatialCount * lanes
+        let split = split(threads: threads)
         split.run { worker in
-            let scratch = SmallChannelsLastScratch<C>(
-                blocks: unitBlocks, spatialCount: spatialCount, tensors: 2, constantsPerBlock: GradientLaneConstants<C>.vectors)
-            let values = scratch.columns(0), deltas = scratch.columns(1)
+            let scratch = SmallChannelsLastScratch<T>(spatialCount: spatialCount, tensors: 2)
             let units = split.instances(of: worker)
             for unit in units {
                 let (sample, blocks) = self.blocks(of: unit)
-                gather(input.base, sample: sample, blocks: blocks, into: values)
-                gather(gradients.base, sample: sample, blocks: blocks, into: deltas)
+                var requests = requests(after: unit, in: units, input.base, gradients.base)
+                var held: (output: InputGradientColumns<T>, offset: Int)?
                 for block in blocks {
-                    let (first, count) = instances(sample: sample, block: block), k = block - blocks.lowerBound
+                    let (first, count) = instances(sample: sample, block: block), offset = offset(sample: sample, block: block)
+                    let (x, stride) = columns(input.base, at: offset, count: count, scratch: scratch.columns(0))
+                    let (dy, _) = columns(gradients.base, at: offset, count: count, scratch: scratch.columns(1))
                     let statistics = LaneStatistics<C>(saved.base + first, count: count, staging: scratch.staging)
                     let (sumDy, sumDyXHat) = gradientLaneSums(
-                        statistics, dy: UnsafePointer(deltas + k * blockValues), x: UnsafePointer(values + k * blockValues),
-                        count: spatialCount)
+                        statistics, dy: dy, x: x, stride: stride, count: spatialCount
+                    ) { requests.advance() }
                     parameterSums.record(first..<first + count, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
-                    GradientLaneConstants(
-                        gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat,
-                        divisor: divisor
-                    ).store(to: scratch.constants + GradientLaneConstants<C>.vectors * k * lanes)
+                    let constants = GradientLaneConstants(
+                        gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
+                    let columns = InputGradientColumns(constants, x: x, dy: dy, stride: stride)
+                    write(columns, block: block, of: blocks, at: offset, count: count, holding: &held, to: output.base,
+                          streaming: streaming, requests: &requests)
                 }
-                scatter(output.base, sample: sample, blocks: blocks, streaming: streaming,
-                        UnitOutput<GradientLaneConstants<C>>(
-                            x: values, dy: deltas, constants: scratch.constants, blockValues: blockValues),
-                        prefetching: nextUnit(after: unit, in: units, input.base, gradients.base))
             }
             // The streamed sums reach memory before another thread adds them up.
             if streaming { instnorm_store_fence() }
@@ -307,60 +412,5 @@ extension SmallChannelsLast {
         if streaming { instnorm_store_fence() }
         parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount, threads: threads)
         overlap?.sumsReady()
-    }
-}
-
-/// A block's per-lane constants of an output of `SmallChannelsLast`, kept
-/// in a unit's scratch between the block's statistics and the unit's
-/// output: `NormalizeLaneConstants` (y) or `GradientLaneConstants` (dx).
-@usableFromInline
-protocol UnitConstants {
-    associatedtype C: InstanceNormComputeScalar
-    /// How many vectors of B lanes a block keeps.
-    static var vectors: Int { get }
-    init(loadingFrom address: UnsafePointer<C>)
-    /// The output at a position from its x and dy (the forward has no dy).
-    func value(x: C.Lanes, dy: C.Lanes) -> C.Lanes
-}
-
-extension NormalizeLaneConstants: UnitConstants {
-    @inlinable static var vectors: Int { 3 }
-
-    @inlinable @inline(__always)
-    func value(x: C.Lanes, dy _: C.Lanes) -> C.Lanes { value(x: x) }
-}
-
-extension GradientLaneConstants: UnitConstants {
-    @inlinable static var vectors: Int { 5 }
-}
-
-/// An output of a unit: block k's lanes at a position, from the unit's
-/// columns of x (and dy) and each block's constants, `Constants.vectors`
-/// vectors a block.
-@usableFromInline
-struct UnitOutput<Constants: UnitConstants> {
-    @usableFromInline typealias C = Constants.C
-    @usableFromInline let x, dy, constants: UnsafePointer<C>
-    @usableFromInline let blockValues: Int
-
-    /// Without `dy` (the forward), the x columns stand in for it, unread.
-    @inlinable init(x: UnsafeMutablePointer<C>, dy: UnsafeMutablePointer<C>? = nil, constants: UnsafeMutablePointer<C>,
-                    blockValues: Int) {
-        self.x = UnsafePointer(x)
-        self.dy = UnsafePointer(dy ?? x)
-        self.constants = UnsafePointer(constants)
-        self.blockValues = blockValues
-    }
-
-    /// Block k's constants, read once for its positions.
-    @inlinable @inline(__always)
-    func constants(of block: Int) -> Constants {
-        Constants(loadingFrom: constants + Constants.vectors &* block &* C.Lanes.scalarCount)
-    }
-
-    @inlinable @inline(__always)
-    func vector(_ constants: Constants, _ block: Int, _ position: Int) -> C.Lanes {
-        let index = block &* blockValues &+ position &* C.Lanes.scalarCount
-        return constants.value(x: loadVector(x, index), dy: loadVector(dy, index))
     }
 }

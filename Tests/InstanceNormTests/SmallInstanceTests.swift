@@ -2,7 +2,7 @@ import InstanceNorm
 import TestSupport
 import Testing
 
-/// The blocked kernels of small instances (`SmallInstances`, M ≤ 144): a
+/// The blocked kernels of small instances (`SmallInstances`, M ≤ 196): a
 /// block of B instances (B = 16 for half and float, 8 for double) is
 /// computed one instance per vector lane, in both layouts.
 ///
@@ -71,6 +71,15 @@ import Testing
     @Test func channelsLastCutsWideSamplesIntoUnits() {
         check(Float.self, [2, 339, 64])
         check(Double.self, [2, 339, 64])
+    }
+
+    /// Half precision writes channels last two blocks at a time (16 values
+    /// of 2 bytes fill half a line): whole lines by streaming stores where
+    /// rows start on a line (C = 64), and a last block of a sample written
+    /// alone (C = 48, three blocks); the same bits as channels first.
+    @Test func halfPrecisionChannelsLastWritesBlocksInPairs() {
+        check(Float16.self, [3, 64, 49])
+        check(Float16.self, [3, 48, 49])
     }
 
     /// dγ_c, dβ_c are the instances' s2, s1 added in sample order, bit for
