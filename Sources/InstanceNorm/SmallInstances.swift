@@ -44,10 +44,13 @@ public enum SmallInstances {
     /// (`SmallChannelsLast` against the channels-last kernels) M = 81
     /// – / 0.71, 100 1.04 / 1.03, 144 0.71 / 0.90, 196 1.09 / 1.20. Both
     /// layouts must take the same kernels (the two orders of summation give
-    /// different bits), so the limit stops below the channels-last loss.
-    /// (Before the spread requests the limits were M = 100 forward and 64
-    /// backward: at M = 81 the blocked backward took 1.30 times as long.)
-    public static let limit = 144
+    /// different bits), so the limit stopped at 144 until channels last
+    /// read its blocks where they lie (2026-12-06): then at M = 196
+    /// (512,64,14,14) 1.05 / 0.94 against the channels-last kernels (5
+    /// rounds). (Before the spread requests the limits were M = 100 forward
+    /// and 64 backward: at M = 81 the blocked backward took 1.30 times as
+    /// long.)
+    public static let limit = 196
 
     /// The largest M whose backward takes the blocked kernels: `limit`.
     public static let backwardLimit = limit
