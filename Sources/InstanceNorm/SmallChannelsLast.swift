@@ -96,26 +96,23 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
         return (UnsafePointer(scratch), lanes)
     }
 
-    /// Writes the output of block `block` of a unit's `blocks` (at
-    /// `offset`, `count` channels); or, for the first of a line's two
-    /// blocks in half precision when the unit holds the second, keeps it in
-    /// `held` to write with the second (see `write(_:at:count:then:…)`).
+    /// Each of a unit's `blocks` computed (`output(block)`: its output,
+    /// offset and channel count, after its sums) and written to `tensor`:
+    /// block after block, or, where a line of a row holds two blocks (half
+    /// precision), two at a time, so that a streaming store writes whole lines.
     @inlinable @inline(__always)
-    func write<Output: ColumnsOutput>(
-        _ output: Output, block: Int, of blocks: Range<Int>, at offset: Int, count: Int,
-        holding held: inout (output: Output, offset: Int)?, to tensor: UnsafeMutablePointer<T>, streaming: Bool,
-        requests: inout UnitRequests
+    func writeBlocks<Output: ColumnsOutput>(
+        _ blocks: Range<Int>, to tensor: UnsafeMutablePointer<T>, streaming: Bool, requests: inout UnitRequests,
+        _ output: (_ block: Int, _ requests: inout UnitRequests) -> (output: Output, offset: Int, count: Int)
     ) where Output.T == T {
-        if Self.lineBlocks == 1 {
-            write(output, at: offset, count: count, then: nil, count: 0, to: tensor, streaming: streaming, requests: &requests)
-        } else if block % 2 == 0 && block + 1 < blocks.upperBound {
-            held = (output, offset)
-        } else if let first = held {
-            write(first.output, at: first.offset, count: lanes, then: output, count: count, to: tensor, streaming: streaming,
-                  requests: &requests)
-            held = nil
-        } else {
-            write(output, at: offset, count: count, then: nil, count: 0, to: tensor, streaming: streaming, requests: &requests)
+        var block = blocks.lowerBound
+        while block < blocks.upperBound {
+            let first = output(block, &requests)
+            let paired = Self.lineBlocks == 2 && block + 1 < blocks.upperBound
+            let second = paired ? output(block + 1, &requests) : first
+            write(first.output, at: first.offset, count: first.count, then: second.output, count: second.count,
+                  paired: paired, to: tensor, streaming: streaming, requests: &requests)
+            block += paired ? 2 : 1
         }
     }
 
@@ -124,26 +121,24 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable static var lineBlocks: Int { max(1, 64 / (T.Vector.scalarCount * MemoryLayout<T>.stride)) }
 
     /// out[position, block's channels] = `output` at the position, rounded
-    /// to T, position after position from `offset`, followed at each
-    /// position by `next`, the block after it (`nextCount` channels), if given: a streaming store
-    /// must write a whole line at once, and half precision takes two
-    /// blocks to fill one. A step of the next unit's requests per block
-    /// and position.
+    /// to T, position after position from `offset`, and, if `paired`, the
+    /// block after it (`next`, `nextCount` channels) at each position too:
+    /// a streaming store must write a whole line at once. A step of the
+    /// next unit's requests per block and position.
     @inlinable @inline(__always)
     func write<Output: ColumnsOutput>(
-        _ output: Output, at offset: Int, count: Int, then next: Output?, count nextCount: Int,
+        _ output: Output, at offset: Int, count: Int, then next: Output, count nextCount: Int, paired: Bool,
         to tensor: UnsafeMutablePointer<T>, streaming: Bool, requests: inout UnitRequests
     ) where Output.T == T {
         let start = tensor + offset
-        let blocks = next == nil ? 1 : 2
-        let fillsLines = streaming && count == lanes && (next == nil || nextCount == lanes)
-            && blocks * lanes * MemoryLayout<T>.stride == 64
+        let fillsLines = streaming && count == lanes && (!paired || nextCount == lanes)
+            && (paired ? 2 : 1) * lanes * MemoryLayout<T>.stride == 64
         for position in 0..<spatialCount {
             let out = start + position &* channels
             let streams = fillsLines && Int(bitPattern: out) & 63 == 0
             store(output.vector(at: position), to: out, count: count, streams: streams)
             requests.advance()
-            if let next {
+            if paired {
                 store(next.vector(at: position), to: out + lanes, count: nextCount, streams: streams)
                 requests.advance()
             }
@@ -340,8 +335,7 @@ extension SmallChannelsLast {
             for unit in units {
                 let (sample, blocks) = self.blocks(of: unit)
                 var requests = requests(after: unit, in: units, input.base, nil)
-                var held: (output: NormalizedColumns<T>, offset: Int)?
-                for block in blocks {
+                writeBlocks(blocks, to: output.base, streaming: streaming, requests: &requests) { block, requests in
                     let (first, count) = instances(sample: sample, block: block), offset = offset(sample: sample, block: block)
                     let (x, stride) = columns(input.base, at: offset, count: count, scratch: scratch.columns(0))
                     let statistics = LaneStatistics<C>(
@@ -350,9 +344,7 @@ extension SmallChannelsLast {
                     statistics.store(to: stored.base + first, count: count, staging: scratch.staging, streaming: streaming)
                     let constants = NormalizeLaneConstants(
                         gamma: gammaLanes.lanes(from: first), beta: betaLanes.lanes(from: first), statistics)
-                    let columns = NormalizedColumns(constants, x: x, stride: stride)
-                    write(columns, block: block, of: blocks, at: offset, count: count, holding: &held, to: output.base,
-                          streaming: streaming, requests: &requests)
+                    return (NormalizedColumns(constants, x: x, stride: stride), offset, count)
                 }
             }
             // Each worker's streaming stores (y and the statistics) done before the join.
@@ -389,8 +381,7 @@ extension SmallChannelsLast {
             for unit in units {
                 let (sample, blocks) = self.blocks(of: unit)
                 var requests = requests(after: unit, in: units, input.base, gradients.base)
-                var held: (output: InputGradientColumns<T>, offset: Int)?
-                for block in blocks {
+                writeBlocks(blocks, to: output.base, streaming: streaming, requests: &requests) { block, requests in
                     let (first, count) = instances(sample: sample, block: block), offset = offset(sample: sample, block: block)
                     let (x, stride) = columns(input.base, at: offset, count: count, scratch: scratch.columns(0))
                     let (dy, _) = columns(gradients.base, at: offset, count: count, scratch: scratch.columns(1))
@@ -401,9 +392,7 @@ extension SmallChannelsLast {
                     parameterSums.record(first..<first + count, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
                     let constants = GradientLaneConstants(
                         gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
-                    let columns = InputGradientColumns(constants, x: x, dy: dy, stride: stride)
-                    write(columns, block: block, of: blocks, at: offset, count: count, holding: &held, to: output.base,
-                          streaming: streaming, requests: &requests)
+                    return (InputGradientColumns(constants, x: x, dy: dy, stride: stride), offset, count)
                 }
             }
             // The streamed sums reach memory before another thread adds them up.
