@@ -291,7 +291,9 @@ public final class DataParallelNorm<T: DataParallelScalar> {
             dy: UnsafeBufferPointer(rebasing: dy[values]), x: UnsafeBufferPointer(rebasing: x[values]),
             statistics: UnsafeBufferPointer(rebasing: statistics[rows * samples.lowerBound..<rows * samples.upperBound]),
             gamma: gamma, shape: localShape.withBatch(samples.count), threads: threads, stores: stores,
-            parameterSums: shares, overlap: overlap, layout: layout)
+            // The exact sums and the gather add up the shares themselves.
+            parameterSums: shares, combinesParameterGradients: shares == nil || reduction == .allreduce,
+            overlap: overlap, layout: layout)
     }
 
     /// The runs of local samples the backward takes one kernel call each.

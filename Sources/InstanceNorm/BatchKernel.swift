@@ -196,6 +196,10 @@ public enum BatchKernel {
     ///   - instanceSums: (N, C, 2) output, s1 and s2 of every instance,
     ///     written before `overlap.sumsReady` (for a reduction that must not
     ///     depend on how the batch is split; see the data-parallel layer).
+    ///   - combinesParameterGradients: false when the caller needs only
+    ///     `instanceSums` (then required): the small-instance kernels then
+    ///     leave dγ, dβ zero instead of adding the sums into them (see
+    ///     `NormKernel.backward`).
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last for dx, dy, x.
     @inlinable
@@ -209,17 +213,19 @@ public enum BatchKernel {
         statistics: UnsafeBufferPointer<InstanceStatistics>,
         gamma: UnsafeBufferPointer<T>?,
         shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic,
-        instanceSums: UnsafeMutableBufferPointer<Double>? = nil,
+        instanceSums: UnsafeMutableBufferPointer<Double>? = nil, combinesParameterGradients: Bool = true,
         overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
+        precondition(combinesParameterGradients || instanceSums != nil, "shares alone need instanceSums")
         if layout == .channelsLast && SmallInstances.appliesToBackward(shape) {
             return SmallChannelsLast<T>(shape: shape, threads: threads).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
-                threads: threads, stores: stores, instanceSums: instanceSums, overlap: overlap)
+                threads: threads, stores: stores, instanceSums: instanceSums, combines: combinesParameterGradients,
+                overlap: overlap)
         }
         if layout == .channelsLast {
             return backwardChannelsLast(
@@ -228,7 +234,8 @@ public enum BatchKernel {
         }
         if SmallInstances.appliesToBackward(shape) {
             return SmallBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
-                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums, overlap: overlap)
+                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums,
+                     combines: combinesParameterGradients, overlap: overlap)
         }
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)

@@ -84,6 +84,11 @@ public enum NormKernel {
     ///   - threads: worker threads, ≥ 1.
     ///   - stores: how dx is written.
     ///   - parameterSums: 2·N·P outputs, or nil.
+    ///   - combinesParameterGradients: false when the caller needs only
+    ///     `parameterSums` (then required) and adds them up itself, as the
+    ///     exact sums across ranks do: InstanceNorm's small-instance kernels
+    ///     then skip adding them into dγ, dβ (a pass over the shares at
+    ///     several threads) and leave dγ, dβ zero; the others still fill them.
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last (instance and group norm).
     @inlinable
@@ -96,12 +101,13 @@ public enum NormKernel {
         dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
         shape: NormShape, threads: Int = 1, stores: StorePolicy = .automatic,
-        parameterSums: UnsafeMutableBufferPointer<Double>? = nil,
+        parameterSums: UnsafeMutableBufferPointer<Double>? = nil, combinesParameterGradients: Bool = true,
         overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.parameterCount && dbeta.count == shape.parameterCount)
+        precondition(combinesParameterGradients || parameterSums != nil, "shares alone need parameterSums")
         precondition(parameterSums.map { $0.count == 2 * shape.batch * shape.parameterCount } ?? true,
                      "parameterSums holds 2·N·P values")
         switch route(shape, layout) {
@@ -118,8 +124,8 @@ public enum NormKernel {
         case .instance(let channelShape):
             BatchKernel.backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
-                shape: channelShape, threads: threads, stores: stores, instanceSums: parameterSums, overlap: overlap,
-                layout: layout)
+                shape: channelShape, threads: threads, stores: stores, instanceSums: parameterSums,
+                combinesParameterGradients: combinesParameterGradients, overlap: overlap, layout: layout)
         case .group(let channelShape, let groups):
             GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
                        streaming: stores.streams(dx, tensors: 3, runsOf: GroupBatch<T>.outputRun(channelShape, groups: groups, backward: true)))

@@ -165,10 +165,11 @@ struct LoadedBlock<T: InstanceNormScalar> {
 }
 
 extension SmallBackward {
-    /// The whole backward (see `BatchKernel.backward` for the arguments).
+    /// The whole backward (see `BatchKernel.backward` for the arguments;
+    /// `combines` is its `combinesParameterGradients`).
     @inlinable func run(
         threads: Int, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
-        instanceSums: UnsafeMutableBufferPointer<Double>?, overlap: BackwardOverlap?
+        instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool = true, overlap: BackwardOverlap?
     ) {
         let schedule = BackwardSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
@@ -183,7 +184,7 @@ extension SmallBackward {
         defer { waiting.deallocate() }
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: stored.map { SharedBuffer($0) },
-            channels: channels, inLine: schedule.combinesInLine, streaming: streaming)
+            channels: channels, inLine: combines && schedule.combinesInLine, streaming: streaming)
         split.run { worker in
             // Software-pipelined as the forward is: a block's sums before
             // the dx of the block before it.
@@ -206,7 +207,7 @@ extension SmallBackward {
             // The streamed sums reach memory before another thread adds them up.
             if streaming { instnorm_store_fence() }
         }
-        if !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount, threads: threads) }
+        if combines && !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount, threads: threads) }
         overlap?.sumsReady()
         writeTails(schedule, split, tails, waiting, overlap)
         if streaming { instnorm_store_fence() }

@@ -355,13 +355,15 @@ extension SmallChannelsLast {
 
     /// The backward (see `BatchKernel.backward`): s1, s2 of every instance,
     /// dx, then dγ, dβ from the per-instance sums in sample order (the
-    /// order of the channels-first kernels). `overlap.sumsReady` runs at
-    /// the end: these kernels leave no tail to hide the reduction behind.
+    /// order of the channels-first kernels), unless not `combines`.
+    /// `overlap.sumsReady` runs at the end: these kernels leave no tail to
+    /// hide the reduction behind.
     @inlinable func backward(
         dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>,
         dbeta: UnsafeMutableBufferPointer<Double>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, threads: Int,
-        stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, overlap: BackwardOverlap?
+        stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool = true,
+        overlap: BackwardOverlap?
     ) {
         let streaming = stores.streams(dx, tensors: 3)
         let gammaLanes = ChannelLanes(gamma, channels: channels, lanes: lanes, default: 1)
@@ -399,7 +401,7 @@ extension SmallChannelsLast {
             if streaming { instnorm_store_fence() }
         }
         if streaming { instnorm_store_fence() }
-        parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount, threads: threads)
+        if combines { parameterSums.combineInSampleOrder(instanceCount: shape.instanceCount, threads: threads) }
         overlap?.sumsReady()
     }
 }

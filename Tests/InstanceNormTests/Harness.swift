@@ -13,7 +13,8 @@ struct KernelRun<T: InstanceNormScalar> {
 
     init(
         x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: InstanceNormShape, eps: Double,
-        threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst
+        threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst,
+        combinesParameterGradients: Bool = true
     ) {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
@@ -32,7 +33,7 @@ struct KernelRun<T: InstanceNormScalar> {
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements,
             dy: dy.readOnly, x: x.readOnly, statistics: statistics.readOnly,
             gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores,
-            instanceSums: instanceSums.elements, layout: layout)
+            instanceSums: instanceSums.elements, combinesParameterGradients: combinesParameterGradients, layout: layout)
         self.y = y.array
         self.statistics = statistics.array
         self.dx = dx.array

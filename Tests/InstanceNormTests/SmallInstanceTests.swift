@@ -73,6 +73,32 @@ import Testing
         check(Double.self, [2, 339, 64])
     }
 
+    /// A caller that adds up the shares itself (the exact sums across
+    /// ranks) lets the blocked kernels skip dγ, dβ: the same dx and shares,
+    /// bit for bit, in both layouts, with one worker (which adds in line)
+    /// and three (which add the stored sums afterwards), and dγ, dβ zero.
+    @Test(arguments: [4, 49])
+    func sharesAloneAreTheSameBits(spatialCount: Int) {
+        let inputs = Inputs<Float>([5, 37, spatialCount], affine: true, seed: 89), shape = inputs.shape
+        for layout in [TensorLayout.channelsFirst, .channelsLast] {
+            let first = layout == .channelsFirst
+            let x = first ? inputs.x : channelsLast(inputs.x, shape), dy = first ? inputs.dy : channelsLast(inputs.dy, shape)
+            for threads in [1, 3] {
+                let label = "M \(spatialCount), \(layout), \(threads) threads"
+                let full = KernelRun(
+                    x: x, dy: dy, gamma: inputs.gamma, beta: inputs.beta, shape: shape, eps: 1e-5, threads: threads,
+                    layout: layout)
+                let sharesAlone = KernelRun(
+                    x: x, dy: dy, gamma: inputs.gamma, beta: inputs.beta, shape: shape, eps: 1e-5, threads: threads,
+                    layout: layout, combinesParameterGradients: false)
+                #expect(bitPatterns(sharesAlone.dx) == bitPatterns(full.dx), "dx, \(label)")
+                #expect(bitPatterns(sharesAlone.instanceSums) == bitPatterns(full.instanceSums), "shares, \(label)")
+                #expect(sharesAlone.dgamma.allSatisfy { $0 == 0 } && sharesAlone.dbeta.allSatisfy { $0 == 0 }, "dγ, dβ, \(label)")
+                #expect(full.dbeta.contains { $0 != 0 }, "dβ summed, \(label)")
+            }
+        }
+    }
+
     /// Half precision writes channels last two blocks at a time (16 values
     /// of 2 bytes fill half a line): whole lines by streaming stores where
     /// rows start on a line (C = 64), and a last block of a sample written
