@@ -169,7 +169,7 @@ extension SmallBackward {
     /// `combines` is its `combinesParameterGradients`).
     @inlinable func run(
         threads: Int, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
-        instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool = true, overlap: BackwardOverlap?
+        instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool, overlap: BackwardOverlap?
     ) {
         let schedule = BackwardSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)

@@ -132,7 +132,7 @@ struct SmallChannelsLast<T: InstanceNormScalar>: @unchecked Sendable {
     ) where Output.T == T {
         let start = tensor + offset
         let fillsLines = streaming && count == lanes && (!paired || nextCount == lanes)
-            && (paired ? 2 : 1) * lanes * MemoryLayout<T>.stride == 64
+            && (paired ? 2 : 1) == Self.lineBlocks
         for position in 0..<spatialCount {
             let out = start + position &* channels
             let streams = fillsLines && Int(bitPattern: out) & 63 == 0
@@ -362,7 +362,7 @@ extension SmallChannelsLast {
         dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>,
         dbeta: UnsafeMutableBufferPointer<Double>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, threads: Int,
-        stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool = true,
+        stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool,
         overlap: BackwardOverlap?
     ) {
         let streaming = stores.streams(dx, tensors: 3)
