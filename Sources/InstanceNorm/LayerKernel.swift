@@ -183,20 +183,34 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
         block.update(repeating: 0, count: 2 * length)
-        var waiting: Int?  // summed, its dx not yet written (the fused order)
-        for row in rows {
-            if let previous = waiting {
-                rowSumsWritingDx(of: previous, sumsOf: row, addingTo: block)
+        let pairs = pairsRows
+        var waiting = rows.lowerBound..<rows.lowerBound  // summed, their dx not yet written (the fused order)
+        var row = rows.lowerBound
+        while row < rows.upperBound {
+            // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
+            let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
+            if summed.count == 2 && waiting.count == 2 {
+                sharedLinePairSums(of: row, writingDxOf: waiting.lowerBound, addingTo: block)
             } else {
-                rowSums(row, addingTo: block)
+                for previous in waiting.dropLast() { inputGradient(previous, 0..<length) }
+                for next in summed {
+                    if let previous = waiting.last, next == row {
+                        rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
+                    } else {
+                        rowSums(next, addingTo: block)
+                    }
+                }
             }
-            waiting = nil
-            if row < firstDeferred { if fusesRows { waiting = row } else { inputGradient(row, 0..<length) } }
-            if (row - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || row == rows.upperBound - 1 {
+            let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
+            waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
+            if !fusesRows { for next in undeferred { inputGradient(next, 0..<length) } }
+            let last = summed.upperBound - 1
+            if (last - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || last == rows.upperBound - 1 {
                 flush(block, into: columns)
             }
+            row = summed.upperBound
         }
-        if let previous = waiting { inputGradient(previous, 0..<length) }
+        for previous in waiting { inputGradient(previous, 0..<length) }
         let shares = parameterSums.baseAddress! + 2 * sample * length
         for position in 0..<length {
             shares[2 * position] = columns[position]
@@ -337,6 +351,73 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         }
         keepRowSums(next, sumA: sumA, centered: centered)
         writeElementwise(out, written..<length, streaming: true, gradient)
+    }
+
+    /// Whether the fused order takes rows two at a time
+    /// (`sharedLinePairSums`): every row of dx starts on a line.
+    @inlinable var pairsRows: Bool {
+        fusesRows && (batch.rowLength * MemoryLayout<T>.stride) % 64 == 0 && streamingStart(dx.base, 0..<batch.rowLength) == 0
+    }
+
+    /// `sharedLineSums` of rows `next` and `next + 1` at once, writing dx of
+    /// rows `previous` and `previous + 1`. The block's column sums are read
+    /// and written once for both rows, not once per row: on long rows its
+    /// 2·D accumulators outgrow L1, and their loads were the kernel's
+    /// slowest. Each accumulator still adds `next`'s value before
+    /// `next + 1`'s, each row's A and S add up chunk by chunk as in
+    /// `chunkedSums`, and dx is `LayerGradientOperation`'s: the same bits
+    /// as one row at a time.
+    @inlinable func sharedLinePairSums(of next: Int, writingDxOf previous: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+        let length = batch.rowLength, lanes = T.Vector.scalarCount, gamma = batch.gamma.base
+        let firstColumns = columns(of: next, addingTo: block), secondColumns = columns(of: next + 1, addingTo: block)
+        let firstGradient = gradientOperation(of: previous), secondGradient = gradientOperation(of: previous + 1)
+        let firstOut = batch.row(dx, previous), secondOut = batch.row(dx, previous + 1)
+        let firstDy = batch.row(dy, next), firstX = batch.row(batch.x, next)
+        let secondDy = batch.row(dy, next + 1), secondX = batch.row(batch.x, next + 1)
+        // Each row's stream asks for the lines of the row a pair later.
+        let firstAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(secondDy), x: UnsafeRawPointer(secondX))
+        let secondAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(batch.row(dy, next + 2)),
+                                               x: UnsafeRawPointer(batch.row(batch.x, next + 2)))
+        var firstTotal = (0.0, 0.0), secondTotal = (0.0, 0.0), written = 0
+        var start = 0
+        while start < length {
+            let chunk = start..<min(start + reductionChunk, length)
+            // Formed here, not captured: a captured vector is read back from memory in halves.
+            let firstCenter = T.Vector(repeating: firstColumns.center), secondCenter = T.Vector(repeating: secondColumns.center)
+            var firstSums = WeightedLineSums<T>(), secondSums = WeightedLineSums<T>(), index = chunk.lowerBound
+            while index + lanes <= chunk.upperBound {
+                let offset = index &* MemoryLayout<T>.stride
+                instnorm_prefetch(firstAhead.dy + offset)
+                instnorm_prefetch(firstAhead.x + offset)
+                instnorm_prefetch(secondAhead.dy + offset)
+                instnorm_prefetch(secondAhead.x + offset)
+                let weights = loadVector(gamma, index)
+                let firstGradientValues = loadVector(firstDy, index), firstCentered = loadVector(firstX, index) - firstCenter
+                let secondGradientValues = loadVector(secondDy, index), secondCentered = loadVector(secondX, index) - secondCenter
+                firstSums.add(weights: weights, gradient: firstGradientValues, centered: firstCentered)
+                secondSums.add(weights: weights, gradient: secondGradientValues, centered: secondCentered)
+                firstColumns.add(firstGradientValues, centered: firstCentered,
+                                 then: secondColumns, secondGradientValues, centered: secondCentered, at: index)
+                T.streamStore(firstGradient.vector(at: index, gamma: weights), to: firstOut + index)
+                T.streamStore(secondGradient.vector(at: index, gamma: weights), to: secondOut + index)
+                index += lanes
+            }
+            // Every chunk but the row's last is whole vectors (`reductionChunk`), so dx is written up to here.
+            written = index
+            let firstPartial = weightedGradientTail(firstDy, firstX, gamma, index..<chunk.upperBound, center: firstColumns.center,
+                                                    columns: firstColumns, sums: firstSums.widened)
+            let secondPartial = weightedGradientTail(secondDy, secondX, gamma, index..<chunk.upperBound, center: secondColumns.center,
+                                                     columns: secondColumns, sums: secondSums.widened)
+            firstTotal.0 += firstPartial.0
+            firstTotal.1 += firstPartial.1
+            secondTotal.0 += secondPartial.0
+            secondTotal.1 += secondPartial.1
+            start += reductionChunk
+        }
+        keepRowSums(next, sumA: firstTotal.0, centered: firstTotal.1)
+        keepRowSums(next + 1, sumA: secondTotal.0, centered: secondTotal.1)
+        writeElementwise(firstOut, written..<length, streaming: true, firstGradient)
+        writeElementwise(secondOut, written..<length, streaming: true, secondGradient)
     }
 
     /// columns += block, widened exactly, in `Double`; block ← 0.
@@ -495,6 +576,16 @@ struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
         block[index] += gradient
         block[length + index] += gradient * row.xHat(centered)
     }
+
+    /// `add` of this row's vector, then of `other`'s (the next row of the
+    /// same block), with one load and one store of each accumulator.
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, then other: Self, _ otherGradient: Scalar.Vector,
+             centered otherCentered: Scalar.Vector, at index: Int) {
+        storeVector(loadVector(block, index) + gradient + otherGradient, block, index)
+        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered) + otherGradient * other.row.xHat(otherCentered),
+                    block, length + index)
+    }
 }
 
 /// The lane sums of Σ γ·dy and Σ γ·dy·(x − center) over a chunk of a row,
@@ -511,10 +602,16 @@ struct WeightedLineSums<T: InstanceNormScalar> {
     mutating func add<Columns: ColumnContributions>(
         weights: T.Vector, gradient: T.Vector, centered: T.Vector, columns: Columns, at index: Int
     ) where Columns.Scalar == T {
+        add(weights: weights, gradient: gradient, centered: centered)
+        columns.add(gradient, centered: centered, at: index)
+    }
+
+    /// The sums alone, the column sums left to the caller.
+    @inlinable @inline(__always)
+    mutating func add(weights: T.Vector, gradient: T.Vector, centered: T.Vector) {
         let weightedGradient = weights * gradient
         weighted += weightedGradient
         product.addProduct(weightedGradient, centered)
-        columns.add(gradient, centered: centered, at: index)
     }
 
     /// Both sums across lanes, in `Double`.

@@ -204,6 +204,8 @@ func checkFamilyInEveryPrecision(
     /// order is checked against the reference above).
     @Test(arguments: [
         (Normalization.group(groups: 2), [3, 4, 2100]), (.group(groups: 3), [2, 6, 2049]), (.layer(normalizedDimensions: 1), [2, 9, 700]),
+        // Rows on whole lines: the fused order takes them in pairs, the ninth alone.
+        (.layer(normalizedDimensions: 1), [2, 9, 1056]),
     ])
     func fusedBackwardKeepsBits(_ normalization: Normalization, _ dimensions: [Int]) {
         let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 17)
@@ -221,7 +223,8 @@ func checkFamilyInEveryPrecision(
     /// sample; GroupNorm: its last samples): the same bits as without,
     /// fused or plain, at every thread count, with `sumsReady` called once
     /// and `progress` along the deferred values.
-    @Test(arguments: [(Normalization.layer(normalizedDimensions: 1), [3, 9, 700]), (.group(groups: 2), [3, 4, 2100])])
+    @Test(arguments: [(Normalization.layer(normalizedDimensions: 1), [3, 9, 700]), (.layer(normalizedDimensions: 1), [3, 9, 1056]),
+                      (.group(groups: 2), [3, 4, 2100])])
     func overlapTailsKeepBits(_ normalization: Normalization, _ dimensions: [Int]) {
         let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 19)
         let plain = inputs.run(stores: .cached)
