@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "InstanceNorm", dependencies: ["_InstanceNormShims"], swiftSettings: kernelSettings),
         .target(name: "InstanceNormReference"),
         .target(name: "NPY"),
-        .target(name: "ReproducibleSum", swiftSettings: kernelSettings),
+        .target(name: "ReproducibleSum", dependencies: ["_InstanceNormShims"], swiftSettings: kernelSettings),
         .target(name: "MPI", dependencies: ["CMPI", "ReproducibleSum"]),
         .target(
             name: "DataParallel",

@@ -1,3 +1,5 @@
+import _InstanceNormShims
+
 /// Adding a table of addends to several sums at once, one sum per vector
 /// lane: the same words as `BinnedSum.add` of every addend, several times
 /// faster, because the lanes share no state.
@@ -79,7 +81,11 @@ extension BinnedSum {
                         rowsSinceFlush = 0
                     }
                     rowsSinceFlush += tile.count
+                    let nextTile = NextTileLines(
+                        table + columns.lowerBound, rows: tile.upperBound..<min(tile.upperBound + digitTileRows, rows),
+                        rowLength: rowLength, columns: columns.count, blocks: blocks)
                     for block in 0..<blocks {
+                        nextTile.request(block)
                         addTile(table + firstColumn(block), rows: tile, rowLength: rowLength, block: block, windows: windows,
                                 sums: blockSums(block))
                     }
@@ -105,18 +111,31 @@ extension BinnedSum {
     }
 
     /// The largest and the smallest magnitude (bit patterns without the
-    /// sign) of four columns over `rows`.
+    /// sign) of four columns over `rows`, in four chains of every fourth
+    /// row: AVX2 has no 64-bit max or min, so each step is a compare and a
+    /// blend that waits on the step before it, and one chain over the rows
+    /// ran at that latency.
     @inlinable @inline(__always)
     static func extremes(_ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int) -> (largest: Lanes, smallest: Lanes) {
-        var largest = Lanes.zero, smallest = Lanes(repeating: .max)
+        var largest = (Lanes.zero, Lanes.zero, Lanes.zero, Lanes.zero)
+        var smallest = (Lanes(repeating: .max), Lanes(repeating: .max), Lanes(repeating: .max), Lanes(repeating: .max))
         var address = column + rows.lowerBound * rowLength
-        for _ in rows {
-            let magnitudes = loadLanes(address) & Int64.max
-            largest = pointwiseMax(largest, magnitudes)
-            smallest = pointwiseMin(smallest, magnitudes)
-            address += rowLength
+        @inline(__always) func magnitudes(_ row: Int) -> Lanes { loadLanes(address + row * rowLength) & Int64.max }
+        var remaining = rows.count
+        while remaining >= 4 {
+            let (first, second, third, fourth) = (magnitudes(0), magnitudes(1), magnitudes(2), magnitudes(3))
+            (largest.0, smallest.0) = (pointwiseMax(largest.0, first), pointwiseMin(smallest.0, first))
+            (largest.1, smallest.1) = (pointwiseMax(largest.1, second), pointwiseMin(smallest.1, second))
+            (largest.2, smallest.2) = (pointwiseMax(largest.2, third), pointwiseMin(smallest.2, third))
+            (largest.3, smallest.3) = (pointwiseMax(largest.3, fourth), pointwiseMin(smallest.3, fourth))
+            address += 4 * rowLength
+            remaining -= 4
         }
-        return (largest, smallest)
+        for row in 0..<remaining {
+            (largest.0, smallest.0) = (pointwiseMax(largest.0, magnitudes(row)), pointwiseMin(smallest.0, magnitudes(row)))
+        }
+        return (pointwiseMax(pointwiseMax(largest.0, largest.1), pointwiseMax(largest.2, largest.3)),
+                pointwiseMin(pointwiseMin(smallest.0, smallest.1), pointwiseMin(smallest.2, smallest.3)))
     }
 
     /// Before the digits of a tile of four columns are added: each sum
@@ -289,10 +308,45 @@ extension BinnedSum {
 
     /// The digit between two truncations T_k = trunc(y / 2^32k) and
     /// T_(k+1): T_k − T_(k+1)·2^32, which is below 2^32, so the fused
-    /// multiply-add gives it exactly.
+    /// multiply-add gives it exactly. (The sign on the constant, not on
+    /// T_(k+1): negating a vector is an instruction of its own.)
     @inlinable @inline(__always)
     static func digit(_ truncated: SIMD4<Double>, below higher: SIMD4<Double>) -> SIMD4<Double> {
-        truncated.addingProduct(-higher, SIMD4(repeating: 0x1p32))
+        truncated.addingProduct(higher, SIMD4(repeating: -0x1p32))
+    }
+}
+
+/// The cache lines of the next tile of `BinnedSum.addTableColumns` (its
+/// rows, within the columns taken), asked for a share per block of the
+/// current tile, in order along each row. A tile's pass reads four columns
+/// down 32 rows a row apart, an order the hardware prefetchers do not
+/// follow: without the requests each block's first loads waited on memory
+/// (the table comes from the kernel's streaming stores).
+@usableFromInline
+struct NextTileLines {
+    @usableFromInline let start: UnsafeRawPointer
+    @usableFromInline let rowBytes, linesPerRow, lineCount, linesPerBlock: Int
+
+    @inlinable
+    init(_ firstColumn: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, columns: Int, blocks: Int) {
+        start = UnsafeRawPointer(firstColumn + rows.lowerBound * rowLength)
+        rowBytes = rowLength * MemoryLayout<Double>.stride
+        // One more than the columns' own lines: they need not start on one.
+        linesPerRow = (columns * MemoryLayout<Double>.stride + 63) / 64 + 1
+        lineCount = rows.count * linesPerRow
+        linesPerBlock = blocks > 0 ? (lineCount + blocks - 1) / blocks : 0
+    }
+
+    /// Asks for the share of `block`.
+    @inlinable @inline(__always)
+    func request(_ block: Int) {
+        var line = block * linesPerBlock
+        let end = min(line + linesPerBlock, lineCount)
+        while line < end {
+            let (row, lineInRow) = line.quotientAndRemainder(dividingBy: linesPerRow)
+            instnorm_prefetch(start + row * rowBytes + lineInRow * 64)
+            line += 1
+        }
     }
 }
 
