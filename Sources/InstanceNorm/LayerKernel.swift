@@ -189,18 +189,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         while row < rows.upperBound {
             // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
             let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
-            if summed.count == 2 && waiting.count == 2 {
-                sharedLinePairSums(of: row, writingDxOf: waiting.lowerBound, addingTo: block)
-            } else {
-                for previous in waiting.dropLast() { inputGradient(previous, 0..<length) }
-                for next in summed {
-                    if let previous = waiting.last, next == row {
-                        rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
-                    } else {
-                        rowSums(next, addingTo: block)
-                    }
-                }
-            }
+            sums(of: summed, writingDxOf: waiting, addingTo: block)
             let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
             waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
             if !fusesRows { for next in undeferred { inputGradient(next, 0..<length) } }
@@ -215,6 +204,24 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         for position in 0..<length {
             shares[2 * position] = columns[position]
             shares[2 * position + 1] = columns[length + position]
+        }
+    }
+
+    /// The sums of one or two rows, and dx of the rows `waiting` for it
+    /// (none, one or two): two of each in one loop where they can
+    /// (`sharedLinePairSums`), else the last waiting row's dx along the first
+    /// row's sums and any other dx before.
+    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>, addingTo block: UnsafeMutablePointer<T.Compute>) {
+        if summed.count == 2 && waiting.count == 2 {
+            return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound, addingTo: block)
+        }
+        for previous in waiting.dropLast() { inputGradient(previous, 0..<batch.rowLength) }
+        for next in summed {
+            if let previous = waiting.last, next == summed.lowerBound {
+                rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
+            } else {
+                rowSums(next, addingTo: block)
+            }
         }
     }
 
@@ -368,56 +375,30 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// `chunkedSums`, and dx is `LayerGradientOperation`'s: the same bits
     /// as one row at a time.
     @inlinable func sharedLinePairSums(of next: Int, writingDxOf previous: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
-        let length = batch.rowLength, lanes = T.Vector.scalarCount, gamma = batch.gamma.base
-        let firstColumns = columns(of: next, addingTo: block), secondColumns = columns(of: next + 1, addingTo: block)
-        let firstGradient = gradientOperation(of: previous), secondGradient = gradientOperation(of: previous + 1)
-        let firstOut = batch.row(dx, previous), secondOut = batch.row(dx, previous + 1)
-        let firstDy = batch.row(dy, next), firstX = batch.row(batch.x, next)
-        let secondDy = batch.row(dy, next + 1), secondX = batch.row(batch.x, next + 1)
-        // Each row's stream asks for the lines of the row a pair later.
-        let firstAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(secondDy), x: UnsafeRawPointer(secondX))
-        let secondAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(batch.row(dy, next + 2)),
-                                               x: UnsafeRawPointer(batch.row(batch.x, next + 2)))
-        var firstTotal = (0.0, 0.0), secondTotal = (0.0, 0.0), written = 0
+        let length = batch.rowLength
+        let pair = FusedRowPair(
+            gamma: batch.gamma.base, first: columns(of: next, addingTo: block), second: columns(of: next + 1, addingTo: block),
+            firstDy: batch.row(dy, next), firstX: batch.row(batch.x, next),
+            secondDy: batch.row(dy, next + 1), secondX: batch.row(batch.x, next + 1),
+            firstGradient: gradientOperation(of: previous), secondGradient: gradientOperation(of: previous + 1),
+            firstOut: batch.row(dx, previous), secondOut: batch.row(dx, previous + 1),
+            // Each row's stream asks for the lines of the row a pair later.
+            thirdDy: batch.row(dy, next + 2), thirdX: batch.row(batch.x, next + 2))
+        var first = (0.0, 0.0), second = (0.0, 0.0), written = 0
         var start = 0
         while start < length {
             let chunk = start..<min(start + reductionChunk, length)
-            // Formed here, not captured: a captured vector is read back from memory in halves.
-            let firstCenter = T.Vector(repeating: firstColumns.center), secondCenter = T.Vector(repeating: secondColumns.center)
-            var firstSums = WeightedLineSums<T>(), secondSums = WeightedLineSums<T>(), index = chunk.lowerBound
-            while index + lanes <= chunk.upperBound {
-                let offset = index &* MemoryLayout<T>.stride
-                instnorm_prefetch(firstAhead.dy + offset)
-                instnorm_prefetch(firstAhead.x + offset)
-                instnorm_prefetch(secondAhead.dy + offset)
-                instnorm_prefetch(secondAhead.x + offset)
-                let weights = loadVector(gamma, index)
-                let firstGradientValues = loadVector(firstDy, index), firstCentered = loadVector(firstX, index) - firstCenter
-                let secondGradientValues = loadVector(secondDy, index), secondCentered = loadVector(secondX, index) - secondCenter
-                firstSums.add(weights: weights, gradient: firstGradientValues, centered: firstCentered)
-                secondSums.add(weights: weights, gradient: secondGradientValues, centered: secondCentered)
-                firstColumns.add(firstGradientValues, centered: firstCentered,
-                                 then: secondColumns, secondGradientValues, centered: secondCentered, at: index)
-                T.streamStore(firstGradient.vector(at: index, gamma: weights), to: firstOut + index)
-                T.streamStore(secondGradient.vector(at: index, gamma: weights), to: secondOut + index)
-                index += lanes
-            }
+            let partial = pair.sums(chunk)
+            (first.0, first.1) = (first.0 + partial.first.0, first.1 + partial.first.1)
+            (second.0, second.1) = (second.0 + partial.second.0, second.1 + partial.second.1)
             // Every chunk but the row's last is whole vectors (`reductionChunk`), so dx is written up to here.
-            written = index
-            let firstPartial = weightedGradientTail(firstDy, firstX, gamma, index..<chunk.upperBound, center: firstColumns.center,
-                                                    columns: firstColumns, sums: firstSums.widened)
-            let secondPartial = weightedGradientTail(secondDy, secondX, gamma, index..<chunk.upperBound, center: secondColumns.center,
-                                                     columns: secondColumns, sums: secondSums.widened)
-            firstTotal.0 += firstPartial.0
-            firstTotal.1 += firstPartial.1
-            secondTotal.0 += secondPartial.0
-            secondTotal.1 += secondPartial.1
+            written = partial.written
             start += reductionChunk
         }
-        keepRowSums(next, sumA: firstTotal.0, centered: firstTotal.1)
-        keepRowSums(next + 1, sumA: secondTotal.0, centered: secondTotal.1)
-        writeElementwise(firstOut, written..<length, streaming: true, firstGradient)
-        writeElementwise(secondOut, written..<length, streaming: true, secondGradient)
+        keepRowSums(next, sumA: first.0, centered: first.1)
+        keepRowSums(next + 1, sumA: second.0, centered: second.1)
+        writeElementwise(pair.firstOut, written..<length, streaming: true, pair.firstGradient)
+        writeElementwise(pair.secondOut, written..<length, streaming: true, pair.secondGradient)
     }
 
     /// columns += block, widened exactly, in `Double`; block ← 0.
@@ -585,6 +566,65 @@ struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
         storeVector(loadVector(block, index) + gradient + otherGradient, block, index)
         storeVector(loadVector(block, length + index) + gradient * row.xHat(centered) + otherGradient * other.row.xHat(otherCentered),
                     block, length + index)
+    }
+}
+
+/// Two rows summed in one loop and the two rows of dx written in it
+/// (`LayerBackward.sharedLinePairSums`).
+@usableFromInline
+struct FusedRowPair<T: InstanceNormScalar> {
+    @usableFromInline let gamma: UnsafePointer<T>
+    @usableFromInline let first, second: LayerColumns<T>
+    @usableFromInline let firstDy, firstX, secondDy, secondX: UnsafePointer<T>
+    @usableFromInline let firstGradient, secondGradient: LayerGradientOperation<T>
+    @usableFromInline let firstOut, secondOut: UnsafeMutablePointer<T>
+    /// dy's and x's lines to ask for, at index 0, for each row.
+    @usableFromInline let firstAhead, secondAhead: (dy: UnsafeRawPointer, x: UnsafeRawPointer)
+
+    @inlinable
+    init(gamma: UnsafePointer<T>, first: LayerColumns<T>, second: LayerColumns<T>,
+         firstDy: UnsafePointer<T>, firstX: UnsafePointer<T>, secondDy: UnsafePointer<T>, secondX: UnsafePointer<T>,
+         firstGradient: LayerGradientOperation<T>, secondGradient: LayerGradientOperation<T>,
+         firstOut: UnsafeMutablePointer<T>, secondOut: UnsafeMutablePointer<T>,
+         thirdDy: UnsafePointer<T>, thirdX: UnsafePointer<T>) {
+        self.gamma = gamma
+        (self.first, self.second) = (first, second)
+        (self.firstDy, self.firstX, self.secondDy, self.secondX) = (firstDy, firstX, secondDy, secondX)
+        (self.firstGradient, self.secondGradient) = (firstGradient, secondGradient)
+        (self.firstOut, self.secondOut) = (firstOut, secondOut)
+        firstAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(secondDy), x: UnsafeRawPointer(secondX))
+        secondAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(thirdDy), x: UnsafeRawPointer(thirdX))
+    }
+
+    /// Each row's Σ γ·dy and Σ γ·dy·(x − μ_hi) over `chunk`, its column
+    /// sums added, and dx written over the chunk's whole vectors, which end
+    /// at `written`.
+    @inlinable @inline(__always)
+    func sums(_ chunk: Range<Int>) -> (first: (Double, Double), second: (Double, Double), written: Int) {
+        let lanes = T.Vector.scalarCount
+        // Formed here, not stored: a stored vector is read back from memory in halves.
+        let firstCenter = T.Vector(repeating: first.center), secondCenter = T.Vector(repeating: second.center)
+        var firstSums = WeightedLineSums<T>(), secondSums = WeightedLineSums<T>(), index = chunk.lowerBound
+        while index + lanes <= chunk.upperBound {
+            let offset = index &* MemoryLayout<T>.stride
+            instnorm_prefetch(firstAhead.dy + offset)
+            instnorm_prefetch(firstAhead.x + offset)
+            instnorm_prefetch(secondAhead.dy + offset)
+            instnorm_prefetch(secondAhead.x + offset)
+            let weights = loadVector(gamma, index)
+            let firstGradients = loadVector(firstDy, index), firstCentered = loadVector(firstX, index) - firstCenter
+            let secondGradients = loadVector(secondDy, index), secondCentered = loadVector(secondX, index) - secondCenter
+            firstSums.add(weights: weights, gradient: firstGradients, centered: firstCentered)
+            secondSums.add(weights: weights, gradient: secondGradients, centered: secondCentered)
+            first.add(firstGradients, centered: firstCentered, then: second, secondGradients, centered: secondCentered, at: index)
+            T.streamStore(firstGradient.vector(at: index, gamma: weights), to: firstOut + index)
+            T.streamStore(secondGradient.vector(at: index, gamma: weights), to: secondOut + index)
+            index += lanes
+        }
+        let tail = index..<chunk.upperBound
+        return (weightedGradientTail(firstDy, firstX, gamma, tail, center: first.center, columns: first, sums: firstSums.widened),
+                weightedGradientTail(secondDy, secondX, gamma, tail, center: second.center, columns: second, sums: secondSums.widened),
+                index)
     }
 }
 
