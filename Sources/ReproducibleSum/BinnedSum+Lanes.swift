@@ -340,12 +340,18 @@ struct NextTileLines {
     /// Asks for the share of `block`.
     @inlinable @inline(__always)
     func request(_ block: Int) {
-        var line = block * linesPerBlock
-        let end = min(line + linesPerBlock, lineCount)
-        while line < end {
-            let (row, lineInRow) = line.quotientAndRemainder(dividingBy: linesPerRow)
-            instnorm_prefetch(start + row * rowBytes + lineInRow * 64)
-            line += 1
+        let first = block * linesPerBlock, count = min(linesPerBlock, lineCount - first)
+        guard count > 0 else { return }
+        var (row, lineInRow) = first.quotientAndRemainder(dividingBy: linesPerRow)
+        var address = start + row * rowBytes + lineInRow * 64
+        for _ in 0..<count {
+            instnorm_prefetch(address)
+            lineInRow += 1
+            address += 64
+            if lineInRow == linesPerRow {
+                (row, lineInRow) = (row + 1, 0)
+                address = start + row * rowBytes
+            }
         }
     }
 }
