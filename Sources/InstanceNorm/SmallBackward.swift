@@ -426,38 +426,26 @@ struct GradientLaneConstants<C: InstanceNormComputeScalar> {
         offset = C.narrow(gradientScaleWide * (C.widen(meanDy) - meanDyWide) - centeredScaleWide * meanLow)
     }
 
-    /// The constants that `store(to:)` left at `address`.
+    /// The constants that `store` left in the constants of `set`.
     @inlinable @inline(__always)
-    init(loadingFrom address: UnsafePointer<C>) {
-        let lanes = C.Lanes.scalarCount
+    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        let address = UnsafePointer(scratch.constant(set, 0)), lanes = C.Lanes.scalarCount
         (meanHigh, meanDy) = (loadVector(address, 0), loadVector(address, lanes))
         (gradientScale, centeredScale) = (loadVector(address, 2 &* lanes), loadVector(address, 3 &* lanes))
         offset = loadVector(address, 4 &* lanes)
     }
 
-    /// The constants that `store` left in the constants of `set`.
-    @inlinable @inline(__always)
-    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        self.init(loadingFrom: scratch.constant(set, 0))
-    }
-
     /// Keeps μ_hi, m̄, k, p, q (the order `InputGradientBlock` reads), one
-    /// vector after the other, at `address` (5·B values).
+    /// vector after the other (5·B values), in the constants of `set`,
+    /// between the stages of the pipelined loop.
     @inlinable @inline(__always)
-    func store(to address: UnsafeMutablePointer<C>) {
-        let lanes = C.Lanes.scalarCount
+    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        let address = scratch.constant(set, 0), lanes = C.Lanes.scalarCount
         storeVector(meanHigh, address, 0)
         storeVector(meanDy, address, lanes)
         storeVector(gradientScale, address, 2 &* lanes)
         storeVector(centeredScale, address, 3 &* lanes)
         storeVector(offset, address, 4 &* lanes)
-    }
-
-    /// Keeps the constants in the constants of `set`, between the stages
-    /// of the pipelined loop.
-    @inlinable @inline(__always)
-    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        store(to: scratch.constant(set, 0))
     }
 
     /// dx of one lane's position from its x and dy, in the compute precision.

@@ -161,35 +161,22 @@ struct NormalizeLaneConstants<C: InstanceNormComputeScalar> {
         offset = C.narrow(beta - meanLow * scaleWide)
     }
 
-    /// The constants that `store(to:)` left at `address`.
+    /// The constants that `store` left in the constants of `set`.
     @inlinable @inline(__always)
-    init(loadingFrom address: UnsafePointer<C>) {
-        let lanes = C.Lanes.scalarCount
+    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        let address = UnsafePointer(scratch.constant(set, 0)), lanes = C.Lanes.scalarCount
         meanHigh = loadVector(address, 0)
         (scale, offset) = (loadVector(address, lanes), loadVector(address, 2 &* lanes))
     }
 
-    /// The constants that `store` left in the constants of `set`.
+    /// Keeps μ_hi, a, b, one vector after the other (3·B values), in the
+    /// constants of `set`, between the stages of the pipelined loop.
     @inlinable @inline(__always)
-    init<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        self.init(loadingFrom: scratch.constant(set, 0))
-    }
-
-    /// Keeps μ_hi, a, b, one vector after the other, at `address` (3·B
-    /// values), between the stages of a loop.
-    @inlinable @inline(__always)
-    func store(to address: UnsafeMutablePointer<C>) {
-        let lanes = C.Lanes.scalarCount
+    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
+        let address = scratch.constant(set, 0), lanes = C.Lanes.scalarCount
         storeVector(meanHigh, address, 0)
         storeVector(scale, address, lanes)
         storeVector(offset, address, 2 &* lanes)
-    }
-
-    /// Keeps the constants in the constants of `set`, between the stages
-    /// of the pipelined loop.
-    @inlinable @inline(__always)
-    func store<T: InstanceNormScalar>(_ scratch: BlockScratch<T>, _ set: Int) where T.Compute == C {
-        store(to: scratch.constant(set, 0))
     }
 
     /// y of one lane's position from its x, in the compute precision.
