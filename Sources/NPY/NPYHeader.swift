@@ -1,12 +1,14 @@
 /// The `.npy` format versions this module reads; it writes 1.0 unless the
 /// header does not fit 1.0's 2-byte length.
 ///
-/// Version 3.0 differs from 2.0 only in allowing UTF-8 field names in
-/// structured dtypes, which a float array never has, so it is not read.
+/// Version 3.0 differs from 2.0 only in encoding the header in UTF-8 rather
+/// than Latin-1, for the field names of structured dtypes; a float array's
+/// header is ASCII either way, so 3.0 reads like 2.0 (as `numpy.load` reads
+/// it: `np.save(..., version=(3, 0))` writes it on request).
 public enum NPYFormatVersion: Sendable, Equatable, CaseIterable, CustomStringConvertible {
     /// 1.0 stores the header length in 2 bytes (headers up to 65535 bytes),
-    /// 2.0 in 4 bytes.
-    case v1_0, v2_0
+    /// 2.0 and 3.0 in 4 bytes.
+    case v1_0, v2_0, v3_0
 
     /// The version whose bytes in the file are `major`.0, or nil.
     init?(major: UInt8, minor: UInt8) {
@@ -18,6 +20,7 @@ public enum NPYFormatVersion: Sendable, Equatable, CaseIterable, CustomStringCon
         switch self {
         case .v1_0: 1
         case .v2_0: 2
+        case .v3_0: 3
         }
     }
 
@@ -25,7 +28,7 @@ public enum NPYFormatVersion: Sendable, Equatable, CaseIterable, CustomStringCon
     var lengthFieldSize: Int {
         switch self {
         case .v1_0: 2
-        case .v2_0: 4
+        case .v2_0, .v3_0: 4
         }
     }
 

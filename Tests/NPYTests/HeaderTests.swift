@@ -69,6 +69,8 @@ import Testing
         // numpy 2.x: sorted keys, trailing ", ", room to grow the first axis.
         Spelling(name: "numpy", dictionary: "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }" + String(repeating: " ", count: 20)),
         Spelling(name: "numpy v2", version: (2, 0), dictionary: "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"),
+        // np.save(..., version=(3, 0)): 2.0's layout, the header in UTF-8.
+        Spelling(name: "numpy v3", version: (3, 0), dictionary: "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 3), }"),
         Spelling(name: "double quotes, no trailing comma", dictionary: #"{"descr": "<f8", "fortran_order": False, "shape": (2, 3)}"#),
         Spelling(name: "keys reordered", dictionary: "{'shape': (2, 3), 'descr': '<f8', 'fortran_order': False}"),
         Spelling(name: "odd whitespace", dictionary: "{ 'fortran_order' :False ,\n\t'shape':( 2 ,3 ) , \"descr\"  :  '<f8' ,}"),
