@@ -112,20 +112,22 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let parameters = globalShape.parameterCount
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
         localParameterSums = TensorBuffer(
-            repeating: 0, count: Self.keepsShares(reduction, globalShape.normalization) ? 2 * localShape.batch * parameters : 0)
+            repeating: 0, count: Self.keepsShares(reduction, globalShape.normalization, threads: threads) ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
         globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
     }
 
     /// Whether this layer keeps each sample's share of dγ, dβ ((N, P, 2),
     /// allocated once): the exact sums and the gather reduce them, BatchNorm
-    /// needs them in its statistics, and LayerNorm's kernel writes them in
-    /// every mode (its samples' sums added in sample order), which it would
-    /// otherwise allocate anew per call: for a normalized shape of
-    /// (196, 768), a table four times the tensor, page-faulted each step.
-    static func keepsShares(_ reduction: ParameterGradientReduction, _ normalization: Normalization) -> Bool {
+    /// needs them in its statistics, and the kernels that cannot add them
+    /// up as they go write them in every mode, to add them in sample order
+    /// afterwards (LayerNorm always; the others with several threads),
+    /// which they would otherwise allocate anew per call: for a normalized
+    /// shape of (196, 768), a table four times the tensor, and a quarter of
+    /// it for (4096,128,4,4) at two threads, page-faulted each step.
+    static func keepsShares(_ reduction: ParameterGradientReduction, _ normalization: Normalization, threads: Int) -> Bool {
         if case .layer = normalization { return true }
-        return reduction != .allreduce || normalization == .batch
+        return reduction != .allreduce || normalization == .batch || threads > 1
     }
 
     /// The bytes of the dγ, dβ reduction's collective on this rank per
@@ -281,7 +283,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let parameters = globalShape.parameterCount, sums = parameterGradientSums.elements
         let elements = localShape.sampleElementCount, rows = localShape.rowsPerSample
         let values = samples.lowerBound * elements..<samples.upperBound * elements
-        let shares = Self.keepsShares(reduction, globalShape.normalization)
+        let shares = Self.keepsShares(reduction, globalShape.normalization, threads: threads)
             ? UnsafeMutableBufferPointer(rebasing: localParameterSums.elements[2 * parameters * samples.lowerBound..<2 * parameters * samples.upperBound])
             : nil
         NormKernel.backward(
