@@ -121,13 +121,15 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     /// allocated once): the exact sums and the gather reduce them, BatchNorm
     /// needs them in its statistics, and the kernels that cannot add them
     /// up as they go write them in every mode, to add them in sample order
-    /// afterwards (LayerNorm always; the others with several threads),
-    /// which they would otherwise allocate anew per call: for a normalized
-    /// shape of (196, 768), a table four times the tensor, and a quarter of
-    /// it for (4096,128,4,4) at two threads, page-faulted each step.
+    /// afterwards (LayerNorm and GroupNorm always, InstanceNorm with
+    /// several threads), which they would otherwise allocate anew per call:
+    /// for a normalized shape of (196, 768), a table four times the tensor,
+    /// and a quarter of it for (4096,128,4,4), page-faulted each step.
     static func keepsShares(_ reduction: ParameterGradientReduction, _ normalization: Normalization, threads: Int) -> Bool {
-        if case .layer = normalization { return true }
-        return reduction != .allreduce || normalization == .batch || threads > 1
+        switch normalization {
+        case .layer, .group, .batch: true
+        case .instance: reduction != .allreduce || threads > 1
+        }
     }
 
     /// The bytes of the dγ, dβ reduction's collective on this rank per
