@@ -22,19 +22,10 @@ import Testing
 
     @Test(arguments: cases.indices)
     func runsGiveTheBitsOfOneCall(index: Int) throws {
-        let (normalization, dimensions, layout, threads) = Self.cases[index]
-        let shape = try NormShape(normalization, dimensions: dimensions)
-        var generator = SeededGenerator(seed: UInt64(60 + index))
-        let count = shape.elementCount
-        let x = generator.normals(count, mean: 3, deviation: 2).map { Float($0) }
-        let dy = generator.normals(count).map { Float($0) }
-        let gamma = generator.normals(shape.parameterCount, mean: 1, deviation: 0.5).map { Float($0) }
-        let whole = try backward(shape, layout, threads, runs: nil, x: x, dy: dy, gamma: gamma)
+        let inputs = try Inputs(Self.cases[index], seed: UInt64(60 + index))
+        let whole = try backward(inputs, runs: nil)
         for runs in [1, 2, 3] {
-            let split = try backward(shape, layout, threads, runs: runs, x: x, dy: dy, gamma: gamma)
-            #expect(split.dx.map(\.bitPattern) == whole.dx.map(\.bitPattern), "dx, runs of \(runs), \(shape) \(layout)")
-            #expect(split.dgamma.map(\.bitPattern) == whole.dgamma.map(\.bitPattern), "dgamma, runs of \(runs)")
-            #expect(split.dbeta.map(\.bitPattern) == whole.dbeta.map(\.bitPattern), "dbeta, runs of \(runs)")
+            expectSameBits(try backward(inputs, runs: runs), whole, "runs of \(runs), \(inputs.shape) \(inputs.layout)")
         }
         // Not a vacuous comparison: the parameter gradients are there.
         #expect(whole.dgamma.contains { $0 != 0 } && whole.dbeta.contains { $0 != 0 })
@@ -46,29 +37,47 @@ import Testing
     /// the bits of one thread, for every norm and layout.
     @Test(arguments: cases.indices)
     func plainSumsAtTwoThreadsGiveTheBitsOfOne(index: Int) throws {
-        let (normalization, dimensions, layout, _) = Self.cases[index]
-        let shape = try NormShape(normalization, dimensions: dimensions)
-        var generator = SeededGenerator(seed: UInt64(80 + index))
-        let count = shape.elementCount
-        let x = generator.normals(count, mean: 3, deviation: 2).map { Float($0) }
-        let dy = generator.normals(count).map { Float($0) }
-        let gamma = generator.normals(shape.parameterCount, mean: 1, deviation: 0.5).map { Float($0) }
-        let one = try backward(shape, layout, 1, runs: nil, reduction: .allreduce, x: x, dy: dy, gamma: gamma)
-        for step in 0..<2 {  // the second step reuses the table the first wrote
-            let two = try backward(shape, layout, 2, runs: nil, reduction: .allreduce, x: x, dy: dy, gamma: gamma, steps: step + 1)
-            #expect(two.dx.map(\.bitPattern) == one.dx.map(\.bitPattern), "dx, \(shape) \(layout), step \(step)")
-            #expect(two.dgamma.map(\.bitPattern) == one.dgamma.map(\.bitPattern), "dgamma, step \(step)")
-            #expect(two.dbeta.map(\.bitPattern) == one.dbeta.map(\.bitPattern), "dbeta, step \(step)")
+        let inputs = try Inputs(Self.cases[index], seed: UInt64(80 + index))
+        let one = try backward(inputs, threads: 1, runs: nil, reduction: .allreduce)
+        for steps in [1, 2] {  // a second step reuses the table the first wrote
+            let two = try backward(inputs, threads: 2, runs: nil, reduction: .allreduce, steps: steps)
+            expectSameBits(two, one, "\(steps) steps at two threads, \(inputs.shape) \(inputs.layout)")
         }
         #expect(one.dgamma.contains { $0 != 0 } && one.dbeta.contains { $0 != 0 })
+    }
+
+    /// A case's shape and layout, and random x, dy, γ for it.
+    private struct Inputs {
+        let shape: NormShape
+        let layout: TensorLayout
+        let threads: Int
+        let x, dy, gamma: [Float]
+
+        init(_ testCase: (Normalization, [Int], TensorLayout, threads: Int), seed: UInt64) throws {
+            shape = try NormShape(testCase.0, dimensions: testCase.1)
+            (layout, threads) = (testCase.2, testCase.threads)
+            var generator = SeededGenerator(seed: seed)
+            x = generator.normals(shape.elementCount, mean: 3, deviation: 2).map { Float($0) }
+            dy = generator.normals(shape.elementCount).map { Float($0) }
+            gamma = generator.normals(shape.parameterCount, mean: 1, deviation: 0.5).map { Float($0) }
+        }
+    }
+
+    private typealias Gradients = (dx: [Float], dgamma: [Float], dbeta: [Float])
+
+    private func expectSameBits(_ result: Gradients, _ expected: Gradients, _ label: String) {
+        #expect(result.dx.map(\.bitPattern) == expected.dx.map(\.bitPattern), "dx, \(label)")
+        #expect(result.dgamma.map(\.bitPattern) == expected.dgamma.map(\.bitPattern), "dgamma, \(label)")
+        #expect(result.dbeta.map(\.bitPattern) == expected.dbeta.map(\.bitPattern), "dbeta, \(label)")
     }
 
     /// The layer's forward, then its backward with `runs` samples per
     /// kernel call (nil: the layer decides, here one call), `steps` times.
     private func backward(
-        _ shape: NormShape, _ layout: TensorLayout, _ threads: Int, runs: Int?,
-        reduction: ParameterGradientReduction = .reproducible, x: [Float], dy: [Float], gamma: [Float], steps: Int = 1
-    ) throws -> (dx: [Float], dgamma: [Float], dbeta: [Float]) {
+        _ inputs: Inputs, threads: Int? = nil, runs: Int?, reduction: ParameterGradientReduction = .reproducible, steps: Int = 1
+    ) throws -> Gradients {
+        let (shape, layout, x, dy, gamma) = (inputs.shape, inputs.layout, inputs.x, inputs.dy, inputs.gamma)
+        let threads = threads ?? inputs.threads
         var y = [Float](repeating: 0, count: x.count), dx = y
         var dgamma = [Float](repeating: 0, count: gamma.count), dbeta = dgamma
         var statistics = [InstanceStatistics](
