@@ -112,31 +112,51 @@ extension BinnedSum {
 
     /// The largest and the smallest magnitude (bit patterns without the
     /// sign) of four columns over `rows`, in four chains of every fourth
-    /// row: AVX2 has no 64-bit max or min, so each step is a compare and a
-    /// blend that waits on the step before it, and one chain over the rows
-    /// ran at that latency.
+    /// row (each step waits on the one before it in its chain). The
+    /// magnitudes are compared as doubles, which orders them as their bit
+    /// patterns do but for NaNs: `vmaxpd` and `vminpd` keep the running
+    /// extreme when the new value is a NaN, so the NaNs are seen apart, and
+    /// a lane that held one gets a NaN as its largest, as the integer
+    /// comparison gave it (NaN patterns lie above +∞'s). Its smallest is then
+    /// that of its other values (+∞ if none), which no one reads: the lane
+    /// takes the scalar path.
     @inlinable @inline(__always)
     static func extremes(_ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int) -> (largest: Lanes, smallest: Lanes) {
-        var largest = (Lanes.zero, Lanes.zero, Lanes.zero, Lanes.zero)
-        var smallest = (Lanes(repeating: .max), Lanes(repeating: .max), Lanes(repeating: .max), Lanes(repeating: .max))
+        typealias Wide = SIMD4<Double>
+        var largest = (Wide.zero, Wide.zero, Wide.zero, Wide.zero)
+        let infinity = Wide(repeating: .infinity)
+        var smallest = (infinity, infinity, infinity, infinity)
+        var unordered = SIMDMask<SIMD4<Int64>>()
         var address = column + rows.lowerBound * rowLength
-        @inline(__always) func magnitudes(_ row: Int) -> Lanes { loadLanes(address + row * rowLength) & Int64.max }
+        @inline(__always) func magnitudes(_ row: Int) -> Wide {
+            unsafeBitCast(loadLanes(address + row * rowLength) & Int64.max, to: Wide.self)
+        }
+        @inline(__always) func take(_ value: Wide, _ largest: inout Wide, _ smallest: inout Wide) {
+            largest = instnorm_max_or_second_double4(value, largest)
+            smallest = instnorm_min_or_second_double4(value, smallest)
+            unordered .|= value .!= value
+        }
         var remaining = rows.count
         while remaining >= 4 {
-            let (first, second, third, fourth) = (magnitudes(0), magnitudes(1), magnitudes(2), magnitudes(3))
-            (largest.0, smallest.0) = (pointwiseMax(largest.0, first), pointwiseMin(smallest.0, first))
-            (largest.1, smallest.1) = (pointwiseMax(largest.1, second), pointwiseMin(smallest.1, second))
-            (largest.2, smallest.2) = (pointwiseMax(largest.2, third), pointwiseMin(smallest.2, third))
-            (largest.3, smallest.3) = (pointwiseMax(largest.3, fourth), pointwiseMin(smallest.3, fourth))
+            take(magnitudes(0), &largest.0, &smallest.0)
+            take(magnitudes(1), &largest.1, &smallest.1)
+            take(magnitudes(2), &largest.2, &smallest.2)
+            take(magnitudes(3), &largest.3, &smallest.3)
             address += 4 * rowLength
             remaining -= 4
         }
-        for row in 0..<remaining {
-            (largest.0, smallest.0) = (pointwiseMax(largest.0, magnitudes(row)), pointwiseMin(smallest.0, magnitudes(row)))
-        }
-        return (pointwiseMax(pointwiseMax(largest.0, largest.1), pointwiseMax(largest.2, largest.3)),
-                pointwiseMin(pointwiseMin(smallest.0, smallest.1), pointwiseMin(smallest.2, smallest.3)))
+        for row in 0..<remaining { take(magnitudes(row), &largest.0, &smallest.0) }
+        let widest = instnorm_max_or_second_double4(
+            instnorm_max_or_second_double4(largest.0, largest.1), instnorm_max_or_second_double4(largest.2, largest.3))
+        let narrowest = instnorm_min_or_second_double4(
+            instnorm_min_or_second_double4(smallest.0, smallest.1), instnorm_min_or_second_double4(smallest.2, smallest.3))
+        let largestPatterns = unsafeBitCast(widest, to: Lanes.self)
+        return (largestPatterns.replacing(with: Lanes(repeating: nanPattern), where: unordered),
+                unsafeBitCast(narrowest, to: Lanes.self))
     }
+
+    /// The bit pattern of a quiet NaN: above every finite or infinite magnitude.
+    @usableFromInline static let nanPattern = Int64(bitPattern: Double.nan.bitPattern)
 
     /// Before the digits of a tile of four columns are added: each sum
     /// counts the tile's addends, and raises its top to the bin of the

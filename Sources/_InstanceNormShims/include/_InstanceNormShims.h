@@ -98,6 +98,30 @@ int instnorm_all_at_most_double4(instnorm_double4x a, instnorm_double4x b) {
     return __builtin_reduce_and(atMost) != 0;
 }
 
+/// Per lane a > b ? a : b, and a < b ? a : b: b wherever either is a NaN,
+/// as x86's `vmaxpd` and `vminpd` take them (one instruction each; Swift's
+/// `pointwiseMax` of doubles adds a NaN check, and AVX2 has no 64-bit
+/// integer max). For the exact sums' pass over magnitudes.
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_max_or_second_double4(instnorm_double4x a, instnorm_double4x b) {
+#if defined(__x86_64__)
+    return __builtin_ia32_maxpd256(a, b);
+#else
+    instnorm_long4x greater = a > b;
+    return (instnorm_double4x)(((instnorm_long4x)a & greater) | ((instnorm_long4x)b & ~greater));
+#endif
+}
+
+static inline __attribute__((always_inline))
+instnorm_double4x instnorm_min_or_second_double4(instnorm_double4x a, instnorm_double4x b) {
+#if defined(__x86_64__)
+    return __builtin_ia32_minpd256(a, b);
+#else
+    instnorm_long4x less = a < b;
+    return (instnorm_double4x)(((instnorm_long4x)a & less) | ((instnorm_long4x)b & ~less));
+#endif
+}
+
 /// Per lane, a <= b ? ifAtMost : otherwise (a NaN lane compares false).
 static inline __attribute__((always_inline))
 instnorm_double4x instnorm_select_at_most_double4(
