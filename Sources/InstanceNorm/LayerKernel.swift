@@ -384,16 +384,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
             firstOut: batch.row(dx, previous), secondOut: batch.row(dx, previous + 1),
             // Each row's stream asks for the lines of the row a pair later.
             thirdDy: batch.row(dy, next + 2), thirdX: batch.row(batch.x, next + 2))
-        var first = (0.0, 0.0), second = (0.0, 0.0), written = 0
-        var start = 0
-        while start < length {
-            let chunk = start..<min(start + reductionChunk, length)
+        var second = (0.0, 0.0), written = 0
+        // The second row's totals add up chunk by chunk beside the first's, in the same order.
+        let first = chunkedSums(length) { chunk in
             let partial = pair.sums(chunk)
-            (first.0, first.1) = (first.0 + partial.first.0, first.1 + partial.first.1)
-            (second.0, second.1) = (second.0 + partial.second.0, second.1 + partial.second.1)
+            second = (second.0 + partial.second.0, second.1 + partial.second.1)
             // Every chunk but the row's last is whole vectors (`reductionChunk`), so dx is written up to here.
             written = partial.written
-            start += reductionChunk
+            return partial.first
         }
         keepRowSums(next, sumA: first.0, centered: first.1)
         keepRowSums(next + 1, sumA: second.0, centered: second.1)
