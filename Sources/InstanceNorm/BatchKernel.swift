@@ -238,7 +238,7 @@ public enum BatchKernel {
                      combines: combinesParameterGradients, overlap: overlap)
         }
         let batch = BackwardBatch(
-            dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
+            dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores, sharing: instanceSums)
         let split = WorkSplit(shape: shape, threads: threads)
         let tails = split.deferredTails(overlap)
         // Pass 1, and pass 2 of every instance outside the tails.
@@ -248,12 +248,6 @@ public enum BatchKernel {
             split.run { worker in batch.sumsAndDx(of: split.instances(of: worker), tail: tails[worker]) }
         }
         batch.combineParameterGradients(dgamma: dgamma, dbeta: dbeta, threads: threads)
-        if let instanceSums {
-            for instance in 0..<shape.instanceCount {
-                instanceSums[2 * instance] = batch.instanceSums[instance].sumDy
-                instanceSums[2 * instance + 1] = batch.instanceSums[instance].sumDyXHat
-            }
-        }
         overlap?.sumsReady()
         // Pass 2 of the tails (or of everything, when instances are split).
         split.writeDeferred(tails: tails, overlap: overlap) { batch.inputGradient($0, $1) }

@@ -82,14 +82,16 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
     @usableFromInline let shape: InstanceNormShape
     @usableFromInline let spatialCount: Int
     @usableFromInline let streaming: Bool
-    /// (s1, s2) per instance; small: N·C pairs.
+    /// (s1, s2) per instance, N·C pairs: the caller's table when it passes
+    /// one (every pair is written before it is read), else the batch's own.
     @usableFromInline let instanceSums: UnsafeMutableBufferPointer<(sumDy: Double, sumDyXHat: Double)>
+    @usableFromInline let ownsSums: Bool
 
     @inlinable
     init(
         dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, shape: InstanceNormShape,
-        stores: StorePolicy
+        stores: StorePolicy, sharing table: UnsafeMutableBufferPointer<Double>? = nil
     ) {
         self.dx = SharedBuffer(start: dx.baseAddress)
         self.dy = SharedBuffer(start: UnsafeMutablePointer(mutating: dy.baseAddress))
@@ -99,11 +101,20 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         self.shape = shape
         spatialCount = shape.spatialCount
         streaming = stores.streams(dx, tensors: 3, runsOf: shape.spatialCount)
-        instanceSums = .allocate(capacity: shape.instanceCount)
-        instanceSums.initialize(repeating: (0, 0))
+        if let table, let base = table.baseAddress {
+            // Two doubles side by side, as the tuples lie.
+            instanceSums = UnsafeMutableBufferPointer(
+                start: UnsafeMutableRawPointer(base).assumingMemoryBound(to: (sumDy: Double, sumDyXHat: Double).self),
+                count: shape.instanceCount)
+            ownsSums = false
+        } else {
+            instanceSums = .allocate(capacity: shape.instanceCount)
+            instanceSums.initialize(repeating: (0, 0))
+            ownsSums = true
+        }
     }
 
-    deinit { instanceSums.deallocate() }
+    deinit { if ownsSums { instanceSums.deallocate() } }
 
     @inlinable func buffer(_ base: SharedBuffer<T>, _ instance: Int, _ range: Range<Int>) -> UnsafeMutableBufferPointer<T> {
         UnsafeMutableBufferPointer(start: base.base + instance * spatialCount + range.lowerBound, count: range.count)

@@ -108,4 +108,33 @@ import Testing
         check(Float.self)
         check(Double.self)
     }
+
+    /// The per-instance kernels (M > 196) write each instance's s1, s2
+    /// straight into the caller's table (filled with NaN first by the
+    /// harness): every entry is written, with whole instances per thread,
+    /// the fused order (streamed), and instances split across threads; each
+    /// is Σ dy and Σ dy·(x − μ)·r to within the float chunks' rounding, and
+    /// dγ, dβ are the entries added in sample order, bit for bit.
+    @Test(arguments: [([3, 5, 16, 16], 1, StorePolicy.cached), ([3, 5, 16, 16], 2, .cached),
+                      ([2, 3, 4111], 2, .streaming), ([1, 1, 64, 64], 2, .automatic)])
+    func perInstanceSumsFillTheCallersTable(dimensions: [Int], threads: Int, stores: StorePolicy) {
+        let inputs = Inputs<Float>(dimensions, affine: true, seed: 59), shape = inputs.shape
+        let run = inputs.run(eps: 1e-5, threads: threads, stores: stores)
+        let (x, dy) = (inputs.wideX, inputs.wideDy), m = shape.spatialCount
+        var dbeta = [Double](repeating: 0, count: shape.channels), dgamma = dbeta
+        for instance in 0..<shape.instanceCount {
+            let (mean, invstd) = (run.statistics[instance].mean, run.statistics[instance].invstd)
+            let values = instance * m..<(instance + 1) * m
+            let sumDy = values.reduce(0) { $0 + dy[$1] }
+            let sumDyXHat = values.reduce(0) { $0 + dy[$1] * (x[$1] - mean) * invstd }
+            let scale = values.reduce(0) { $0 + abs(dy[$1]) * max(1, abs(x[$1] - mean) * invstd) }
+            let tolerance = computeTolerance(Float.self) * scale
+            #expect(abs(run.instanceSums[2 * instance] - sumDy) <= tolerance, "s1 of \(instance), \(dimensions)")
+            #expect(abs(run.instanceSums[2 * instance + 1] - sumDyXHat) <= tolerance, "s2 of \(instance), \(dimensions)")
+            dbeta[instance % shape.channels] += run.instanceSums[2 * instance]
+            dgamma[instance % shape.channels] += run.instanceSums[2 * instance + 1]
+        }
+        #expect(bitPatterns(run.dbeta) == bitPatterns(dbeta), "dbeta, \(dimensions), \(threads) threads")
+        #expect(bitPatterns(run.dgamma) == bitPatterns(dgamma), "dgamma, \(dimensions), \(threads) threads")
+    }
 }
