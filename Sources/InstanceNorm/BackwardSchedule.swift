@@ -1,14 +1,20 @@
+import _InstanceNormShims
+
 /// How the backward over small instances shares its blocks among workers:
-/// as the forward does, worker w takes a balanced run of whole blocks of
-/// B consecutive instances. One worker adds each block's s1, s2 into dγ,
-/// dβ as it goes (instance order, the order of
+/// they claim runs of consecutive blocks of B instances in turn as they
+/// come free, shorter as fewer are left (`BlockClaims`), so that a worker
+/// on a slower core takes fewer; the bits do not depend on who takes
+/// which, since a block's results are its own. One worker adds each block's s1, s2 into
+/// dγ, dβ as it goes (instance order, the order of
 /// `combineParameterGradients`); several store them, and they are added
 /// in sample order once all are done.
 ///
 /// (Workers owning runs of channels in every sample, which would let each
 /// add its channels' sums in line, took about twice as long as one worker
 /// at two threads on (4096, 128, 4, 4) float32 on the shared test machine,
-/// in 2 of 3 side-by-side rounds; runs of blocks took 1.2x.)
+/// in 2 of 3 side-by-side rounds; runs of blocks took 1.2x. A balanced run
+/// of blocks per worker, fixed in advance, left the faster of two threads
+/// waiting at the join: one took 53-55% of the kernel's samples.)
 @usableFromInline
 struct BackwardSchedule: Sendable {
     @usableFromInline let instanceCount, lanes, blocks, workers: Int
@@ -23,30 +29,54 @@ struct BackwardSchedule: Sendable {
     /// Whether the worker adds its own sums into dγ, dβ block by block.
     @inlinable var combinesInLine: Bool { workers == 1 }
 
-    /// The instances of `worker`: its blocks'.
-    @inlinable func instances(of worker: Int) -> Range<Int> {
-        let mine = balancedRange(blocks, worker, workers)
-        return mine.lowerBound * lanes..<min(mine.upperBound * lanes, instanceCount)
+    /// The instances of block `index`.
+    @inlinable func block(_ index: Int) -> Range<Int> {
+        index * lanes..<min((index + 1) * lanes, instanceCount)
     }
 
-    /// The number of blocks `worker` takes.
-    @inlinable func blockCount(of worker: Int) -> Int {
-        InstanceBlocks(instances: instances(of: worker), lanes: lanes).count
+    /// The claims of the workers on the blocks: 1/(2·workers) of those
+    /// left each time, at least 64 blocks (tens of KiB of x and dy, read in
+    /// order), or a 32nd of a worker's share when that is less.
+    @inlinable var claims: BlockClaims {
+        BlockClaims(0..<blocks, least: min(64, blocks / (32 * workers)), divisor: 2 * workers)
     }
 
-    /// body(i, block) for the i-th block of `worker`, in order.
-    @inlinable func forEachBlock(of worker: Int, _ body: (Int, Range<Int>) -> Void) {
-        for (index, block) in InstanceBlocks(instances: instances(of: worker), lanes: lanes).enumerated() {
-            body(index, block)
-        }
-    }
-
-    /// The number of a worker's last blocks whose dx waits for
-    /// `BackwardOverlap.sumsReady`: enough for `elements` values (at least
-    /// one block when positive), as `WorkSplit.deferredTails` counts instances.
-    @inlinable func tailBlocks(of worker: Int, elements: Int, spatialCount: Int) -> Int {
+    /// The last blocks, whose dx waits for `BackwardOverlap.sumsReady`:
+    /// enough for `elements` values per worker (at least one block each when
+    /// positive), as `WorkSplit.deferredTails` counts instances.
+    @inlinable func tailBlocks(elements: Int, spatialCount: Int) -> Int {
         guard elements > 0 else { return 0 }
         let perBlock = lanes * spatialCount
-        return min(blockCount(of: worker), (elements + perBlock - 1) / perBlock)
+        return min(blocks, workers * ((elements + perBlock - 1) / perBlock))
+    }
+}
+
+/// Runs of blocks claimed by workers in turn (see `BackwardSchedule`):
+/// each claim takes 1/`divisor` of the blocks left, at least `least`, so
+/// that the first claims are long runs read in order and the last ones
+/// short enough to even out the workers' finish.
+@usableFromInline
+final class BlockClaims: @unchecked Sendable {
+    @usableFromInline let next: UnsafeMutablePointer<Int>
+    @usableFromInline let end, least, divisor: Int
+
+    @inlinable init(_ range: Range<Int>, least: Int, divisor: Int) {
+        next = .allocate(capacity: 1)
+        next.initialize(to: range.lowerBound)
+        end = range.upperBound
+        self.least = max(1, least)
+        self.divisor = max(1, divisor)
+    }
+
+    deinit { next.deallocate() }
+
+    /// body(block) for every block this worker claims, in increasing order.
+    @inlinable func forEachClaimed(_ body: (Int) -> Void) {
+        var count = 0
+        while true {
+            let start = instnorm_claim_share(next, end, divisor, least, &count)
+            guard count > 0 else { return }
+            for index in start..<start + count { body(index) }
+        }
     }
 }

@@ -177,31 +177,32 @@ extension SmallBackward {
         dbeta.update(repeating: 0)
         let stored = instanceSums ?? (schedule.combinesInLine ? nil : .allocate(capacity: 2 * instanceCount))
         defer { if instanceSums == nil { stored?.deallocate() } }
-        let tails = (0..<schedule.workers).map {
-            schedule.tailBlocks(of: $0, elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
-        }
-        let waiting = DeferredSums<C>(blocks: tails)
+        let firstTail = schedule.blocks - schedule.tailBlocks(elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
+        let waiting = DeferredSums<C>(count: schedule.blocks - firstTail)
         defer { waiting.deallocate() }
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: stored.map { SharedBuffer($0) },
             channels: channels, inLine: combines && schedule.combinesInLine, streaming: streaming)
+        let claims = schedule.claims
         split.run { worker in
             // Software-pipelined as the forward is: a block's sums before
             // the dx of the block before it.
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
-            let tailStart = schedule.blockCount(of: worker) - tails[worker]
             var waitingDx: (block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>)?
-            schedule.forEachBlock(of: worker) { index, block in
-                let loaded = load(block, index & 1, scratch)
+            var set = 0
+            claims.forEachClaimed { index in
+                let block = schedule.block(index)
+                let loaded = load(block, set, scratch)
+                set ^= 1
                 let (sumDy, sumDyXHat) = sums(loaded, scratch)
                 parameterSums.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
-                if index < tailStart {
+                if index < firstTail {
                     gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, loaded.set, scratch)
                 } else {
-                    waiting.keep(worker, index - tailStart, sumDy, sumDyXHat)
+                    waiting.keep(index - firstTail, sumDy, sumDyXHat)
                 }
                 if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
-                waitingDx = index < tailStart ? (block, loaded.set, loaded.x, loaded.dy) : nil
+                waitingDx = index < firstTail ? (block, loaded.set, loaded.x, loaded.dy) : nil
             }
             if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
             // The streamed sums reach memory before another thread adds them up.
@@ -209,24 +210,26 @@ extension SmallBackward {
         }
         if combines && !schedule.combinesInLine { parameterSums.combineInSampleOrder(instanceCount: instanceCount, threads: threads) }
         overlap?.sumsReady()
-        writeTails(schedule, split, tails, waiting, overlap)
+        writeTails(schedule, split, firstTail, waiting, overlap)
         if streaming { instnorm_store_fence() }
     }
 
-    /// dx of every worker's tail blocks, from their kept sums; worker 0
-    /// calls `overlap.progress` every `progressInterval` values.
+    /// dx of the tail blocks (from `firstTail` on), from their kept sums,
+    /// a balanced run of them per worker, fixed: worker 0 (the thread that
+    /// may call MPI) calls `overlap.progress` every `progressInterval`
+    /// values, and must have its share to do so.
     @inlinable func writeTails(
-        _ schedule: BackwardSchedule, _ split: WorkSplit, _ tails: [Int], _ waiting: DeferredSums<C>,
+        _ schedule: BackwardSchedule, _ split: WorkSplit, _ firstTail: Int, _ waiting: DeferredSums<C>,
         _ overlap: BackwardOverlap?
     ) {
-        guard tails.contains(where: { $0 > 0 }) else { return }
+        guard firstTail < schedule.blocks else { return }
         split.run { worker in
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
-            let tailStart = schedule.blockCount(of: worker) - tails[worker]
             var sinceProgress = 0
-            schedule.forEachBlock(of: worker) { index, block in
-                guard index >= tailStart else { return }
-                let (sumDy, sumDyXHat) = waiting.kept(worker, index - tailStart)
+            let mine = balancedRange(schedule.blocks - firstTail, worker, split.workers)
+            for index in firstTail + mine.lowerBound..<firstTail + mine.upperBound {
+                let block = schedule.block(index)
+                let (sumDy, sumDyXHat) = waiting.kept(index - firstTail)
                 let loaded = load(block, 0, scratch, summing: false)
                 gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, 0, scratch)
                 inputGradient(block, 0, x: loaded.x, dy: loaded.dy, scratch)
@@ -332,28 +335,22 @@ struct ParameterSums: @unchecked Sendable {
     }
 }
 
-/// Per worker, the s1, s2 lanes of its tail blocks, kept until their dx.
+/// The s1, s2 lanes of the tail blocks, kept until their dx.
 @usableFromInline
 final class DeferredSums<C: InstanceNormComputeScalar>: @unchecked Sendable {
-    @usableFromInline let offsets: [Int]
     @usableFromInline let sums: UnsafeMutablePointer<(C.WideLanes, C.WideLanes)>
 
-    @inlinable init(blocks: [Int]) {
-        var offsets = [0]
-        for count in blocks { offsets.append(offsets.last! + count) }
-        self.offsets = offsets
-        sums = .allocate(capacity: max(1, offsets.last!))
+    @inlinable init(count: Int) {
+        sums = .allocate(capacity: max(1, count))
     }
 
     @inlinable func deallocate() { sums.deallocate() }
 
-    @inlinable func keep(_ worker: Int, _ index: Int, _ sumDy: C.WideLanes, _ sumDyXHat: C.WideLanes) {
-        (sums + offsets[worker] + index).initialize(to: (sumDy, sumDyXHat))
+    @inlinable func keep(_ tail: Int, _ sumDy: C.WideLanes, _ sumDyXHat: C.WideLanes) {
+        (sums + tail).initialize(to: (sumDy, sumDyXHat))
     }
 
-    @inlinable func kept(_ worker: Int, _ index: Int) -> (C.WideLanes, C.WideLanes) {
-        sums[offsets[worker] + index]
-    }
+    @inlinable func kept(_ tail: Int) -> (C.WideLanes, C.WideLanes) { sums[tail] }
 }
 
 /// s1 = Σ dy and s2 = r·(Σ dy·(x − μ_hi) − μ_lo·s1) of every lane of a

@@ -220,11 +220,12 @@ func checkFamilyInEveryPrecision(
 
     /// With an overlap, each worker leaves the dx of its last values for
     /// after `sumsReady` (LayerNorm: its last rows, which may be part of a
-    /// sample; GroupNorm: its last samples): the same bits as without,
+    /// sample; GroupNorm: its last samples; small instances: the batch's
+    /// last blocks, claimed by no one in particular): the same bits as without,
     /// fused or plain, at every thread count, with `sumsReady` called once
     /// and `progress` along the deferred values.
     @Test(arguments: [(Normalization.layer(normalizedDimensions: 1), [3, 9, 700]), (.layer(normalizedDimensions: 1), [3, 9, 1056]),
-                      (.group(groups: 2), [3, 4, 2100])])
+                      (.group(groups: 2), [3, 4, 2100]), (.instance, [64, 8, 4, 4])])
     func overlapTailsKeepBits(_ normalization: Normalization, _ dimensions: [Int]) {
         let inputs = FamilyInputs<Float>(normalization, dimensions, seed: 19)
         let plain = inputs.run(stores: .cached)

@@ -176,6 +176,26 @@ void instnorm_stream_statistics4(double *out, instnorm_double4x mean, instnorm_d
     for (int pair = 0; pair < 6; pair++) __builtin_nontemporal_store(pairs[pair], (instnorm_double2x *)(out + 2 * pair));
 }
 
+/// A worker's claim on the next blocks of a run shared with other workers,
+/// `*next` its first unclaimed block and `end` its end: 1/`divisor` of what
+/// is left, at least `least` (and at most what is left); the first claimed
+/// is returned and the number in `*count`, 0 when nothing is left. Relaxed:
+/// a claim orders nothing else (the workers' results meet at the join).
+static inline __attribute__((always_inline))
+long instnorm_claim_share(long *next, long end, long divisor, long least, long *count) {
+    long start = __atomic_load_n(next, __ATOMIC_RELAXED);
+    for (;;) {
+        if (start >= end) { *count = 0; return end; }
+        long size = (end - start) / divisor;
+        if (size < least) size = least;
+        if (size > end - start) size = end - start;
+        if (__atomic_compare_exchange_n(next, &start, start + size, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+            *count = size;
+            return start;
+        }
+    }
+}
+
 /// out[i] = base[stride · indices[i]] for i < 4, stored as one 32-byte
 /// vector: `out` must be 32-byte aligned. Lanes stored one scalar (or one
 /// half, as an unaligned 32-byte store is split) at a time and then loaded
