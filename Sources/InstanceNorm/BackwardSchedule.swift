@@ -4,8 +4,8 @@ import _InstanceNormShims
 /// they claim runs of consecutive blocks of B instances in turn as they
 /// come free, shorter as fewer are left (`BlockClaims`), so that a worker
 /// on a slower core takes fewer; the bits do not depend on who takes
-/// which, since a block's results are its own. One worker adds each block's s1, s2 into
-/// dγ, dβ as it goes (instance order, the order of
+/// which, since a block's results are its own. One worker adds each
+/// block's s1, s2 into dγ, dβ as it goes (instance order, the order of
 /// `combineParameterGradients`); several store them, and they are added
 /// in sample order once all are done.
 ///

@@ -177,8 +177,9 @@ extension SmallBackward {
         dbeta.update(repeating: 0)
         let stored = instanceSums ?? (schedule.combinesInLine ? nil : .allocate(capacity: 2 * instanceCount))
         defer { if instanceSums == nil { stored?.deallocate() } }
-        let firstTail = schedule.blocks - schedule.tailBlocks(elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
-        let waiting = DeferredSums<C>(count: schedule.blocks - firstTail)
+        let tailBlocks = schedule.tailBlocks(elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
+        let firstTail = schedule.blocks - tailBlocks
+        let waiting = DeferredSums<C>(count: tailBlocks)
         defer { waiting.deallocate() }
         let parameterSums = ParameterSums(
             dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: stored.map { SharedBuffer($0) },
