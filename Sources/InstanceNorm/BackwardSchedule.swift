@@ -20,7 +20,11 @@ struct BackwardSchedule: Sendable {
     @usableFromInline let instanceCount, lanes, blocks, workers: Int
 
     @inlinable init(shape: InstanceNormShape, lanes: Int, threads: Int) {
-        instanceCount = shape.instanceCount
+        self.init(instanceCount: shape.instanceCount, lanes: lanes, threads: threads)
+    }
+
+    @inlinable init(instanceCount: Int, lanes: Int, threads: Int) {
+        self.instanceCount = instanceCount
         self.lanes = lanes
         blocks = (instanceCount + lanes - 1) / lanes
         workers = max(1, min(threads, blocks))

@@ -33,7 +33,8 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
         streaming = stores.streams(y, tensors: 2)
     }
 
-    /// Every block, the workers taking balanced runs of whole blocks.
+    /// Every block, the workers claiming runs of blocks as they come free
+    /// (`BackwardSchedule.claims`, as the backward does).
     ///
     /// Software-pipelined: the statistics of a block (a chain of sums, a
     /// square root and a division per lane) are computed before the y of
@@ -41,14 +42,18 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     /// that independent work while the chain waits. Two sets of scratch.
     @inlinable func run(threads: Int) {
         let blocks = SmallInstances.blocks(instanceCount, lanes: T.Vector.scalarCount)
-        let split = WorkSplit(units: blocks.count, length: 1, threads: threads)
+        let schedule = BackwardSchedule(instanceCount: instanceCount, lanes: T.Vector.scalarCount, threads: threads)
+        let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
+        let claims = schedule.claims
         split.run { worker in
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
             var waiting: (block: Range<Int>, set: Int, source: UnsafePointer<T>)?
-            for index in split.instances(of: worker) {
-                let set = index & 1, source = statistics(of: blocks[index], set, scratch)
+            var set = 0
+            claims.forEachClaimed { index in
+                let source = statistics(of: blocks[index], set, scratch)
                 if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
                 waiting = (blocks[index], set, source)
+                set ^= 1
             }
             if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
             // Each worker's streaming stores (y and the statistics) done before the join.
