@@ -171,7 +171,7 @@ extension SmallBackward {
         threads: Int, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
         instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool, overlap: BackwardOverlap?
     ) {
-        let schedule = BackwardSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
+        let schedule = BlockSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
@@ -220,7 +220,7 @@ extension SmallBackward {
     /// may call MPI) calls `overlap.progress` every `progressInterval`
     /// values, and must have its share to do so.
     @inlinable func writeTails(
-        _ schedule: BackwardSchedule, _ split: WorkSplit, _ firstTail: Int, _ waiting: DeferredSums<C>,
+        _ schedule: BlockSchedule, _ split: WorkSplit, _ firstTail: Int, _ waiting: DeferredSums<C>,
         _ overlap: BackwardOverlap?
     ) {
         guard firstTail < schedule.blocks else { return }

@@ -34,7 +34,7 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// Every block, the workers claiming runs of blocks as they come free
-    /// (`BackwardSchedule.claims`, as the backward does).
+    /// (`BlockSchedule.claims`).
     ///
     /// Software-pipelined: the statistics of a block (a chain of sums, a
     /// square root and a division per lane) are computed before the y of
@@ -42,7 +42,7 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     /// that independent work while the chain waits. Two sets of scratch.
     @inlinable func run(threads: Int) {
         let blocks = SmallInstances.blocks(instanceCount, lanes: T.Vector.scalarCount)
-        let schedule = BackwardSchedule(instanceCount: instanceCount, lanes: T.Vector.scalarCount, threads: threads)
+        let schedule = BlockSchedule(instanceCount: instanceCount, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
         let claims = schedule.claims
         split.run { worker in

@@ -1,13 +1,14 @@
 import _InstanceNormShims
 
-/// How the backward over small instances shares its blocks among workers:
-/// they claim runs of consecutive blocks of B instances in turn as they
-/// come free, shorter as fewer are left (`BlockClaims`), so that a worker
-/// on a slower core takes fewer; the bits do not depend on who takes
-/// which, since a block's results are its own. One worker adds each
-/// block's s1, s2 into dγ, dβ as it goes (instance order, the order of
-/// `combineParameterGradients`); several store them, and they are added
-/// in sample order once all are done.
+/// How the small-instance kernels (forward and backward) share their
+/// blocks among workers: they claim runs of consecutive blocks of B
+/// instances in turn as they come free, shorter as fewer are left
+/// (`BlockClaims`), so that a worker on a slower core takes fewer; the
+/// bits do not depend on who takes which, since a block's results are its
+/// own. In the backward, one worker adds each block's s1, s2 into dγ, dβ
+/// as it goes (instance order, the order of `combineParameterGradients`);
+/// several store them, and they are added in sample order once all are
+/// done.
 ///
 /// (Workers owning runs of channels in every sample, which would let each
 /// add its channels' sums in line, took about twice as long as one worker
@@ -16,7 +17,7 @@ import _InstanceNormShims
 /// of blocks per worker, fixed in advance, left the faster of two threads
 /// waiting at the join: one took 53-55% of the kernel's samples.)
 @usableFromInline
-struct BackwardSchedule: Sendable {
+struct BlockSchedule: Sendable {
     @usableFromInline let instanceCount, lanes, blocks, workers: Int
 
     @inlinable init(shape: InstanceNormShape, lanes: Int, threads: Int) {
@@ -55,7 +56,7 @@ struct BackwardSchedule: Sendable {
     }
 }
 
-/// Runs of blocks claimed by workers in turn (see `BackwardSchedule`):
+/// Runs of blocks claimed by workers in turn (see `BlockSchedule`):
 /// each claim takes 1/`divisor` of the blocks left, at least `least`, so
 /// that the first claims are long runs read in order and the last ones
 /// short enough to even out the workers' finish.
