@@ -18,26 +18,27 @@ import _InstanceNormShims
 /// waiting at the join: one took 53-55% of the kernel's samples.)
 @usableFromInline
 struct BlockSchedule: Sendable {
-    @usableFromInline let instanceCount, lanes, blocks, workers: Int
+    /// The blocks of B instances (the last may hold fewer).
+    @usableFromInline let instanceBlocks: InstanceBlocks
+    @usableFromInline let workers: Int
 
     @inlinable init(shape: InstanceNormShape, lanes: Int, threads: Int) {
         self.init(instanceCount: shape.instanceCount, lanes: lanes, threads: threads)
     }
 
     @inlinable init(instanceCount: Int, lanes: Int, threads: Int) {
-        self.instanceCount = instanceCount
-        self.lanes = lanes
-        blocks = (instanceCount + lanes - 1) / lanes
-        workers = max(1, min(threads, blocks))
+        instanceBlocks = SmallInstances.blocks(instanceCount, lanes: lanes)
+        workers = max(1, min(threads, instanceBlocks.count))
     }
+
+    /// The number of blocks.
+    @inlinable var blocks: Int { instanceBlocks.count }
 
     /// Whether the worker adds its own sums into dγ, dβ block by block.
     @inlinable var combinesInLine: Bool { workers == 1 }
 
     /// The instances of block `index`.
-    @inlinable func block(_ index: Int) -> Range<Int> {
-        index * lanes..<min((index + 1) * lanes, instanceCount)
-    }
+    @inlinable func block(_ index: Int) -> Range<Int> { instanceBlocks[index] }
 
     /// The claims of the workers on the blocks: 1/(2·workers) of those
     /// left each time, at least 64 blocks (tens of KiB of x and dy, read in
@@ -51,7 +52,7 @@ struct BlockSchedule: Sendable {
     /// positive), as `WorkSplit.deferredTails` counts instances.
     @inlinable func tailBlocks(elements: Int, spatialCount: Int) -> Int {
         guard elements > 0 else { return 0 }
-        let perBlock = lanes * spatialCount
+        let perBlock = instanceBlocks.lanes * spatialCount
         return min(blocks, workers * ((elements + perBlock - 1) / perBlock))
     }
 }

@@ -41,7 +41,6 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
     /// the block before it is written, so that the out-of-order core runs
     /// that independent work while the chain waits. Two sets of scratch.
     @inlinable func run(threads: Int) {
-        let blocks = SmallInstances.blocks(instanceCount, lanes: T.Vector.scalarCount)
         let schedule = BlockSchedule(instanceCount: instanceCount, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
         let claims = schedule.claims
@@ -50,9 +49,9 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
             var waiting: (block: Range<Int>, set: Int, source: UnsafePointer<T>)?
             var set = 0
             claims.forEachClaimed { index in
-                let source = statistics(of: blocks[index], set, scratch)
+                let block = schedule.block(index), source = statistics(of: block, set, scratch)
                 if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
-                waiting = (blocks[index], set, source)
+                waiting = (block, set, source)
                 set ^= 1
             }
             if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
