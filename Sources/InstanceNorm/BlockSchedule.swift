@@ -60,9 +60,11 @@ struct BlockSchedule: Sendable {
 /// Runs of blocks claimed by workers in turn (see `BlockSchedule`):
 /// each claim takes 1/`divisor` of the blocks left, at least `least`, so
 /// that the first claims are long runs read in order and the last ones
-/// short enough to even out the workers' finish.
+/// short enough to even out the workers' finish. Iterating it (each
+/// worker its own loop) gives the blocks that worker claims, in
+/// increasing order.
 @usableFromInline
-final class BlockClaims: @unchecked Sendable {
+final class BlockClaims: Sequence, @unchecked Sendable {
     @usableFromInline let next: UnsafeMutablePointer<Int>
     @usableFromInline let end, least, divisor: Int
 
@@ -70,19 +72,35 @@ final class BlockClaims: @unchecked Sendable {
         next = .allocate(capacity: 1)
         next.initialize(to: range.lowerBound)
         end = range.upperBound
-        self.least = max(1, least)
-        self.divisor = max(1, divisor)
+        self.least = Swift.max(1, least)
+        self.divisor = Swift.max(1, divisor)
     }
 
     deinit { next.deallocate() }
 
-    /// body(block) for every block this worker claims, in increasing order.
-    @inlinable func forEachClaimed(_ body: (Int) -> Void) {
-        var count = 0
-        while true {
-            let start = instnorm_claim_share(next, end, divisor, least, &count)
-            guard count > 0 else { return }
-            for index in start..<start + count { body(index) }
+    @inlinable func makeIterator() -> ClaimedBlocks { ClaimedBlocks(self) }
+}
+
+/// The blocks one worker claims from `BlockClaims`. A loop over it keeps
+/// the kernels' pipeline state in the loop body's own variables: in a
+/// closure they were captured in memory, and on an AMD EPYC (Zen 3) one
+/// byte-wide update of the set index followed by a word-wide read cost a
+/// failed store forwarding per block, 7% of the M = 4 forward's samples.
+@usableFromInline
+struct ClaimedBlocks: IteratorProtocol {
+    @usableFromInline let claims: BlockClaims
+    @usableFromInline var current = 0, claimEnd = 0
+
+    @inlinable init(_ claims: BlockClaims) { self.claims = claims }
+
+    @inlinable mutating func next() -> Int? {
+        if current == claimEnd {
+            var count = 0
+            let start = instnorm_claim_share(claims.next, claims.end, claims.divisor, claims.least, &count)
+            guard count > 0 else { return nil }
+            (current, claimEnd) = (start, start + count)
         }
+        defer { current += 1 }
+        return current
     }
 }

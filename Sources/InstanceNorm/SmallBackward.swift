@@ -191,7 +191,7 @@ extension SmallBackward {
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
             var waitingDx: (block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>)?
             var set = 0
-            claims.forEachClaimed { index in
+            for index in claims {
                 let block = schedule.block(index)
                 let loaded = load(block, set, scratch)
                 set ^= 1

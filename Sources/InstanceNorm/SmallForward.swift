@@ -48,7 +48,7 @@ struct SmallForward<T: InstanceNormScalar>: @unchecked Sendable {
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
             var waiting: (block: Range<Int>, set: Int, source: UnsafePointer<T>)?
             var set = 0
-            claims.forEachClaimed { index in
+            for index in claims {
                 let block = schedule.block(index), source = statistics(of: block, set, scratch)
                 if let waiting { normalize(waiting.block, waiting.set, waiting.source, scratch) }
                 waiting = (block, set, source)
