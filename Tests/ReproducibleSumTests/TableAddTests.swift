@@ -31,7 +31,9 @@ struct TableAddTests {
 
     func words(_ sums: ReproducibleSums) -> [Int64] { Array(sums.words) }
 
-    @Test(arguments: [(1, 4), (3, 8), (50, 13), (200, 5), (0, 6), (17, 1), (3, 1031)])
+    /// Rows of 256 and 768 values (2 and 6 KiB apart) take the copied strips of
+    /// `BinnedSum.copiesStrips`, the others are read in the table.
+    @Test(arguments: [(1, 4), (3, 8), (50, 13), (200, 5), (0, 6), (17, 1), (3, 1031), (45, 256), (33, 768)])
     func tableGivesTheWordsOfOneByOneAdds(rows: Int, columns: Int) {
         for seed in 1...30 as ClosedRange<UInt64> {
             var generator = SeededGenerator(seed: seed)
@@ -116,18 +118,21 @@ struct TableAddTests {
     /// Threads that share a table take disjoint column ranges; the ranges
     /// together give the words of the whole table at once, and a range
     /// leaves the other sums alone.
-    @Test func columnRangesSplitTheTable() {
+    /// (Rows of 256 values take the copied strips, with an odd number of
+    /// blocks of four columns in the first and last range.)
+    @Test(arguments: [(22, 5, 14), (256, 12, 17)])
+    func columnRangesSplitTheTable(columns: Int, firstCut: Int, secondCut: Int) {
         var generator = SeededGenerator(seed: 7)
-        let rows = 40, columns = 22
+        let rows = 41
         let table = (0..<rows * columns).map { _ in wildValue(&generator, specials: true) }
         let whole = ReproducibleSums(count: columns), split = ReproducibleSums(count: columns)
         table.withUnsafeBufferPointer { values in
             whole.add(rows: values)
-            split.add(rows: values, columns: 0..<5)
-            let untouched = 5 * ReproducibleSums.wordsPerSum
+            split.add(rows: values, columns: 0..<firstCut)
+            let untouched = firstCut * ReproducibleSums.wordsPerSum
             #expect(Array(words(split)[untouched...]) == Array(words(ReproducibleSums(count: columns))[untouched...]))
-            split.add(rows: values, columns: 5..<14)
-            split.add(rows: values, columns: 14..<columns)
+            split.add(rows: values, columns: firstCut..<secondCut)
+            split.add(rows: values, columns: secondCut..<columns)
         }
         #expect(words(whole) == words(split))
     }
