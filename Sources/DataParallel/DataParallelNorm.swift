@@ -112,7 +112,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let parameters = globalShape.parameterCount
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
         localParameterSums = TensorBuffer(
-            repeating: 0, count: Self.keepsShares(reduction, globalShape.normalization, threads: threads) ? 2 * localShape.batch * parameters : 0)
+            repeating: 0, count: Self.keepsShares(reduction, globalShape, threads: threads) ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
         globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
     }
@@ -121,13 +121,16 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     /// allocated once): the exact sums and the gather reduce them, BatchNorm
     /// needs them in its statistics, and the kernels that cannot add them
     /// up as they go write them in every mode, to add them in sample order
-    /// afterwards (LayerNorm and GroupNorm always, InstanceNorm with
-    /// several threads), which they would otherwise allocate anew per call:
-    /// for a normalized shape of (196, 768), a table four times the tensor,
-    /// and a quarter of it for (4096,128,4,4), page-faulted each step.
-    static func keepsShares(_ reduction: ParameterGradientReduction, _ normalization: Normalization, threads: Int) -> Bool {
-        switch normalization {
-        case .layer, .group, .batch: true
+    /// afterwards (GroupNorm always, InstanceNorm with several threads,
+    /// LayerNorm unless one thread takes samples of one row each, which it
+    /// adds straight into dγ, dβ), which they would otherwise allocate anew
+    /// per call: for a normalized shape of (196, 768), a table four times
+    /// the tensor, and a quarter of it for (4096,128,4,4), page-faulted
+    /// each step.
+    static func keepsShares(_ reduction: ParameterGradientReduction, _ shape: NormShape, threads: Int) -> Bool {
+        switch shape.normalization {
+        case .group, .batch: true
+        case .layer: reduction != .allreduce || threads > 1 || shape.rowsPerSample > 1
         case .instance: reduction != .allreduce || threads > 1
         }
     }
@@ -285,7 +288,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let parameters = globalShape.parameterCount, sums = parameterGradientSums.elements
         let elements = localShape.sampleElementCount, rows = localShape.rowsPerSample
         let values = samples.lowerBound * elements..<samples.upperBound * elements
-        let shares = Self.keepsShares(reduction, globalShape.normalization, threads: threads)
+        let shares = Self.keepsShares(reduction, globalShape, threads: threads)
             ? UnsafeMutableBufferPointer(rebasing: localParameterSums.elements[2 * parameters * samples.lowerBound..<2 * parameters * samples.upperBound])
             : nil
         NormKernel.backward(

@@ -148,17 +148,25 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     @usableFromInline let parameterSums: UnsafeMutableBufferPointer<Double>
     @usableFromInline let ownsParameterSums: Bool
 
+    /// Where one-row samples add their shares straight into dγ, dβ instead
+    /// of the table (see `LayerBatch.addsSharesInLine`).
+    @usableFromInline let inLineTotals: (dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>)?
+
+    /// `inLineTotals`: dγ, dβ (zeroed) for one-row samples to add their
+    /// shares into, in sample order, with no table (`parameterSums` nil).
     @inlinable
     init(batch: LayerBatch<T>, dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>,
-         statistics: UnsafeBufferPointer<InstanceStatistics>, parameterSums: UnsafeMutableBufferPointer<Double>?) {
+         statistics: UnsafeBufferPointer<InstanceStatistics>, parameterSums: UnsafeMutableBufferPointer<Double>?,
+         inLineTotals: (dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>)? = nil) {
         self.batch = batch
         self.dx = SharedBuffer(dx)
         self.dy = SharedBuffer(dy)
         self.statistics = statistics
+        self.inLineTotals = inLineTotals
         rowSums = .allocate(capacity: batch.rows)
         rowSums.initialize(repeating: (0, 0))
         ownsParameterSums = parameterSums == nil
-        self.parameterSums = parameterSums ?? .allocate(capacity: 2 * batch.samples * batch.rowLength)
+        self.parameterSums = parameterSums ?? .allocate(capacity: inLineTotals == nil ? 2 * batch.samples * batch.rowLength : 0)
     }
 
     deinit {
@@ -280,7 +288,13 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// values of each.
     @inlinable func oneRowSample(_ row: Int, writesDx: Bool, staging: UnsafeMutablePointer<Double>) {
         var none = NoCompanion()
-        rowSums(row, into: rowShares(of: row, staging: staging), alongside: &none)
+        if let inLineTotals {
+            let shares = RowSharesAdded<T>(
+                dgamma: inLineTotals.dgamma, dbeta: inLineTotals.dbeta, staging: staging, row: normalization(of: row))
+            rowSums(row, into: shares, alongside: &none)
+        } else {
+            rowSums(row, into: rowShares(of: row, staging: staging), alongside: &none)
+        }
         if writesDx { inputGradient(row, 0..<batch.rowLength) }
     }
 
@@ -526,6 +540,49 @@ struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
     }
 }
 
+/// A one-row sample's shares added straight into dγ, dβ (`LayerBackward.
+/// inLineTotals`): the values `RowShares` would store, added as
+/// `addInSampleOrder` adds a row of the table, so that samples taken in
+/// order give its bits.
+@usableFromInline
+struct RowSharesAdded<Scalar: InstanceNormScalar>: ColumnContributions {
+    @usableFromInline let dgamma, dbeta: UnsafeMutablePointer<Double>
+    /// 2·B doubles for a vector's widened lanes on their way to the sums.
+    @usableFromInline let staging: UnsafeMutablePointer<Double>
+    @usableFromInline let row: RowNormalization<Scalar>
+
+    @inlinable
+    init(dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>,
+         row: RowNormalization<Scalar>) {
+        self.dgamma = dgamma
+        self.dbeta = dbeta
+        self.staging = staging
+        self.row = row
+    }
+
+    @inlinable var center: Scalar.Compute { row.center }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
+        typealias C = Scalar.Compute
+        let lanes = Scalar.Vector.scalarCount
+        storeLanes(C.widen(Scalar.Vector() + gradient), staging)
+        storeLanes(C.widen(Scalar.Vector() + gradient * row.xHat(centered)), staging + lanes)
+        for first in stride(from: 0, to: lanes, by: 4) {
+            let position = index &+ first
+            let betas: SIMD4<Double> = lanesAt(dbeta + position), gammas: SIMD4<Double> = lanesAt(dgamma + position)
+            storeLanes(betas + lanesAt(staging + first), dbeta + position)
+            storeLanes(gammas + lanesAt(staging + (lanes &+ first)), dgamma + position)
+        }
+    }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
+        dbeta[index] += (Scalar.Compute.zero + gradient).widened
+        dgamma[index] += (Scalar.Compute.zero + gradient * row.xHat(centered)).widened
+    }
+}
+
 /// A block of LayerNorm's column sums and what one row adds to it:
 /// dy and dy·x̂, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision.
 @usableFromInline
@@ -749,16 +806,23 @@ struct LayerGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation 
 extension LayerBatch {
     /// Backward of `forward`: dx; per sample and position (Σ dy, Σ dy·x̂)
     /// into `parameterSums` (N, D, 2) before `overlap.sumsReady`; dγ, dβ
-    /// their sums in sample order.
+    /// their sums in sample order, unless `combines` is false (dγ, dβ are
+    /// then zeros: the caller adds the table up itself). Without a table
+    /// to fill, one-row samples may skip it (`addsSharesInLine`).
     @inlinable
     func backward(
         dx: UnsafeMutableBufferPointer<T>, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
         dy: UnsafeBufferPointer<T>, statistics: UnsafeBufferPointer<InstanceStatistics>,
-        parameterSums: UnsafeMutableBufferPointer<Double>?, threads: Int, overlap: BackwardOverlap?
+        parameterSums: UnsafeMutableBufferPointer<Double>?, combines: Bool = true, threads: Int, overlap: BackwardOverlap?
     ) {
-        let work = LayerBackward(batch: self, dx: dx, dy: dy, statistics: statistics, parameterSums: parameterSums)
         // Whole samples per worker: a sample's sums are added row after row by one thread.
         let split = WorkSplit(units: samples, length: rowsPerSample * rowLength, threads: min(threads, max(samples, 1)))
+        let inLine = combines && parameterSums == nil && addsSharesInLine(workers: split.workers)
+        dgamma.update(repeating: 0)
+        dbeta.update(repeating: 0)
+        let work = LayerBackward(
+            batch: self, dx: dx, dy: dy, statistics: statistics, parameterSums: parameterSums,
+            inLineTotals: inLine ? (dgamma.baseAddress!, dbeta.baseAddress!) : nil)
         let tails = deferredRows(split, overlap)
         let length = rowLength
         split.run { worker in
@@ -769,10 +833,8 @@ extension LayerBatch {
                 work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns, block: block)
             }
         }
-        dgamma.update(repeating: 0)
-        dbeta.update(repeating: 0)
         // Each position's shares in sample order, as the instance kernels add theirs.
-        if samples > 0 {
+        if combines && !inLine && samples > 0 {
             addInSampleOrder(work.parameterSums.baseAddress!, samples: samples, channels: rowLength,
                              dgamma: dgamma.baseAddress!, dbeta: dbeta.baseAddress!, threads: split.workers)
         }
@@ -784,6 +846,15 @@ extension LayerBatch {
         }
         if streaming { instnorm_store_fence() }
     }
+
+    /// Whether a backward whose dγ, dβ nobody needs as a table adds each
+    /// one-row sample's shares straight into them (`RowSharesAdded`): one
+    /// worker, taking the samples in order, adds them in `addInSampleOrder`'s
+    /// order. The table is N·D·2 doubles, four times a float32 x of
+    /// (N, D): at (64, 196·768), LayerNorm over whole samples, 154 MB
+    /// written, faulted in and read back every call, where the backward's
+    /// tensors move 116 MB.
+    @inlinable func addsSharesInLine(workers: Int) -> Bool { rowsPerSample == 1 && workers == 1 }
 
     /// Per worker, the last rows of its samples whose dx waits for
     /// `overlap.sumsReady`: enough for `overlap.tailElements` values. Rows,

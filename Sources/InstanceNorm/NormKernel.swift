@@ -87,8 +87,8 @@ public enum NormKernel {
     ///   - combinesParameterGradients: false when the caller needs only
     ///     `parameterSums` (then required) and adds them up itself, as the
     ///     exact sums across ranks do: InstanceNorm's small-instance kernels
-    ///     then skip adding them into dγ, dβ (a pass over the shares at
-    ///     several threads) and leave dγ, dβ zero; the others still fill them.
+    ///     and LayerNorm then skip adding them into dγ, dβ (a pass over the
+    ///     shares) and leave dγ, dβ zero; the others still fill them.
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last (instance and group norm).
     @inlinable
@@ -140,7 +140,7 @@ public enum NormKernel {
             LayerBatch(x: x, gamma: gamma, beta: nil, shape: shape, streaming: stores.streams(dx, tensors: 3, runsOf: shape.rowLength))
                 .backward(
                     dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, statistics: statistics, parameterSums: parameterSums,
-                    threads: threads, overlap: overlap)
+                    combines: combinesParameterGradients, threads: threads, overlap: overlap)
         }
     }
 

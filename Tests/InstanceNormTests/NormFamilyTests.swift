@@ -9,9 +9,11 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
     /// (N, P, 2): each sample's (Σ dy, Σ dy·x̂) per parameter.
     var parameterSums: [Double]
 
+    /// `keepsTable` false: the backward gets no `parameterSums` to fill
+    /// (they are then empty here).
     init(x: [T], dy: [T], gamma: [T]?, beta: [T]?, shape: NormShape, eps: Double,
          threads: Int = 1, stores: StorePolicy = .automatic, layout: TensorLayout = .channelsFirst,
-         overlap: BackwardOverlap? = nil) {
+         overlap: BackwardOverlap? = nil, keepsTable: Bool = true) {
         let x = TensorBuffer(x), dy = TensorBuffer(dy)
         let gamma = gamma.map { TensorBuffer($0) }, beta = beta.map { TensorBuffer($0) }
         let y = TensorBuffer<T>(repeating: .nan, count: x.count), dx = TensorBuffer<T>(repeating: .nan, count: x.count)
@@ -19,14 +21,14 @@ struct FamilyRun<T: InstanceNormScalar>: Equatable {
             repeating: InstanceStatistics(mean: .nan, variance: .nan, invstd: .nan), count: shape.statisticsCount)
         let dgamma = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
         let dbeta = TensorBuffer<Double>(repeating: .nan, count: shape.parameterCount)
-        let sums = TensorBuffer<Double>(repeating: .nan, count: 2 * shape.batch * shape.parameterCount)
+        let sums = TensorBuffer<Double>(repeating: .nan, count: keepsTable ? 2 * shape.batch * shape.parameterCount : 0)
         NormKernel.forward(
             y: y.elements, statistics: statistics.elements, x: x.readOnly, gamma: gamma?.readOnly, beta: beta?.readOnly,
             shape: shape, eps: eps, threads: threads, stores: stores, layout: layout)
         NormKernel.backward(
             dx: dx.elements, dgamma: dgamma.elements, dbeta: dbeta.elements, dy: dy.readOnly, x: x.readOnly,
             statistics: statistics.readOnly, gamma: gamma?.readOnly, shape: shape, threads: threads, stores: stores,
-            parameterSums: sums.elements, overlap: overlap, layout: layout)
+            parameterSums: keepsTable ? sums.elements : nil, overlap: overlap, layout: layout)
         (self.y, self.statistics, self.dx) = (y.array, statistics.array, dx.array)
         (self.dgamma, self.dbeta, parameterSums) = (dgamma.array, dbeta.array, sums.array)
     }
@@ -58,10 +60,13 @@ struct FamilyInputs<T: InstanceNormScalar> {
         beta = affine ? generator.normals(shape.parameterCount, deviation: 0.5).map { T($0) } : nil
     }
 
-    func run(eps: Double = 1e-5, threads: Int = 1, stores: StorePolicy = .automatic, overlap: BackwardOverlap? = nil) -> FamilyRun<T> {
+    func run(
+        eps: Double = 1e-5, threads: Int = 1, stores: StorePolicy = .automatic, overlap: BackwardOverlap? = nil,
+        keepsTable: Bool = true
+    ) -> FamilyRun<T> {
         guard layout == .channelsLast else {
             return FamilyRun(x: x, dy: dy, gamma: gamma, beta: beta, shape: shape, eps: eps, threads: threads, stores: stores,
-                             overlap: overlap)
+                             overlap: overlap, keepsTable: keepsTable)
         }
         let (channels, positions) = (shape.dimensions[1], shape.spatialCount)
         var run = FamilyRun(
@@ -195,6 +200,25 @@ func checkFamilyInEveryPrecision(
             #expect(inputs.run(threads: threads) == single, "threads \(threads)")
             #expect(inputs.run(threads: threads, stores: .streaming) == single, "streaming, threads \(threads)")
         }
+    }
+
+    /// Given no table to fill, one thread adds the shares of one-row
+    /// LayerNorm samples straight into dγ, dβ (`LayerBatch.addsSharesInLine`):
+    /// the bits of the table added up in sample order, in every precision.
+    @Test(arguments: [[7, 40], [5, 3, 5, 7], [6, 1], [3, 1500]] as [[Int]])
+    func layerSharesAddedInLineKeepTheTablesBits(_ dimensions: [Int]) {
+        func check<T: InstanceNormScalar>(_: T.Type) {
+            let inputs = FamilyInputs<T>(.layer(normalizedDimensions: dimensions.count - 1), dimensions, seed: 91)
+            let table = inputs.run(), inLine = inputs.run(keepsTable: false)
+            #expect(bitPatterns(inLine.dgamma) == bitPatterns(table.dgamma), "\(T.self) \(dimensions)")
+            #expect(bitPatterns(inLine.dbeta) == bitPatterns(table.dbeta), "\(T.self) \(dimensions)")
+            #expect(bitPatterns(inLine.dx) == bitPatterns(table.dx) && bitPatterns(inLine.y) == bitPatterns(table.y))
+            // Not vacuous: Σ dy (with D = 1, x̂ = 0 and dγ = 0 exactly).
+            #expect(inLine.dbeta.contains { $0 != 0 })
+        }
+        check(Float16.self)
+        check(Float.self)
+        check(Double.self)
     }
 
     /// The fused backward orders (dx of one group or row streamed while the
