@@ -282,26 +282,21 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// `sums(ofSample:)` of a sample of one row (x of (N, D)): the row's A,
     /// S and its shares written straight into the table (`RowShares`, the
-    /// values the block and columns of `sums` would leave there), then its
+    /// values the block and columns of `sums` would leave there; or added
+    /// into dγ, dβ, `inLineTotals`), then its
     /// dx unless deferred, the row still in cache. Through the block and
     /// columns, every row paid for clearing, widening and copying 2·D
     /// values of each.
     @inlinable func oneRowSample(_ row: Int, writesDx: Bool, staging: UnsafeMutablePointer<Double>) {
         var none = NoCompanion()
         if let inLineTotals {
-            let shares = RowSharesAdded<T>(
-                dgamma: inLineTotals.dgamma, dbeta: inLineTotals.dbeta, staging: staging, row: normalization(of: row))
-            rowSums(row, into: shares, alongside: &none)
+            let totals = ShareTotals(dgamma: inLineTotals.dgamma, dbeta: inLineTotals.dbeta)
+            rowSums(row, into: RowShares<T, ShareTotals>(totals, staging: staging, row: normalization(of: row)), alongside: &none)
         } else {
-            rowSums(row, into: rowShares(of: row, staging: staging), alongside: &none)
+            let table = ShareTable(parameterSums.baseAddress! + 2 * row * batch.rowLength)
+            rowSums(row, into: RowShares<T, ShareTable>(table, staging: staging, row: normalization(of: row)), alongside: &none)
         }
         if writesDx { inputGradient(row, 0..<batch.rowLength) }
-    }
-
-    /// Where a one-row sample's shares go, about its μ_hi.
-    @inlinable func rowShares(of row: Int, staging: UnsafeMutablePointer<Double>) -> RowShares<T> {
-        RowShares<T>(shares: parameterSums.baseAddress! + 2 * row * batch.rowLength, staging: staging,
-                     row: normalization(of: row))
     }
 
     /// A and S = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of `row`, from A and the centred sum.
@@ -501,21 +496,20 @@ struct RowNormalization<Scalar: InstanceNormScalar> {
 }
 
 /// A one-row sample's shares, (Σ dy, Σ dy·x̂) over its row at each
-/// position, interleaved in its row of the table: 0 + dy and 0 + dy·x̂ in
-/// the compute precision (−0 becomes +0), widened, which is what a block of
-/// zeros plus the row, flushed into columns of zeros, holds (`LayerColumns`,
-/// `LayerBackward.flush`): the same bits.
+/// position: 0 + dy and 0 + dy·x̂ in the compute precision (−0 becomes
+/// +0), widened, which is what a block of zeros plus the row, flushed into
+/// columns of zeros, holds (`LayerColumns`, `LayerBackward.flush`): the
+/// same bits. `Sink` keeps them (`ShareTable`) or adds them up (`ShareTotals`).
 @usableFromInline
-struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
-    /// 2·D: (Σ dy, Σ dy·x̂) per position.
-    @usableFromInline let shares: UnsafeMutablePointer<Double>
-    /// 2·B doubles for a vector's widened lanes on their way to `shares`.
+struct RowShares<Scalar: InstanceNormScalar, Sink: ShareSink>: ColumnContributions {
+    @usableFromInline let sink: Sink
+    /// 2·B doubles for a vector's widened lanes on their way to the sink.
     @usableFromInline let staging: UnsafeMutablePointer<Double>
     @usableFromInline let row: RowNormalization<Scalar>
 
     @inlinable
-    init(shares: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>, row: RowNormalization<Scalar>) {
-        self.shares = shares
+    init(_ sink: Sink, staging: UnsafeMutablePointer<Double>, row: RowNormalization<Scalar>) {
+        self.sink = sink
         self.staging = staging
         self.row = row
     }
@@ -529,57 +523,66 @@ struct RowShares<Scalar: InstanceNormScalar>: ColumnContributions {
         storeLanes(C.widen(Scalar.Vector() + gradient), staging)
         storeLanes(C.widen(Scalar.Vector() + gradient * row.xHat(centered)), staging + lanes)
         for first in stride(from: 0, to: lanes, by: 4) {
-            instnorm_store_pairs4(shares + 2 &* (index &+ first), lanesAt(staging + first), lanesAt(staging + (lanes &+ first)))
+            sink.take(sumDy: lanesAt(staging + first), sumDyXHat: lanesAt(staging + (lanes &+ first)), at: index &+ first)
         }
     }
 
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
-        shares[2 &* index] = (Scalar.Compute.zero + gradient).widened
-        shares[2 &* index &+ 1] = (Scalar.Compute.zero + gradient * row.xHat(centered)).widened
+        sink.take(sumDy: (Scalar.Compute.zero + gradient).widened,
+                  sumDyXHat: (Scalar.Compute.zero + gradient * row.xHat(centered)).widened, at: index)
     }
 }
 
-/// A one-row sample's shares added straight into dγ, dβ (`LayerBackward.
-/// inLineTotals`): the values `RowShares` would store, added as
+/// Where `RowShares` puts a one-row sample's shares.
+@usableFromInline
+protocol ShareSink {
+    /// The shares of the four positions from `position` on.
+    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int)
+    func take(sumDy: Double, sumDyXHat: Double, at position: Int)
+}
+
+/// The sample's row of the table of shares, (D, 2) interleaved.
+@usableFromInline
+struct ShareTable: ShareSink {
+    @usableFromInline let shares: UnsafeMutablePointer<Double>
+
+    @inlinable init(_ shares: UnsafeMutablePointer<Double>) { self.shares = shares }
+
+    @inlinable @inline(__always)
+    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int) {
+        instnorm_store_pairs4(shares + 2 &* position, sumDy, sumDyXHat)
+    }
+
+    @inlinable @inline(__always)
+    func take(sumDy: Double, sumDyXHat: Double, at position: Int) {
+        shares[2 &* position] = sumDy
+        shares[2 &* position &+ 1] = sumDyXHat
+    }
+}
+
+/// dβ, dγ themselves (`LayerBackward.inLineTotals`): each share added as
 /// `addInSampleOrder` adds a row of the table, so that samples taken in
 /// order give its bits.
 @usableFromInline
-struct RowSharesAdded<Scalar: InstanceNormScalar>: ColumnContributions {
+struct ShareTotals: ShareSink {
     @usableFromInline let dgamma, dbeta: UnsafeMutablePointer<Double>
-    /// 2·B doubles for a vector's widened lanes on their way to the sums.
-    @usableFromInline let staging: UnsafeMutablePointer<Double>
-    @usableFromInline let row: RowNormalization<Scalar>
 
-    @inlinable
-    init(dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>, staging: UnsafeMutablePointer<Double>,
-         row: RowNormalization<Scalar>) {
+    @inlinable init(dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>) {
         self.dgamma = dgamma
         self.dbeta = dbeta
-        self.staging = staging
-        self.row = row
-    }
-
-    @inlinable var center: Scalar.Compute { row.center }
-
-    @inlinable @inline(__always)
-    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
-        typealias C = Scalar.Compute
-        let lanes = Scalar.Vector.scalarCount
-        storeLanes(C.widen(Scalar.Vector() + gradient), staging)
-        storeLanes(C.widen(Scalar.Vector() + gradient * row.xHat(centered)), staging + lanes)
-        for first in stride(from: 0, to: lanes, by: 4) {
-            let position = index &+ first
-            let betas: SIMD4<Double> = lanesAt(dbeta + position), gammas: SIMD4<Double> = lanesAt(dgamma + position)
-            storeLanes(betas + lanesAt(staging + first), dbeta + position)
-            storeLanes(gammas + lanesAt(staging + (lanes &+ first)), dgamma + position)
-        }
     }
 
     @inlinable @inline(__always)
-    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
-        dbeta[index] += (Scalar.Compute.zero + gradient).widened
-        dgamma[index] += (Scalar.Compute.zero + gradient * row.xHat(centered)).widened
+    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int) {
+        storeLanes(lanesAt(dbeta + position) + sumDy, dbeta + position)
+        storeLanes(lanesAt(dgamma + position) + sumDyXHat, dgamma + position)
+    }
+
+    @inlinable @inline(__always)
+    func take(sumDy: Double, sumDyXHat: Double, at position: Int) {
+        dbeta[position] += sumDy
+        dgamma[position] += sumDyXHat
     }
 }
 
@@ -848,7 +851,7 @@ extension LayerBatch {
     }
 
     /// Whether a backward whose dγ, dβ nobody needs as a table adds each
-    /// one-row sample's shares straight into them (`RowSharesAdded`): one
+    /// one-row sample's shares straight into them (`ShareTotals`): one
     /// worker, taking the samples in order, adds them in `addInSampleOrder`'s
     /// order. The table is N·D·2 doubles, four times a float32 x of
     /// (N, D): at (64, 196·768), LayerNorm over whole samples, 154 MB
