@@ -102,10 +102,18 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
                      tileRows: tileRows, scratch)
             row += rows
         }
-        for channel in lanesUsed.lowerBound..<min(lanesUsed.upperBound, channels) {
-            let instance = sample * channels + channel
-            sums.base[2 * instance] = scratch.first[channel]
-            sums.base[2 * instance + 1] = scratch.second[channel]
+        // Interleaved four channels a step: at M = 1 (BatchNorm of (N, C)) this
+        // copy runs once per value, and one scalar pair at a time it took
+        // half of this function's samples.
+        var channel = lanesUsed.lowerBound
+        let end = min(lanesUsed.upperBound, channels), pairs = sums.base + 2 * sample * channels
+        while channel + 4 <= end {
+            instnorm_store_pairs4(pairs + 2 * channel, lanesAt(scratch.first + channel), lanesAt(scratch.second + channel))
+            channel += 4
+        }
+        while channel < end {
+            (pairs[2 * channel], pairs[2 * channel + 1]) = (scratch.first[channel], scratch.second[channel])
+            channel += 1
         }
     }
 
