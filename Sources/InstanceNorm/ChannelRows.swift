@@ -102,19 +102,11 @@ struct ChannelRows<T: InstanceNormScalar>: Sendable {
                      tileRows: tileRows, scratch)
             row += rows
         }
-        // Interleaved four channels a step: at M = 1 (BatchNorm of (N, C)) this
-        // copy runs once per value, and one scalar pair at a time it took
-        // half of this function's samples.
-        var channel = lanesUsed.lowerBound
-        let end = min(lanesUsed.upperBound, channels), pairs = sums.base + 2 * sample * channels
-        while channel + 4 <= end {
-            instnorm_store_pairs4(pairs + 2 * channel, lanesAt(scratch.first + channel), lanesAt(scratch.second + channel))
-            channel += 4
-        }
-        while channel < end {
-            (pairs[2 * channel], pairs[2 * channel + 1]) = (scratch.first[channel], scratch.second[channel])
-            channel += 1
-        }
+        // Four channels a step: at M = 1 (BatchNorm of (N, C)) this copy runs
+        // once per value, and one scalar pair at a time it took half of this
+        // function's samples.
+        ShareTable(sums.base + 2 * sample * channels).take(
+            first: scratch.first, second: scratch.second, positions: lanesUsed.lowerBound..<min(lanesUsed.upperBound, channels))
     }
 
     /// One band's sums of the channels in `vectors`, widened onto the

@@ -184,3 +184,38 @@ func lanesAt<Wide: SIMD>(_ address: UnsafeMutablePointer<Double>) -> Wide where 
 func storeLanes<Wide: SIMD>(_ lanes: Wide, _ address: UnsafeMutablePointer<Double>) where Wide.Scalar == Double {
     UnsafeMutableRawPointer(address).storeBytes(of: lanes, as: Wide.self)
 }
+
+/// A row of a table of pairs, (count, 2) interleaved: a sample's
+/// (Σ dy, Σ dy·x̂) per position for LayerNorm (`RowShares`), its two sums
+/// per channel for `ChannelRows`.
+@usableFromInline
+struct ShareTable: ShareSink {
+    @usableFromInline let pairs: UnsafeMutablePointer<Double>
+
+    @inlinable init(_ pairs: UnsafeMutablePointer<Double>) { self.pairs = pairs }
+
+    @inlinable @inline(__always)
+    func take(_ first: SIMD4<Double>, _ second: SIMD4<Double>, at position: Int) {
+        instnorm_store_pairs4(pairs + 2 &* position, first, second)
+    }
+
+    @inlinable @inline(__always)
+    func take(_ first: Double, _ second: Double, at position: Int) {
+        pairs[2 &* position] = first
+        pairs[2 &* position &+ 1] = second
+    }
+
+    /// Pairs `positions` from the planar `first` and `second`, indexed as the positions.
+    @inlinable @inline(__always)
+    func take(first: UnsafeMutablePointer<Double>, second: UnsafeMutablePointer<Double>, positions: Range<Int>) {
+        var position = positions.lowerBound
+        while position + 4 <= positions.upperBound {
+            take(lanesAt(first + position), lanesAt(second + position), at: position)
+            position += 4
+        }
+        while position < positions.upperBound {
+            take(first[position], second[position], at: position)
+            position += 1
+        }
+    }
+}

@@ -150,14 +150,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// Where one-row samples add their shares straight into dγ, dβ instead
     /// of the table (see `LayerBatch.addsSharesInLine`).
-    @usableFromInline let inLineTotals: (dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>)?
+    @usableFromInline let inLineTotals: ShareTotals?
 
     /// `inLineTotals`: dγ, dβ (zeroed) for one-row samples to add their
     /// shares into, in sample order, with no table (`parameterSums` nil).
     @inlinable
     init(batch: LayerBatch<T>, dx: UnsafeMutableBufferPointer<T>, dy: UnsafeBufferPointer<T>,
          statistics: UnsafeBufferPointer<InstanceStatistics>, parameterSums: UnsafeMutableBufferPointer<Double>?,
-         inLineTotals: (dgamma: UnsafeMutablePointer<Double>, dbeta: UnsafeMutablePointer<Double>)? = nil) {
+         inLineTotals: ShareTotals? = nil) {
         self.batch = batch
         self.dx = SharedBuffer(dx)
         self.dy = SharedBuffer(dy)
@@ -290,8 +290,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     @inlinable func oneRowSample(_ row: Int, writesDx: Bool, staging: UnsafeMutablePointer<Double>) {
         var none = NoCompanion()
         if let inLineTotals {
-            let totals = ShareTotals(dgamma: inLineTotals.dgamma, dbeta: inLineTotals.dbeta)
-            rowSums(row, into: RowShares<T, ShareTotals>(totals, staging: staging, row: normalization(of: row)), alongside: &none)
+            rowSums(row, into: RowShares<T, ShareTotals>(inLineTotals, staging: staging, row: normalization(of: row)),
+                    alongside: &none)
         } else {
             let table = ShareTable(parameterSums.baseAddress! + 2 * row * batch.rowLength)
             rowSums(row, into: RowShares<T, ShareTable>(table, staging: staging, row: normalization(of: row)), alongside: &none)
@@ -523,42 +523,23 @@ struct RowShares<Scalar: InstanceNormScalar, Sink: ShareSink>: ColumnContributio
         storeLanes(C.widen(Scalar.Vector() + gradient), staging)
         storeLanes(C.widen(Scalar.Vector() + gradient * row.xHat(centered)), staging + lanes)
         for first in stride(from: 0, to: lanes, by: 4) {
-            sink.take(sumDy: lanesAt(staging + first), sumDyXHat: lanesAt(staging + (lanes &+ first)), at: index &+ first)
+            sink.take(lanesAt(staging + first), lanesAt(staging + (lanes &+ first)), at: index &+ first)
         }
     }
 
     @inlinable @inline(__always)
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
-        sink.take(sumDy: (Scalar.Compute.zero + gradient).widened,
-                  sumDyXHat: (Scalar.Compute.zero + gradient * row.xHat(centered)).widened, at: index)
+        sink.take((Scalar.Compute.zero + gradient).widened, (Scalar.Compute.zero + gradient * row.xHat(centered)).widened,
+                  at: index)
     }
 }
 
-/// Where `RowShares` puts a one-row sample's shares.
+/// Where `RowShares` puts a one-row sample's shares (Σ dy first, Σ dy·x̂ second).
 @usableFromInline
 protocol ShareSink {
-    /// The shares of the four positions from `position` on.
-    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int)
-    func take(sumDy: Double, sumDyXHat: Double, at position: Int)
-}
-
-/// The sample's row of the table of shares, (D, 2) interleaved.
-@usableFromInline
-struct ShareTable: ShareSink {
-    @usableFromInline let shares: UnsafeMutablePointer<Double>
-
-    @inlinable init(_ shares: UnsafeMutablePointer<Double>) { self.shares = shares }
-
-    @inlinable @inline(__always)
-    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int) {
-        instnorm_store_pairs4(shares + 2 &* position, sumDy, sumDyXHat)
-    }
-
-    @inlinable @inline(__always)
-    func take(sumDy: Double, sumDyXHat: Double, at position: Int) {
-        shares[2 &* position] = sumDy
-        shares[2 &* position &+ 1] = sumDyXHat
-    }
+    /// The pairs of the four positions from `position` on.
+    func take(_ first: SIMD4<Double>, _ second: SIMD4<Double>, at position: Int)
+    func take(_ first: Double, _ second: Double, at position: Int)
 }
 
 /// dβ, dγ themselves (`LayerBackward.inLineTotals`): each share added as
@@ -574,13 +555,13 @@ struct ShareTotals: ShareSink {
     }
 
     @inlinable @inline(__always)
-    func take(sumDy: SIMD4<Double>, sumDyXHat: SIMD4<Double>, at position: Int) {
+    func take(_ sumDy: SIMD4<Double>, _ sumDyXHat: SIMD4<Double>, at position: Int) {
         storeLanes(lanesAt(dbeta + position) + sumDy, dbeta + position)
         storeLanes(lanesAt(dgamma + position) + sumDyXHat, dgamma + position)
     }
 
     @inlinable @inline(__always)
-    func take(sumDy: Double, sumDyXHat: Double, at position: Int) {
+    func take(_ sumDy: Double, _ sumDyXHat: Double, at position: Int) {
         dbeta[position] += sumDy
         dgamma[position] += sumDyXHat
     }
@@ -825,7 +806,7 @@ extension LayerBatch {
         dbeta.update(repeating: 0)
         let work = LayerBackward(
             batch: self, dx: dx, dy: dy, statistics: statistics, parameterSums: parameterSums,
-            inLineTotals: inLine ? (dgamma.baseAddress!, dbeta.baseAddress!) : nil)
+            inLineTotals: inLine ? ShareTotals(dgamma: dgamma.baseAddress!, dbeta: dbeta.baseAddress!) : nil)
         let tails = deferredRows(split, overlap)
         let length = rowLength
         split.run { worker in

@@ -115,14 +115,13 @@ extension BinnedSum {
                                          blocks: min(2, blocks - block), to: strip)
                     }
                     addTile(strip + (block % 2) * laneCount, rows: 0..<tile.count, rowLength: stripRowLength,
-                            extremes: (block % 2 == 0 ? pair.0 : pair.1).result, block: block, windows: windows,
-                            sums: blockSums(block))
+                            extremes: block % 2 == 0 ? pair.0 : pair.1, block: block, windows: windows, sums: blockSums(block))
                 }
             } else {
                 for block in 0..<blocks {
                     nextTile.request(block)
                     let column = table + firstColumn(block)
-                    addTile(column, rows: tile, rowLength: rowLength, extremes: extremes(column, rows: tile, rowLength: rowLength),
+                    addTile(column, rows: tile, rowLength: rowLength, extremes: TileExtremes(column, rows: tile, rowLength: rowLength),
                             block: block, windows: windows, sums: blockSums(block))
                 }
             }
@@ -190,60 +189,15 @@ extension BinnedSum {
     /// for them (`prepareTile`), its digits.
     @inlinable @inline(__always)
     static func addTile(
-        _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, extremes: (largest: Lanes, smallest: Lanes),
-        block: Int, windows: BlockWindows, sums: UnsafeMutablePointer<Int64>
+        _ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, extremes: TileExtremes, block: Int,
+        windows: BlockWindows, sums: UnsafeMutablePointer<Int64>
     ) {
-        let (largest, smallest) = extremes
+        let (largest, smallest) = extremes.result
         let scalarLanes = prepareTile(largest, column, rows: rows, rowLength: rowLength, block: block, windows: windows, sums: sums)
         let skipped = windows.inactive[block] | scalarLanes
         let lowest = lowestDigit(smallest: smallest, windowBase: windows.bases[block], skipped: skipped)
         addDigits(column, rows: rows, rowLength: rowLength, skipped: skipped, scale: windows.scales[block], lowestDigit: lowest,
                   to: windows.digitSums + limbs * block)
-    }
-
-    /// The largest and the smallest magnitude (bit patterns without the
-    /// sign) of four columns over `rows`, in four chains of every fourth
-    /// row (each step waits on the one before it in its chain). The
-    /// magnitudes are compared as doubles, which orders them as their bit
-    /// patterns do but for NaNs: `vmaxpd` and `vminpd` keep the running
-    /// extreme when the new value is a NaN, so the NaNs are seen apart, and
-    /// a lane that held one gets a NaN as its largest, as the integer
-    /// comparison gave it (NaN patterns lie above +∞'s). Its smallest is then
-    /// that of its other values (+∞ if none), which no one reads: the lane
-    /// takes the scalar path.
-    @inlinable @inline(__always)
-    static func extremes(_ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int) -> (largest: Lanes, smallest: Lanes) {
-        typealias Wide = SIMD4<Double>
-        var largest = (Wide.zero, Wide.zero, Wide.zero, Wide.zero)
-        let infinity = Wide(repeating: .infinity)
-        var smallest = (infinity, infinity, infinity, infinity)
-        var unordered = SIMDMask<SIMD4<Int64>>()
-        var address = column + rows.lowerBound * rowLength
-        @inline(__always) func magnitudes(_ row: Int) -> Wide {
-            unsafeBitCast(loadLanes(address + row * rowLength) & Int64.max, to: Wide.self)
-        }
-        @inline(__always) func take(_ value: Wide, _ largest: inout Wide, _ smallest: inout Wide) {
-            largest = instnorm_max_or_second_double4(value, largest)
-            smallest = instnorm_min_or_second_double4(value, smallest)
-            unordered .|= value .!= value
-        }
-        var remaining = rows.count
-        while remaining >= 4 {
-            take(magnitudes(0), &largest.0, &smallest.0)
-            take(magnitudes(1), &largest.1, &smallest.1)
-            take(magnitudes(2), &largest.2, &smallest.2)
-            take(magnitudes(3), &largest.3, &smallest.3)
-            address += 4 * rowLength
-            remaining -= 4
-        }
-        for row in 0..<remaining { take(magnitudes(row), &largest.0, &smallest.0) }
-        let widest = instnorm_max_or_second_double4(
-            instnorm_max_or_second_double4(largest.0, largest.1), instnorm_max_or_second_double4(largest.2, largest.3))
-        let narrowest = instnorm_min_or_second_double4(
-            instnorm_min_or_second_double4(smallest.0, smallest.1), instnorm_min_or_second_double4(smallest.2, smallest.3))
-        let largestPatterns = unsafeBitCast(widest, to: Lanes.self)
-        return (largestPatterns.replacing(with: Lanes(repeating: nanPattern), where: unordered),
-                unsafeBitCast(narrowest, to: Lanes.self))
     }
 
     /// The bit pattern of a quiet NaN: above every finite or infinite magnitude.
@@ -524,37 +478,69 @@ struct BlockWindows {
     }
 }
 
-/// The largest and the smallest magnitude of four columns of a tile as
-/// `BinnedSum.copyStrip` copies it, in two chains of every other row: the
-/// arithmetic of `BinnedSum.extremes`.
+/// The largest and the smallest magnitude (bit patterns without the sign)
+/// of four columns of a tile, in up to four chains of rows (each step
+/// waits on the one before it in its chain): read in the table, every
+/// fourth row a chain; as `BinnedSum.copyStrip` copies a strip, every
+/// other row. The magnitudes are compared as doubles, which orders them as
+/// their bit patterns do but for NaNs: `vmaxpd` and `vminpd` keep the
+/// running extreme when the new value is a NaN, so the NaNs are seen
+/// apart, and a lane that held one gets a NaN as its largest, as the
+/// integer comparison gave it (NaN patterns lie above +∞'s). Its smallest
+/// is then that of its other values (+∞ if none), which no one reads: the
+/// lane takes the scalar path.
 @usableFromInline
 struct TileExtremes {
     @usableFromInline typealias Wide = SIMD4<Double>
-    @usableFromInline var largest = (Wide.zero, Wide.zero)
-    @usableFromInline var smallest = (Wide(repeating: .infinity), Wide(repeating: .infinity))
+    @usableFromInline var largest = (Wide.zero, Wide.zero, Wide.zero, Wide.zero)
+    @usableFromInline var smallest = (
+        Wide(repeating: .infinity), Wide(repeating: .infinity), Wide(repeating: .infinity), Wide(repeating: .infinity))
     @usableFromInline var unordered = SIMDMask<SIMD4<Int64>>()
 
     @inlinable init() {}
 
-    /// Takes the row `pattern` (the values' bit patterns) into `chain` (0 or 1).
+    /// The extremes of four columns over `rows`, read in the table.
+    @inlinable @inline(__always)
+    init(_ column: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int) {
+        var address = column + rows.lowerBound * rowLength
+        @inline(__always) func pattern(_ row: Int) -> BinnedSum.Lanes { BinnedSum.loadLanes(address + row * rowLength) }
+        var remaining = rows.count
+        while remaining >= 4 {
+            take(pattern(0), chain: 0)
+            take(pattern(1), chain: 1)
+            take(pattern(2), chain: 2)
+            take(pattern(3), chain: 3)
+            address += 4 * rowLength
+            remaining -= 4
+        }
+        for row in 0..<remaining { take(pattern(row), chain: 0) }
+    }
+
+    /// Takes the row `pattern` (the values' bit patterns) into `chain` (0 ..< 4).
     @inlinable @inline(__always)
     mutating func take(_ pattern: BinnedSum.Lanes, chain: Int) {
         let value = unsafeBitCast(pattern & Int64.max, to: Wide.self)
-        if chain == 0 {
-            largest.0 = instnorm_max_or_second_double4(value, largest.0)
-            smallest.0 = instnorm_min_or_second_double4(value, smallest.0)
-        } else {
-            largest.1 = instnorm_max_or_second_double4(value, largest.1)
-            smallest.1 = instnorm_min_or_second_double4(value, smallest.1)
+        @inline(__always) func step(_ largest: inout Wide, _ smallest: inout Wide) {
+            largest = instnorm_max_or_second_double4(value, largest)
+            smallest = instnorm_min_or_second_double4(value, smallest)
+        }
+        switch chain {
+        case 0: step(&largest.0, &smallest.0)
+        case 1: step(&largest.1, &smallest.1)
+        case 2: step(&largest.2, &smallest.2)
+        default: step(&largest.3, &smallest.3)
         }
         unordered .|= value .!= value
     }
 
     /// The extremes, a NaN pattern as the largest of a lane that held a NaN.
     @inlinable var result: (largest: BinnedSum.Lanes, smallest: BinnedSum.Lanes) {
-        let widest = unsafeBitCast(instnorm_max_or_second_double4(largest.0, largest.1), to: BinnedSum.Lanes.self)
-        let narrowest = instnorm_min_or_second_double4(smallest.0, smallest.1)
-        return (widest.replacing(with: BinnedSum.Lanes(repeating: BinnedSum.nanPattern), where: unordered),
+        let widest = instnorm_max_or_second_double4(
+            instnorm_max_or_second_double4(largest.0, largest.1), instnorm_max_or_second_double4(largest.2, largest.3))
+        let narrowest = instnorm_min_or_second_double4(
+            instnorm_min_or_second_double4(smallest.0, smallest.1), instnorm_min_or_second_double4(smallest.2, smallest.3))
+        return (unsafeBitCast(widest, to: BinnedSum.Lanes.self).replacing(
+                    with: BinnedSum.Lanes(repeating: BinnedSum.nanPattern), where: unordered),
                 unsafeBitCast(narrowest, to: BinnedSum.Lanes.self))
     }
 }
