@@ -252,7 +252,7 @@ func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
 @inlinable
 func prefetchLines<T>(_ start: UnsafePointer<T>, count: Int) {
     let raw = UnsafeRawPointer(start)
-    for offset in stride(from: 0, to: count * MemoryLayout<T>.stride, by: 64) { instnorm_prefetch(raw + offset) }
+    instnorm_prefetch_lines(raw, raw + count * MemoryLayout<T>.stride)
 }
 
 /// Where the fused backward's prefetches land for the values at index 0 of

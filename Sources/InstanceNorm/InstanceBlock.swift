@@ -186,9 +186,7 @@ struct NextBlockLines {
     func ask(after rows: UnsafeRawPointer, group start: Int) {
         let next = rows + blockBytes, firstLine = Int(bitPattern: next) & ~63
         let end = Int(bitPattern: next + blockBytes), from = firstLine + start / blockedSumGroup * sliceBytes
-        for line in stride(from: from, to: min(from + sliceBytes, end), by: 64) {
-            instnorm_prefetch(UnsafeRawPointer(bitPattern: line))
-        }
+        instnorm_prefetch_lines(UnsafeRawPointer(bitPattern: from), UnsafeRawPointer(bitPattern: min(from &+ sliceBytes, end)))
     }
 }
 
