@@ -116,7 +116,7 @@ extension InstanceNormScalar where Compute == Float {
         let (dy, x) = (UnsafeRawPointer(dy), UnsafeRawPointer(x))
         return halvesOf16 { half, out in
             let offset = half * highHalfOffset(rowStride: rowStride)
-            instnorm_tile_sums(
+            instnorm_tile_gradient_sums(
                 dy + offset, x + offset, rowStride, storesHalves, half == 0 ? center.lowHalf : center.highHalf, count, out)
         }
     }
@@ -129,8 +129,8 @@ extension InstanceNormScalar where Compute == Float {
         -> (sum: SIMD16<Float>, sumSquares: SIMD16<Float>) {
         let x = UnsafeRawPointer(x)
         return halvesOf16 { half, out in
-            instnorm_tile_sums(
-                nil, x + half * highHalfOffset(rowStride: rowStride), rowStride, storesHalves,
+            instnorm_tile_shifted_sums(
+                x + half * highHalfOffset(rowStride: rowStride), rowStride, storesHalves,
                 half == 0 ? shift.lowHalf : shift.highHalf, count, out)
         }
     }

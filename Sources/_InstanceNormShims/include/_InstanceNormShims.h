@@ -327,37 +327,76 @@ void instnorm_transpose_halves4x4(instnorm_float8x r[4]) {
     r[3] = __builtin_shufflevector(t2, t3, 2, 3, 10, 11, 6, 7, 14, 15);
 }
 
-/// An 8x8 tile of floats (row r at rows + r * rowStride, any alignment)
-/// as its columns, 16 shuffles instead of `instnorm_columns_float8x8`'s 24:
-/// the loads pair row k's four values with row k + 4's in one register
-/// (a 128-bit load into each half, which the load ports do), so that the
-/// halves' 4x4 transposes leave whole columns and nothing crosses halves.
+/// Four values of a row at `address`, floats or halves widened exactly.
 static inline __attribute__((always_inline))
-void instnorm_tile_columns_float8x8(const float *rows, long rowStride, instnorm_float8x c[8]) {
-    for (int part = 0; part < 2; part++) {
-        instnorm_float8x r[4];
-        for (int k = 0; k < 4; k++) {
-            instnorm_float4x low, high;
-            __builtin_memcpy(&low, rows + k * rowStride + 4 * part, sizeof low);
-            __builtin_memcpy(&high, rows + (k + 4) * rowStride + 4 * part, sizeof high);
-            r[k] = __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7);
-        }
-        instnorm_transpose_halves4x4(r);
-        for (int m = 0; m < 4; m++) c[4 * part + m] = r[m];
+instnorm_float4x instnorm_load_row4(const void *address, int halves) {
+    if (halves) {
+        _Float16 values __attribute__((ext_vector_type(4)));
+        __builtin_memcpy(&values, address, sizeof values);
+        return __builtin_convertvector(values, instnorm_float4x);
     }
+    instnorm_float4x values;
+    __builtin_memcpy(&values, address, sizeof values);
+    return values;
 }
 
-/// Eight rows of eight values at `rows` (row r at rows + r * rowStride, any
-/// alignment), floats or halves widened exactly, transposed in registers.
+/// Columns 4·part ..< 4·part + 4 of an 8x8 tile (row r at rows + r *
+/// rowStride elements, any alignment; floats or halves widened exactly),
+/// each as the 8 rows' values in row order: the loads pair row k's four
+/// values with row k + 4's in one register (a 128-bit load into each half,
+/// which the load ports do), so that the halves' 4x4 transposes leave
+/// whole columns, 8 shuffles and nothing across halves.
 static inline __attribute__((always_inline))
-void instnorm_tile_columns8x8(const void *rows, long rowStride, int halves, instnorm_float8x c[8]) {
-    if (!halves) {
-        instnorm_tile_columns_float8x8((const float *)rows, rowStride, c);
-        return;
+void instnorm_tile_part_columns(const void *rows, long rowStride, int halves, int part, instnorm_float8x c[4]) {
+    long size = halves ? 2 : 4;
+    const char *base = (const char *)rows + 4 * part * size;
+    for (int k = 0; k < 4; k++) {
+        instnorm_float4x low = instnorm_load_row4(base + k * rowStride * size, halves);
+        instnorm_float4x high = instnorm_load_row4(base + (k + 4) * rowStride * size, halves);
+        c[k] = __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7);
     }
-    instnorm_float8x r[8];
-    for (int row = 0; row < 8; row++) r[row] = instnorm_load_half8((const _Float16 *)rows + row * rowStride);
-    instnorm_columns_float8x8(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], c);
+    instnorm_transpose_halves4x4(c);
+}
+
+/// Per row b of an 8x8 tile of x and of weights w (one instance a row),
+/// over its first `count` (1 to 8) positions, column by column from zero,
+/// as `laneSums` adds a group of the transposed columns:
+///     sums[0..<8] = Σ w        sums[8..<16] = Σ w·(x − center), fused
+/// without the columns going through memory. w is dy at `weights` when
+/// `weighted` (a constant at every call), or x − center itself: Σ (x − K),
+/// Σ (x − K)² for the statistics about the shift K = center. Four columns
+/// at a time, so that x's, w's and the sums stay in 16 registers.
+static inline __attribute__((always_inline))
+void instnorm_tile_sums_of(int weighted, const void *weights, const void *x, long rowStride, int halves,
+                           instnorm_float8x center, long count, float *sums) {
+    instnorm_float8x first = 0, second = 0;
+    for (int part = 0; part < 2 && 4 * part < count; part++) {
+        instnorm_float8x values[4], terms[4];
+        instnorm_tile_part_columns(x, rowStride, halves, part, values);
+        if (weighted) instnorm_tile_part_columns(weights, rowStride, halves, part, terms);
+        for (int m = 0; m < 4 && 4 * part + m < count; m++) {
+            instnorm_float8x deviation = values[m] - center;
+            instnorm_float8x term = weighted ? terms[m] : deviation;
+            first = first + term;
+            second = __builtin_elementwise_fma(term, deviation, second);
+        }
+    }
+    __builtin_memcpy(sums, &first, sizeof first);
+    __builtin_memcpy(sums + 8, &second, sizeof second);
+}
+
+/// `instnorm_tile_sums_of` with dy at `weights`: Σ dy, Σ dy·(x − center).
+static inline __attribute__((always_inline))
+void instnorm_tile_gradient_sums(const void *weights, const void *x, long rowStride, int halves, instnorm_float8x center,
+                                 long count, float *sums) {
+    instnorm_tile_sums_of(1, weights, x, rowStride, halves, center, count, sums);
+}
+
+/// `instnorm_tile_sums_of` about the shift: Σ (x − K), Σ (x − K)².
+static inline __attribute__((always_inline))
+void instnorm_tile_shifted_sums(const void *x, long rowStride, int halves, instnorm_float8x center, long count,
+                                float *sums) {
+    instnorm_tile_sums_of(0, 0, x, rowStride, halves, center, count, sums);
 }
 
 /// out[r] = rows[r * rowStride] for r < 8, floats or halves widened: the
@@ -367,34 +406,6 @@ void instnorm_first_values8(const void *rows, long rowStride, int halves, float 
     for (int row = 0; row < 8; row++) {
         out[row] = halves ? (float)((const _Float16 *)rows)[row * rowStride] : ((const float *)rows)[row * rowStride];
     }
-}
-
-/// Per row b of an 8x8 tile of x and of weights w (one instance a row),
-/// over its first `count` (1 to 8) positions, column by column from zero,
-/// as `laneSums` adds a group of the transposed columns:
-///     sums[0..<8] = Σ w        sums[8..<16] = Σ w·(x − center), fused
-/// without the columns going through memory. w is dy at `weights`, or,
-/// with no `weights`, x − center itself: Σ (x − K), Σ (x − K)² for the
-/// statistics about the shift K = center.
-static inline __attribute__((always_inline))
-void instnorm_tile_sums(const void *weights, const void *x, long rowStride, int halves, instnorm_float8x center,
-                        long count, float *sums) {
-    instnorm_float8x terms[8], values[8];
-    instnorm_tile_columns8x8(x, rowStride, halves, values);
-    if (weights) instnorm_tile_columns8x8(weights, rowStride, halves, terms);
-    instnorm_float8x first = 0, second = 0;
-#define INSTNORM_TILE_COLUMN(m) \
-    if (m < count) { \
-        instnorm_float8x deviation = values[m] - center; \
-        instnorm_float8x term = weights ? terms[m] : deviation; \
-        first = first + term; \
-        second = __builtin_elementwise_fma(term, deviation, second); \
-    }
-    INSTNORM_TILE_COLUMN(0) INSTNORM_TILE_COLUMN(1) INSTNORM_TILE_COLUMN(2) INSTNORM_TILE_COLUMN(3)
-    INSTNORM_TILE_COLUMN(4) INSTNORM_TILE_COLUMN(5) INSTNORM_TILE_COLUMN(6) INSTNORM_TILE_COLUMN(7)
-#undef INSTNORM_TILE_COLUMN
-    __builtin_memcpy(sums, &first, sizeof first);
-    __builtin_memcpy(sums + 8, &second, sizeof second);
 }
 
 /// columns[c * columnStride + r] = rows[r * rowStride + c] for r, c < 8
