@@ -28,6 +28,10 @@ func writeInOrder<Output: BlockOutput>(
     _ output: Output, count: Int, spatialCount: Int, to out: UnsafeMutablePointer<Output.Scalar>, streaming: Bool
 ) {
     typealias T = Output.Scalar
+    if spatialCount >= T.Vector.scalarCount {
+        writeLongInstancesInOrder(output, count: count, spatialCount: spatialCount, to: out, streaming: streaming)
+        return
+    }
     let lanes = T.Vector.scalarCount, total = count &* spatialCount
     let stores = VectorStores(out, streaming: streaming)
     var start = 0, instance = 0
@@ -58,6 +62,69 @@ func writeInOrder<Output: BlockOutput>(
         instance = next &- 1
         if (instance &+ 1) &* spatialCount <= start { instance &+= 1 }
     }
+}
+
+/// `writeInOrder` for instances of L values or more, the kind of stores
+/// decided once, outside the loops (`VectorStores` with a constant
+/// `streams`).
+@inlinable @inline(__always)
+func writeLongInstancesInOrder<Output: BlockOutput>(
+    _ output: Output, count: Int, spatialCount: Int, to out: UnsafeMutablePointer<Output.Scalar>, streaming: Bool
+) {
+    let streams = VectorStores(out, streaming: streaming).streams
+    if spatialCount == Output.Scalar.Vector.scalarCount {
+        if streams {
+            writeVectorInstances(output, count: count, stores: VectorStores(out, streams: true))
+        } else {
+            writeVectorInstances(output, count: count, stores: VectorStores(out, streams: false))
+        }
+    } else if streams {
+        writeLongInstances(output, count: count, spatialCount: spatialCount, stores: VectorStores(out, streams: true))
+    } else {
+        writeLongInstances(output, count: count, spatialCount: spatialCount, stores: VectorStores(out, streams: false))
+    }
+}
+
+/// `writeInOrder` for instances of one vector each.
+@inlinable @inline(__always)
+func writeVectorInstances<Output: BlockOutput>(_ output: Output, count: Int, stores: VectorStores<Output.Scalar>) {
+    let lanes = Output.Scalar.Vector.scalarCount
+    var start = 0
+    for instance in 0..<count {
+        stores.store(output.vector(at: start, output.constants(of: instance)), at: start)
+        start &+= lanes
+    }
+}
+
+/// `writeInOrder` for instances of more than L values, where a vector
+/// crosses at most one boundary, and past the block's last value only in
+/// its last instance: each instance's constants are read once and carried
+/// from the vector that crosses into it to its own vectors.
+@inlinable @inline(__always)
+func writeLongInstances<Output: BlockOutput>(
+    _ output: Output, count: Int, spatialCount: Int, stores: VectorStores<Output.Scalar>
+) {
+    typealias T = Output.Scalar
+    let lanes = T.Vector.scalarCount, total = count &* spatialCount
+    var constants = output.constants(of: 0), start = 0, end = spatialCount, instance = 1
+    while true {
+        while start &+ lanes <= end {
+            stores.store(output.vector(at: start, constants), at: start)
+            start &+= lanes
+        }
+        guard instance < count else { break }
+        let next = output.constants(of: instance)
+        if start < end {
+            let crossing = T.Compute.blend(output.vector(at: start, constants), output.vector(at: start, next), from: end &- start)
+            stores.store(crossing, at: start)
+            start &+= lanes
+        }
+        constants = next
+        end &+= spatialCount
+        instance &+= 1
+    }
+    // The last instance's values past its last whole vector.
+    if start < total { stores.store(output.vector(at: start, constants), at: start, count: total &- start) }
 }
 
 /// Writes the first `count` instances of a block of four-value instances
@@ -93,9 +160,16 @@ struct VectorStores<T: InstanceNormScalar> {
 
     @inlinable @inline(__always)
     init(_ out: UnsafeMutablePointer<T>, streaming: Bool) {
-        self.out = out
         let alignment = min(64, T.Vector.scalarCount &* MemoryLayout<T>.stride)
-        streams = streaming && Int(bitPattern: out) % alignment == 0
+        self.init(out, streams: streaming && Int(bitPattern: out) % alignment == 0)
+    }
+
+    /// Stores of the kind `streams` says, whatever `out`'s alignment: a
+    /// constant here lets a loop of stores drop its test per store.
+    @inlinable @inline(__always)
+    init(_ out: UnsafeMutablePointer<T>, streams: Bool) {
+        self.out = out
+        self.streams = streams
     }
 
     /// A whole vector at out + start.

@@ -141,7 +141,7 @@ final class BlockScratch<T: InstanceNormScalar> {
     /// enough ahead. (A prefetch never faults, past the tensor's end too.)
     @inlinable @inline(__always)
     func prefetch(_ start: UnsafeRawPointer, bytes: Int) {
-        for offset in stride(from: 0, to: bytes, by: 64) { instnorm_prefetch(start + offset) }
+        instnorm_prefetch_lines(start, start + bytes)
     }
 }
 
