@@ -154,19 +154,29 @@ extension BinnedSum {
     static func copyStrip(
         _ first: UnsafePointer<Double>, rows: Range<Int>, rowLength: Int, blocks: Int, to strip: UnsafeMutablePointer<Double>
     ) -> (TileExtremes, TileExtremes) {
+        let source = UnsafeRawPointer(first + rows.lowerBound * rowLength)
+        let rowBytes = rowLength * MemoryLayout<Double>.stride
+        // `blocks` a constant in each copy of the loop: no test per row.
+        return blocks == 2
+            ? copyStrip(source, rows: rows.count, rowBytes: rowBytes, blocks: 2, to: UnsafeMutableRawPointer(strip))
+            : copyStrip(source, rows: rows.count, rowBytes: rowBytes, blocks: 1, to: UnsafeMutableRawPointer(strip))
+    }
+
+    /// The loop of `copyStrip` over `rows` rows from `source`, `rowBytes` apart.
+    @inlinable @inline(__always)
+    static func copyStrip(
+        _ source: UnsafeRawPointer, rows: Int, rowBytes: Int, blocks: Int, to target: UnsafeMutableRawPointer
+    ) -> (TileExtremes, TileExtremes) {
         var extremes = (TileExtremes(), TileExtremes())
-        let source = UnsafeRawPointer(first + rows.lowerBound * rowLength), target = UnsafeMutableRawPointer(strip)
-        let rowBytes = rowLength * MemoryLayout<Double>.stride, stripRowBytes = stripRowLength * MemoryLayout<Double>.stride
-        var row = 0
-        while row < rows.count {
+        let stripRowBytes = stripRowLength * MemoryLayout<Double>.stride
+        var (from, to, remaining) = (source, target, rows)
+        while remaining >= 2 {
             // Even and odd rows in two chains, so that no step waits on the one before.
-            copyRow(source + row * rowBytes, to: target + row * stripRowBytes, blocks: blocks, chain: 0, &extremes)
-            if row + 1 < rows.count {
-                copyRow(source + (row + 1) * rowBytes, to: target + (row + 1) * stripRowBytes, blocks: blocks, chain: 1,
-                        &extremes)
-            }
-            row += 2
+            copyRow(from, to: to, blocks: blocks, chain: 0, &extremes)
+            copyRow(from + rowBytes, to: to + stripRowBytes, blocks: blocks, chain: 1, &extremes)
+            (from, to, remaining) = (from + 2 &* rowBytes, to + 2 &* stripRowBytes, remaining &- 2)
         }
+        if remaining == 1 { copyRow(from, to: to, blocks: blocks, chain: 0, &extremes) }
         return extremes
     }
 
@@ -408,15 +418,11 @@ struct NextTileLines {
         let first = block * linesPerBlock, count = min(linesPerBlock, lineCount - first)
         guard count > 0 else { return }
         var (row, lineInRow) = first.quotientAndRemainder(dividingBy: linesPerRow)
-        var address = start + row * rowBytes + lineInRow * 64
-        for _ in 0..<count {
-            instnorm_prefetch(address)
-            lineInRow += 1
-            address += 64
-            if lineInRow == linesPerRow {
-                (row, lineInRow) = (row + 1, 0)
-                address = start + row * rowBytes
-            }
+        var remaining = count
+        while remaining > 0 {
+            let lines = min(remaining, linesPerRow &- lineInRow), address = start + (row &* rowBytes &+ lineInRow &* 64)
+            instnorm_prefetch_lines(address, address + lines &* 64)
+            (row, lineInRow, remaining) = (row &+ 1, 0, remaining &- lines)
         }
     }
 }
