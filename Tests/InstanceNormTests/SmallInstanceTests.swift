@@ -12,10 +12,11 @@ import Testing
 /// (C < B) or by blocks of channels (C ≥ 2B) in the backward.
 @Suite struct SmallInstances_ {
     /// The sizes the issue names (below a vector, odd, one and several
-    /// groups of 8), one past the old limits (65: blocks whose requests
-    /// for the next block span many groups), 100, and the largest that
-    /// takes the blocked kernels.
-    static let sizes = [1, 2, 3, 4, 5, 7, 16, 49, 64, 65, 100, SmallInstances.limit]
+    /// groups of 8), one vector of doubles (8) and of floats (16), whose
+    /// outputs take one vector per instance, one past the old limits (65:
+    /// blocks whose requests for the next block span many groups), 100,
+    /// and the largest that takes the blocked kernels.
+    static let sizes = [1, 2, 3, 4, 5, 7, 8, 16, 49, 64, 65, 100, SmallInstances.limit]
 
     /// Against the Double reference (data's-scale tolerance and each value's
     /// own rounding bound), the same bits at threads 1-4, and channels last
