@@ -115,7 +115,8 @@ func writeLongInstances<Output: BlockOutput>(
         guard instance < count else { break }
         let next = output.constants(of: instance)
         if start < end {
-            let crossing = T.Compute.blend(output.vector(at: start, constants), output.vector(at: start, next), from: end &- start)
+            let crossing = T.Compute.blend(
+                output.vector(at: start, constants), output.vector(at: start, next), from: end &- start)
             stores.store(crossing, at: start)
             start &+= lanes
         }

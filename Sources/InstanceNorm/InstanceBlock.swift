@@ -186,7 +186,8 @@ struct NextBlockLines {
     func ask(after rows: UnsafeRawPointer, group start: Int) {
         let next = rows + blockBytes, firstLine = Int(bitPattern: next) & ~63
         let end = Int(bitPattern: next + blockBytes), from = firstLine + start / blockedSumGroup * sliceBytes
-        instnorm_prefetch_lines(UnsafeRawPointer(bitPattern: from), UnsafeRawPointer(bitPattern: min(from &+ sliceBytes, end)))
+        let sliceEnd = min(from &+ sliceBytes, end)
+        instnorm_prefetch_lines(UnsafeRawPointer(bitPattern: from), UnsafeRawPointer(bitPattern: sliceEnd))
     }
 }
 

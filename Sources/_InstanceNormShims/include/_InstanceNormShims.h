@@ -526,8 +526,9 @@ void instnorm_prefetch(const void *address) {
     __builtin_prefetch(address, 0, 2);
 }
 
-/// `instnorm_prefetch` of every line from `first` (a line's start) up to
-/// `end`: three instructions a line, where Swift's checked stride took ten.
+/// `instnorm_prefetch` at `first` and every 64 bytes after it below `end`
+/// (from a line's start: every line of the range): three instructions a
+/// line, where Swift's checked `stride` took ten.
 static inline __attribute__((always_inline))
 void instnorm_prefetch_lines(const void *first, const void *end) {
     for (const char *line = (const char *)first; line < (const char *)end; line += 64) {
