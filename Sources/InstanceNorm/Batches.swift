@@ -248,7 +248,7 @@ func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
 }
 
 /// Asks for the cache lines of `count` values from `start` into L2
-/// (`instnorm_prefetch`; a prefetch never faults).
+/// (`instnorm_prefetch_lines`; a prefetch never faults).
 @inlinable
 func prefetchLines<T>(_ start: UnsafePointer<T>, count: Int) {
     let raw = UnsafeRawPointer(start)

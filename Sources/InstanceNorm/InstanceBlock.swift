@@ -111,7 +111,11 @@ final class BlockScratch<T: InstanceNormScalar> {
         askingForNext: Bool = true
     ) -> UnsafePointer<T> {
         let lanes = T.Vector.scalarCount, tile = T.Compute.tileSize, length = spatialCount
-        if askingForNext { prefetch(UnsafeRawPointer(block + lanes * length), bytes: lanes * length * MemoryLayout<T>.stride) }
+        // The next block, which a worker usually reads next: the tiles read a
+        // block eight rows at a time, an order the hardware prefetchers do
+        // not follow far enough ahead. (A prefetch never faults, past the
+        // tensor's end too.)
+        if askingForNext { prefetchLines(block + lanes * length, count: lanes * length) }
         var source = block
         if count < lanes || lanes * length + lanes > available {
             let padded = paddedSlots + (2 * set + kind) * paddedCount
@@ -133,15 +137,6 @@ final class BlockScratch<T: InstanceNormScalar> {
             }
         }
         return source
-    }
-
-    /// Asks for the lines of `bytes` at `start` into L2: the next block,
-    /// which a worker usually reads next. The tiles read a block eight
-    /// rows at a time, an order the hardware prefetchers do not follow far
-    /// enough ahead. (A prefetch never faults, past the tensor's end too.)
-    @inlinable @inline(__always)
-    func prefetch(_ start: UnsafeRawPointer, bytes: Int) {
-        instnorm_prefetch_lines(start, start + bytes)
     }
 }
 
