@@ -176,13 +176,26 @@ struct NextBlockLines {
     }
 
     /// Asks for the slice of the group that starts at position `start` of
-    /// the block at `rows`.
+    /// the block at `rows`, and of the block at `otherRows` with it (x and
+    /// dy in the backward).
     @inlinable @inline(__always)
-    func ask(after rows: UnsafeRawPointer, group start: Int) {
+    func ask(after rows: UnsafeRawPointer, and otherRows: UnsafeRawPointer? = nil, group start: Int) {
+        let (from, lines) = slice(after: rows, group: start)
+        guard let otherRows else {
+            instnorm_prefetch_line_pairs(from, nil, lines)
+            return
+        }
+        let (otherFrom, otherLines) = slice(after: otherRows, group: start)
+        instnorm_prefetch_line_pairs(from, otherFrom, max(lines, otherLines))
+    }
+
+    /// The first line of the slice of group `start` of the block after
+    /// the one at `rows`, and its lines up to that block's end (≤ 0 past it).
+    @inlinable @inline(__always)
+    func slice(after rows: UnsafeRawPointer, group start: Int) -> (UnsafeRawPointer?, Int) {
         let next = rows + blockBytes, firstLine = Int(bitPattern: next) & ~63
-        let end = Int(bitPattern: next + blockBytes), from = firstLine + start / blockedSumGroup * sliceBytes
-        let sliceEnd = min(from &+ sliceBytes, end)
-        instnorm_prefetch_lines(UnsafeRawPointer(bitPattern: from), UnsafeRawPointer(bitPattern: sliceEnd))
+        let end = Int(bitPattern: next + blockBytes), from = firstLine &+ start / blockedSumGroup &* sliceBytes
+        return (UnsafeRawPointer(bitPattern: from), (min(from &+ sliceBytes, end) &- from &+ 63) >> 6)
     }
 }
 

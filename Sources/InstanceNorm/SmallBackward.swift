@@ -393,8 +393,7 @@ func gradientLaneSums<T: InstanceNormScalar>(
     let (meanHigh, meanLow) = lanes.splitMean
     let next = NextBlockLines(T.self, spatialCount: count)
     let (sumDy, sumDyCentered) = sumsByGroup(C.self, count: count) { start, length in
-        next?.ask(after: UnsafeRawPointer(x), group: start)
-        next?.ask(after: UnsafeRawPointer(dy), group: start)
+        next?.ask(after: UnsafeRawPointer(x), and: UnsafeRawPointer(dy), group: start)
         return T.gradientGroupSums(dy: dy + start, x: x + start, rowStride: count, center: meanHigh, count: length)
     }
     return (sumDy, lanes.invstd * (sumDyCentered - meanLow * sumDy))
