@@ -295,8 +295,8 @@ extension Float: InstanceNormComputeScalar {
 
     @inlinable @inline(__always)
     public static func blend(_ a: SIMD16<Float>, _ b: SIMD16<Float>, from first: Int) -> SIMD16<Float> {
-        SIMD16(lowHalf: instnorm_blend_float8(a.lowHalf, b.lowHalf, Int32(truncatingIfNeeded: first)),
-               highHalf: instnorm_blend_float8(a.highHalf, b.highHalf, Int32(truncatingIfNeeded: first &- 8)))
+        SIMD16(lowHalf: instnorm_blend_float8(a.lowHalf, b.lowHalf, first, 0),
+               highHalf: instnorm_blend_float8(a.highHalf, b.highHalf, first, 8))
     }
 
     @inlinable @inline(__always)
@@ -360,8 +360,8 @@ extension Double: InstanceNormComputeScalar {
 
     @inlinable @inline(__always)
     public static func blend(_ a: SIMD8<Double>, _ b: SIMD8<Double>, from first: Int) -> SIMD8<Double> {
-        SIMD8(lowHalf: instnorm_blend_double4(a.lowHalf, b.lowHalf, first),
-              highHalf: instnorm_blend_double4(a.highHalf, b.highHalf, first &- 4))
+        SIMD8(lowHalf: instnorm_blend_double4(a.lowHalf, b.lowHalf, first, 0),
+              highHalf: instnorm_blend_double4(a.highHalf, b.highHalf, first, 4))
     }
 
     @inlinable @inline(__always)

@@ -132,20 +132,34 @@ instnorm_double4x instnorm_select_at_most_double4(
 
 typedef int instnorm_int8x __attribute__((ext_vector_type(8)));
 
-/// Lanes 0..<first of a, the others of b (a compare and a blend).
+/// Sliding windows of lane masks: the 8 (or 4) words at `first` lanes
+/// before the end of the ones are set in lanes 0..<first, for any first
+/// in 0...16 (0...8); a lane at `offset` of a wider vector starts its
+/// window `offset` words later. One load makes the mask that a broadcast
+/// of `first` and a compare per register made, once per vector that
+/// crosses from one instance into the next.
+static const int instnorm_first_lanes_int[32] = {
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+static const long instnorm_first_lanes_long[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+
+/// Lanes offset..<offset + 8 of a 16-lane vector whose lanes 0..<first
+/// (0 ≤ first ≤ 16) are a's and the others b's, from those lanes of a and b.
 static inline __attribute__((always_inline))
-instnorm_float8x instnorm_blend_float8(instnorm_float8x a, instnorm_float8x b, int first) {
-    instnorm_int8x lane = {0, 1, 2, 3, 4, 5, 6, 7};
-    instnorm_int8x fromB = lane >= first;
-    return (instnorm_float8x)(((instnorm_int8x)a & ~fromB) | ((instnorm_int8x)b & fromB));
+instnorm_float8x instnorm_blend_float8(instnorm_float8x a, instnorm_float8x b, long first, long offset) {
+    instnorm_int8x window;
+    __builtin_memcpy(&window, instnorm_first_lanes_int + 16 - first + offset, sizeof window);
+    instnorm_int8x fromA = window < 0;  // a sign test the blend does itself
+    return (instnorm_float8x)(((instnorm_int8x)a & fromA) | ((instnorm_int8x)b & ~fromA));
 }
 
-/// Lanes 0..<first of a, the others of b.
+/// Lanes offset..<offset + 4 of an 8-lane vector whose lanes 0..<first
+/// (0 ≤ first ≤ 8) are a's and the others b's.
 static inline __attribute__((always_inline))
-instnorm_double4x instnorm_blend_double4(instnorm_double4x a, instnorm_double4x b, long first) {
-    instnorm_long4x lane = {0, 1, 2, 3};
-    instnorm_long4x fromB = lane >= first;
-    return (instnorm_double4x)(((instnorm_long4x)a & ~fromB) | ((instnorm_long4x)b & fromB));
+instnorm_double4x instnorm_blend_double4(instnorm_double4x a, instnorm_double4x b, long first, long offset) {
+    instnorm_long4x window;
+    __builtin_memcpy(&window, instnorm_first_lanes_long + 8 - first + offset, sizeof window);
+    instnorm_long4x fromA = window < 0;
+    return (instnorm_double4x)(((instnorm_long4x)a & fromA) | ((instnorm_long4x)b & ~fromA));
 }
 
 /// Four instances' statistics, (mean, variance, invstd) each, stored as
