@@ -93,14 +93,19 @@ struct ClaimedBlocks: IteratorProtocol {
 
     @inlinable init(_ claims: BlockClaims) { self.claims = claims }
 
-    @inlinable mutating func next() -> Int? {
-        if current == claimEnd {
-            var count = 0
-            let start = instnorm_claim_share(claims.next, claims.end, claims.divisor, claims.least, &count)
-            guard count > 0 else { return nil }
-            (current, claimEnd) = (start, start + count)
-        }
-        defer { current += 1 }
+    /// The next block, in line; a new claim only at the end of a run.
+    @inlinable @inline(__always) mutating func next() -> Int? {
+        if current == claimEnd, !claim() { return nil }
+        defer { current &+= 1 }
         return current
+    }
+
+    /// Claims the next run; false when none is left.
+    @inlinable @inline(never) mutating func claim() -> Bool {
+        var count = 0
+        let start = instnorm_claim_share(claims.next, claims.end, claims.divisor, claims.least, &count)
+        guard count > 0 else { return false }
+        (current, claimEnd) = (start, start + count)
+        return true
     }
 }

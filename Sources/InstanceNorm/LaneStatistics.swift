@@ -153,11 +153,11 @@ struct LaneStatistics<C: InstanceNormComputeScalar> {
 @usableFromInline
 final class ChannelLanes: @unchecked Sendable {
     @usableFromInline let values: UnsafeMutablePointer<Double>
-    @usableFromInline let channels: Int
+    @usableFromInline let channels: InstanceChannels
 
     /// `parameters` widened, or `value` for every channel without them.
     @inlinable init<T: InstanceNormScalar>(_ parameters: UnsafeBufferPointer<T>?, channels: Int, lanes: Int, default value: Double) {
-        self.channels = channels
+        self.channels = InstanceChannels(channels)
         values = .allocate(capacity: channels + lanes)
         for index in 0..<channels + lanes {
             values[index] = parameters.map { $0[index % channels].widened } ?? value
@@ -169,7 +169,34 @@ final class ChannelLanes: @unchecked Sendable {
     /// The lanes of the B instances from `firstInstance` on.
     @inlinable @inline(__always)
     func lanes<Wide: SIMD>(from firstInstance: Int) -> Wide where Wide.Scalar == Double {
-        lanesAt(values + firstInstance % channels)
+        lanesAt(values + channels.channel(of: firstInstance))
+    }
+}
+
+/// The channel of an instance, n mod C, once per block: below 2^32 by two
+/// multiplications (Lemire, Kaser and Kurz, "Faster remainder by direct
+/// computation", 2019: exact for n and C below 2^32), where the divisions
+/// of a block of four-value instances took longer than its sums.
+@usableFromInline
+struct InstanceChannels: Sendable {
+    @usableFromInline let count: Int
+    /// ⌊(2^64 − 1)/C⌋ + 1 (wrapping to 0 for C = 1, whose remainder is 0).
+    @usableFromInline let factor: UInt64
+    /// The instances below which `factor` gives n mod C: 2^32, or none for C ≥ 2^32.
+    @usableFromInline let limit: Int
+
+    @inlinable init(_ count: Int) {
+        self.count = count
+        factor = UInt64.max / UInt64(count) &+ 1
+        limit = count < 1 << 32 ? 1 << 32 : 0
+    }
+
+    /// n mod C for an instance n ≥ 0.
+    @inlinable @inline(__always)
+    func channel(of instance: Int) -> Int {
+        guard instance < limit else { return instance % count }
+        let fraction = factor &* UInt64(truncatingIfNeeded: instance)
+        return Int(truncatingIfNeeded: fraction.multipliedFullWidth(by: UInt64(truncatingIfNeeded: count)).high)
     }
 }
 

@@ -251,7 +251,7 @@ struct ParameterSums: @unchecked Sendable {
     @usableFromInline let dgamma, dbeta: SharedBuffer<Double>
     /// (N·C, 2): s1, s2 per instance, or nil.
     @usableFromInline let stored: SharedBuffer<Double>?
-    @usableFromInline let channels: Int
+    @usableFromInline let channels: InstanceChannels
     /// Whether `record` adds into dγ, dβ (one worker takes every instance, in order).
     @usableFromInline let inLine: Bool
     /// Whether `stored` takes streaming stores (`streamsTable`): the
@@ -264,7 +264,7 @@ struct ParameterSums: @unchecked Sendable {
         self.dgamma = dgamma
         self.dbeta = dbeta
         self.stored = stored
-        self.channels = channels
+        self.channels = InstanceChannels(channels)
         self.inLine = inLine
         self.streaming = streaming
     }
@@ -283,7 +283,7 @@ struct ParameterSums: @unchecked Sendable {
             storeLanes(sumDyXHat, staging + lanes)
         }
         guard inLine else { return }
-        let channel = block.lowerBound % channels
+        let channels = self.channels.count, channel = self.channels.channel(of: block.lowerBound)
         if count == lanes && channel + lanes <= channels {
             // B different channels: one addition each, as the loop below makes.
             storeLanes(lanesAt(dbeta.base + channel) + sumDy, dbeta.base + channel)
@@ -331,7 +331,7 @@ struct ParameterSums: @unchecked Sendable {
     /// dγ_c += s2, dβ_c += s1 over the stored sums, in sample order.
     @inlinable func combineInSampleOrder(instanceCount: Int, threads: Int) {
         guard let stored else { preconditionFailure("no stored sums to combine") }
-        addInSampleOrder(stored.base, samples: instanceCount / channels, channels: channels,
+        addInSampleOrder(stored.base, samples: instanceCount / channels.count, channels: channels.count,
                          dgamma: dgamma.base, dbeta: dbeta.base, threads: threads)
     }
 }
