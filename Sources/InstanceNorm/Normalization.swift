@@ -70,7 +70,9 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         case .group(let groups):
             let channels = try Self.channelShape(dimensions).channels
             guard groups >= 1, groups <= channels, channels % groups == 0 else {
-                throw .invalidArgument("--groups \(groups) must divide the channel count C = \(channels)")
+                throw .invalidArgument(groups < 1
+                    ? "--groups must be a positive divisor of the channel count C = \(channels), got \(groups)"
+                    : "--groups \(groups) must divide the channel count C = \(channels)")
             }
         case .layer(let normalized):
             guard dimensions.count >= 2 else {

@@ -145,6 +145,7 @@ extension InstnormCLI {
         /// Each refused at one and two ranks, with exit 64 and a message naming the flag.
         static let refusals: [(flags: [String], dimensions: [Int], keyword: String)] = [
             (["--norm", "group", "--groups", "3"], [2, 4, 5], "--groups 3"),
+            (["--norm", "group", "--groups", "0"], [2, 4, 5], "--groups must be a positive divisor of the channel count C = 4, got 0"),
             (["--norm", "group"], [2, 4, 5], "--groups"),
             (["--groups", "2"], [2, 4, 5], "--norm group"),
             (["--norm", "layer", "--normalized-dims", "3"], [2, 4, 5], "--normalized-dims 3"),
