@@ -175,8 +175,8 @@ final class ChannelLanes: @unchecked Sendable {
 
 /// The channel of an instance, n mod C, once per block: below 2^32 by two
 /// multiplications (Lemire, Kaser and Kurz, "Faster remainder by direct
-/// computation", 2019: exact for n and C below 2^32), where the divisions
-/// of a block of four-value instances took longer than its sums.
+/// computation", 2019: exact for n and C below 2^32), where an integer
+/// division per block came two or three times per 64 values at M = 4.
 @usableFromInline
 struct InstanceChannels: Sendable {
     @usableFromInline let count: Int
