@@ -71,17 +71,18 @@ func writeInOrder<Output: BlockOutput>(
 func writeLongInstancesInOrder<Output: BlockOutput>(
     _ output: Output, count: Int, spatialCount: Int, to out: UnsafeMutablePointer<Output.Scalar>, streaming: Bool
 ) {
-    let streams = VectorStores(out, streaming: streaming).streams
-    if spatialCount == Output.Scalar.Vector.scalarCount {
-        if streams {
-            writeVectorInstances(output, count: count, stores: VectorStores(out, streams: true))
+    let write = { (stores: VectorStores<Output.Scalar>) in
+        if spatialCount == Output.Scalar.Vector.scalarCount {
+            writeVectorInstances(output, count: count, stores: stores)
         } else {
-            writeVectorInstances(output, count: count, stores: VectorStores(out, streams: false))
+            writeLongInstances(output, count: count, spatialCount: spatialCount, stores: stores)
         }
-    } else if streams {
-        writeLongInstances(output, count: count, spatialCount: spatialCount, stores: VectorStores(out, streams: true))
+    }
+    // One inlined body per kind of store, each with `streams` a constant.
+    if VectorStores(out, streaming: streaming).streams {
+        write(VectorStores(out, streams: true))
     } else {
-        writeLongInstances(output, count: count, spatialCount: spatialCount, stores: VectorStores(out, streams: false))
+        write(VectorStores(out, streams: false))
     }
 }
 

@@ -381,8 +381,8 @@ void instnorm_tile_part_columns(const void *rows, long rowStride, int halves, in
 /// Σ (x − K)² for the statistics about the shift K = center. Four columns
 /// at a time, so that x's, w's and the sums stay in 16 registers.
 static inline __attribute__((always_inline))
-void instnorm_tile_sums_of(int weighted, const void *weights, const void *x, long rowStride, int halves,
-                           instnorm_float8x center, long count, float *sums) {
+void instnorm_tile_sums_counted(int weighted, const void *weights, const void *x, long rowStride, int halves,
+                                instnorm_float8x center, long count, float *sums) {
     instnorm_float8x first = 0, second = 0;
     for (int part = 0; part < 2 && 4 * part < count; part++) {
         instnorm_float8x values[4], terms[4];
@@ -399,22 +399,27 @@ void instnorm_tile_sums_of(int weighted, const void *weights, const void *x, lon
     __builtin_memcpy(sums + 8, &second, sizeof second);
 }
 
+/// `instnorm_tile_sums_counted`, a full group's count a constant: its
+/// columns and parts unroll without a test per column.
+static inline __attribute__((always_inline))
+void instnorm_tile_sums_of(int weighted, const void *weights, const void *x, long rowStride, int halves,
+                           instnorm_float8x center, long count, float *sums) {
+    if (count == 8) instnorm_tile_sums_counted(weighted, weights, x, rowStride, halves, center, 8, sums);
+    else instnorm_tile_sums_counted(weighted, weights, x, rowStride, halves, center, count, sums);
+}
+
 /// `instnorm_tile_sums_of` with dy at `weights`: Σ dy, Σ dy·(x − center).
 static inline __attribute__((always_inline))
 void instnorm_tile_gradient_sums(const void *weights, const void *x, long rowStride, int halves, instnorm_float8x center,
                                  long count, float *sums) {
-    // A full group as a constant: the columns and parts unroll without a
-    // test per column.
-    if (count == 8) instnorm_tile_sums_of(1, weights, x, rowStride, halves, center, 8, sums);
-    else instnorm_tile_sums_of(1, weights, x, rowStride, halves, center, count, sums);
+    instnorm_tile_sums_of(1, weights, x, rowStride, halves, center, count, sums);
 }
 
 /// `instnorm_tile_sums_of` about the shift: Σ (x − K), Σ (x − K)².
 static inline __attribute__((always_inline))
 void instnorm_tile_shifted_sums(const void *x, long rowStride, int halves, instnorm_float8x center, long count,
                                 float *sums) {
-    if (count == 8) instnorm_tile_sums_of(0, 0, x, rowStride, halves, center, 8, sums);
-    else instnorm_tile_sums_of(0, 0, x, rowStride, halves, center, count, sums);
+    instnorm_tile_sums_of(0, 0, x, rowStride, halves, center, count, sums);
 }
 
 /// out[r] = rows[r * rowStride] for r < 8, floats or halves widened: the
