@@ -49,11 +49,12 @@ struct Inputs<T: InstanceNormScalar> {
     let shape: InstanceNormShape
     let x: [T], dy: [T], gamma: [T]?, beta: [T]?
 
-    init(_ dimensions: [Int], affine: Bool, seed: UInt64, mean: Double = 0, deviation: Double = 1) {
+    init(_ dimensions: [Int], affine: Bool, seed: UInt64, mean: Double = 0, deviation: Double = 1,
+         gradientMean: Double = 0) {
         shape = try! InstanceNormShape(dimensions: dimensions)
         var generator = SeededGenerator(seed: seed)
         x = generator.normals(shape.elementCount, mean: mean, deviation: deviation).map { T($0) }
-        dy = generator.normals(shape.elementCount).map { T($0) }
+        dy = generator.normals(shape.elementCount, mean: gradientMean).map { T($0) }
         gamma = affine ? generator.normals(shape.channels, mean: 1, deviation: 0.5).map { T($0) } : nil
         beta = affine ? generator.normals(shape.channels, deviation: 0.5).map { T($0) } : nil
     }

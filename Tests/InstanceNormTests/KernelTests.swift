@@ -76,6 +76,72 @@ func checkAgainstReference<T: InstanceNormScalar>(_: T.Type, dimensions: [Int], 
     }
 }
 
+extension AgainstReference {
+    /// dy = 1e3 + N(0, 1) (half: 1e2, whose ulp is 1/16): a gradient with a
+    /// large common part, which every sum of dy carries and dx = k·(dy − m̄)
+    /// − k·x̂·s2/M must take back out. Each output within its rounding bound,
+    /// at blocked sizes (M = 4, 7, 49, 64, both paths of the float sums) and
+    /// a per-instance one (255). (Here s1's Float partial sums round by as
+    /// much as m̄ does, and the bound allows for it, so it cannot tell
+    /// whether the kernels fold m̄'s rounding back: see
+    /// `meanGradientRoundingFoldedBack`.)
+    @Test(arguments: [[2, 3, 64], [2, 20, 2, 2], [3, 8, 7], [2, 9, 7, 7], [1, 2, 15, 17]])
+    func largeGradientMean(dimensions: [Int]) {
+        for affine in [false, true] {
+            largeGradientMeanCheck(Float16.self, dimensions, affine: affine, gradientMean: 1e2)
+            largeGradientMeanCheck(Float.self, dimensions, affine: affine, gradientMean: 1e3)
+            largeGradientMeanCheck(Double.self, dimensions, affine: affine, gradientMean: 1e3)
+        }
+    }
+}
+
+extension AgainstReference {
+    /// dx's constant q = k·(m̄ − s1/M) − p·μ_lo folds back the rounding of
+    /// the mean gradient m̄ = s1/M to Float, which here is the largest error
+    /// left: dy = 1024 + j/8 (|j| ≤ 16) sums exactly in Float (8 terms below
+    /// 2^14 on a grid of 1/8), so s1 is exact while s1/M is not a float, and
+    /// dy − m̄ is exact (Sterbenz); ε = 10^6 makes x̂ about 10^-3 and the
+    /// x̂·s2 term negligible. With q every dx lies within 16 ulps of its
+    /// instance's largest |dx| of the exact one; without it, off by
+    /// k·|m̄ − s1/M|, up to k·2^-14: 20 to 50 times that at M = 7 and 49
+    /// (blocked kernels), 12 times at M = 255 (per instance). Where M is a
+    /// power of two (4, 64) s1/M is a float and there is nothing to fold
+    /// back: those check the same bound with m̄ exact.
+    @Test(arguments: [[2, 9, 7, 7], [2, 20, 2, 2], [3, 8, 7], [2, 3, 64], [1, 2, 15, 17]])
+    func meanGradientRoundingFoldedBack(dimensions: [Int]) throws {
+        let shape = try InstanceNormShape(dimensions: dimensions)
+        var generator = SeededGenerator(seed: 21)
+        let x = generator.normals(shape.elementCount).map { Float($0) }
+        let dy = (0..<shape.elementCount).map { _ in Float(1024 + Double(Int.random(in: -16...16, using: &generator)) / 8) }
+        let eps = 1e6
+        let run = KernelRun(x: x, dy: dy, gamma: nil, beta: nil, shape: shape, eps: eps)
+        let exact = Reference.backward(
+            dy: dy.map(Double.init), x: x.map(Double.init), batch: shape.batch, channels: shape.channels,
+            spatialCount: shape.spatialCount, eps: eps)
+        let m = shape.spatialCount
+        var worst = 0.0
+        for instance in 0..<shape.instanceCount {
+            let positions = instance * m..<(instance + 1) * m
+            let largest = positions.map { abs(exact.dx[$0]) }.max()!
+            let tolerance = 16 * 0x1p-24 * largest
+            for index in positions {
+                worst = max(worst, abs(Double(run.dx[index]) - exact.dx[index]) / tolerance)
+            }
+        }
+        #expect(worst <= 1, "\(dimensions): dx error over 16 ulps of the instance's largest |dx|: \(worst)")
+    }
+}
+
+func largeGradientMeanCheck<T: InstanceNormScalar>(
+    _: T.Type, _ dimensions: [Int], affine: Bool, gradientMean: Double, sourceLocation: SourceLocation = #_sourceLocation
+) {
+    let inputs = Inputs<T>(dimensions, affine: affine, seed: 9, gradientMean: gradientMean)
+    let eps = 1e-5
+    expectWithinErrorBounds(
+        inputs, inputs.run(eps: eps), eps: eps, "gradient mean \(gradientMean) \(T.self) \(dimensions) affine \(affine)",
+        sourceLocation: sourceLocation)
+}
+
 func largeMeanCheck<T: InstanceNormScalar>(
     _: T.Type, _ dimensions: [Int], affine: Bool, mean: Double, deviation: Double,
     sourceLocation: SourceLocation = #_sourceLocation
