@@ -87,3 +87,21 @@ func outputTolerance<T: InstanceNormScalar>(_: T.Type) -> Double {
 /// 16 ulps of the compute precision: the bound for what the kernels keep in
 /// `Double` (statistics, dγ, dβ), which no store to T rounds.
 func computeTolerance<T: InstanceNormScalar>(_: T.Type) -> Double { 16 * T.Compute.ulpOfOne.widened }
+
+/// dy = 1024 + j/8 with j uniform in −16…16: every Float sum of up to 2^10
+/// of them is exact (a grid of 1/8 below 2^20), and their mean is a float
+/// only where the count is a power of two. Where ε is large, the rounding
+/// of the mean gradient is then the largest error left in dx (see
+/// `meanGradientRoundingFoldedBack`).
+func gradientWithExactSums(count: Int, seed: UInt64) -> [Float] {
+    var generator = SeededGenerator(seed: seed)
+    return (0..<count).map { _ in Float(1024 + Double(Int.random(in: -16...16, using: &generator)) / 8) }
+}
+
+/// The largest |dx − exact| in units of 16 Float ulps of the largest
+/// |exact| in the value's row (`row(index)`: its instance, group, …).
+func worstErrorOverRowTolerance(_ dx: [Float], _ exact: [Double], row: (Int) -> Int) -> Double {
+    var largest = [Int: Double]()
+    for index in exact.indices { largest[row(index), default: 0] = max(largest[row(index), default: 0], abs(exact[index])) }
+    return exact.indices.map { abs(Double(dx[$0]) - exact[$0]) / (16 * 0x1p-24 * largest[row($0)]!) }.max() ?? 0
+}

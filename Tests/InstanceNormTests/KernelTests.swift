@@ -98,13 +98,12 @@ extension AgainstReference {
 extension AgainstReference {
     /// dx's constant q = k·(m̄ − s1/M) − p·μ_lo folds back the rounding of
     /// the mean gradient m̄ = s1/M to Float, which here is the largest error
-    /// left: dy = 1024 + j/8 (|j| ≤ 16) sums exactly in Float (8 terms below
-    /// 2^14 on a grid of 1/8), so s1 is exact while s1/M is not a float, and
-    /// dy − m̄ is exact (Sterbenz); ε = 10^6 makes x̂ about 10^-3 and the
-    /// x̂·s2 term negligible. With q every dx lies within 16 ulps of its
-    /// instance's largest |dx| of the exact one; without it, off by
-    /// k·|m̄ − s1/M|, up to k·2^-14: 20 to 50 times that at M = 7 and 49
-    /// (blocked kernels), 12 times at M = 255 (per instance). Where M is a
+    /// left: with `gradientWithExactSums` s1 is exact while s1/M is not a
+    /// float, and dy − m̄ is exact (Sterbenz); ε = 10^6 makes x̂ about 10^-3
+    /// and the x̂·s2 term negligible. With q every dx lies within 16 ulps of
+    /// its instance's largest |dx| of the exact one; without it, off by
+    /// k·|m̄ − s1/M|, up to k·2^-14: 36 and 28 times that at M = 7 and 49
+    /// (blocked kernels), 14 times at M = 255 (per instance). Where M is a
     /// power of two (4, 64) s1/M is a float and there is nothing to fold
     /// back: those check the same bound with m̄ exact.
     @Test(arguments: [[2, 9, 7, 7], [2, 20, 2, 2], [3, 8, 7], [2, 3, 64], [1, 2, 15, 17]])
@@ -112,22 +111,13 @@ extension AgainstReference {
         let shape = try InstanceNormShape(dimensions: dimensions)
         var generator = SeededGenerator(seed: 21)
         let x = generator.normals(shape.elementCount).map { Float($0) }
-        let dy = (0..<shape.elementCount).map { _ in Float(1024 + Double(Int.random(in: -16...16, using: &generator)) / 8) }
+        let dy = gradientWithExactSums(count: shape.elementCount, seed: 23)
         let eps = 1e6
         let run = KernelRun(x: x, dy: dy, gamma: nil, beta: nil, shape: shape, eps: eps)
         let exact = Reference.backward(
             dy: dy.map(Double.init), x: x.map(Double.init), batch: shape.batch, channels: shape.channels,
             spatialCount: shape.spatialCount, eps: eps)
-        let m = shape.spatialCount
-        var worst = 0.0
-        for instance in 0..<shape.instanceCount {
-            let positions = instance * m..<(instance + 1) * m
-            let largest = positions.map { abs(exact.dx[$0]) }.max()!
-            let tolerance = 16 * 0x1p-24 * largest
-            for index in positions {
-                worst = max(worst, abs(Double(run.dx[index]) - exact.dx[index]) / tolerance)
-            }
-        }
+        let worst = worstErrorOverRowTolerance(run.dx, exact.dx) { $0 / shape.spatialCount }
         #expect(worst <= 1, "\(dimensions): dx error over 16 ulps of the instance's largest |dx|: \(worst)")
     }
 }

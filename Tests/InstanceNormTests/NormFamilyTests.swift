@@ -327,8 +327,8 @@ func checkFamilyInEveryPrecision(
 
     /// The family's dx folds the rounding of its mean gradient d̄ back into
     /// its constant q (`GroupKernel.gradientOperation`), as InstanceNorm's
-    /// does m̄'s: the same check as `meanGradientRoundingFoldedBack` (dy =
-    /// 1024 + j/8, exact sums, ε = 10⁶), each dx within 16 ulps of the
+    /// does m̄'s: the same check as `meanGradientRoundingFoldedBack`
+    /// (`gradientWithExactSums`, ε = 10⁶), each dx within 16 ulps of the
     /// largest |dx| of its group, row or channel. Lengths that are not
     /// powers of two, so that d̄ is not a float: groups of 14 (blocked) and
     /// 510 values, rows of 49, channels of 21 and 765.
@@ -336,21 +336,17 @@ func checkFamilyInEveryPrecision(
                       (.layer(normalizedDimensions: 1), [3, 2, 49]), (.batch, [3, 4, 7]), (.batch, [3, 2, 15, 17])])
     func meanGradientRoundingFoldedBack(_ normalization: Normalization, _ dimensions: [Int]) {
         var inputs = FamilyInputs<Float>(normalization, dimensions, affine: false, seed: 22)
-        var generator = SeededGenerator(seed: 23)
-        inputs.dy = inputs.dy.map { _ in Float(1024 + Double(Int.random(in: -16...16, using: &generator)) / 8) }
+        inputs.dy = gradientWithExactSums(count: inputs.dy.count, seed: 23)
         let eps = 1e6
         let (dx, exact) = (inputs.run(eps: eps).dx, inputs.reference(eps: eps).backward.dx)
         let (channels, positions) = (dimensions[1], inputs.shape.spatialCount)
-        func row(_ index: Int) -> Int {
+        let worst = worstErrorOverRowTolerance(dx, exact) { index in
             switch normalization {
             case .group(let groups): index / (channels / groups * positions)
             case .layer: index / dimensions.last!
             default: index / positions % channels
             }
         }
-        var largest = [Int: Double]()
-        for index in exact.indices { largest[row(index), default: 0] = max(largest[row(index), default: 0], abs(exact[index])) }
-        let worst = exact.indices.map { abs(Double(dx[$0]) - exact[$0]) / (16 * 0x1p-24 * largest[row($0)]!) }.max()!
         #expect(worst <= 1, "\(normalization) \(dimensions): dx error over 16 ulps of its row's largest |dx|: \(worst)")
     }
 
