@@ -93,9 +93,7 @@ extension AgainstReference {
             largeGradientMeanCheck(Double.self, dimensions, affine: affine, gradientMean: 1e3)
         }
     }
-}
 
-extension AgainstReference {
     /// dx's constant q = k·(m̄ − s1/M) − p·μ_lo folds back the rounding of
     /// the mean gradient m̄ = s1/M to Float, which here is the largest error
     /// left: with `gradientWithExactSums` s1 is exact while s1/M is not a
