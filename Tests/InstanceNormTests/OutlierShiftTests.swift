@@ -38,3 +38,31 @@ extension Inputs {
         self.beta = beta
     }
 }
+
+/// BatchNorm shifts each channel's sums by one value the whole batch shares,
+/// the channel's first value in sample 0 (`BatchNormKernel.shifts`); when
+/// that value lies far from the channel's mean, the second pass about the
+/// one-pass mean keeps the variance's digits, in both layouts (the
+/// per-instance chunks channels first, `ChannelRows` channels last, both
+/// summing in the compute precision before widening).
+@Suite struct BatchNormOutlierShift {
+    /// First values 1000σ out (both signs). A second pass about the shift
+    /// itself (the one-pass sums again) put invstd 5 to 15 times past the
+    /// statistics' tolerance in Float and Float16, and 90 times in Double.
+    @Test(arguments: [TensorLayout.channelsFirst, .channelsLast])
+    func firstValueFarFromTheMean(_ layout: TensorLayout) {
+        check(Float16.self, layout)
+        check(Float.self, layout)
+        check(Double.self, layout)
+    }
+
+    private func check<T: InstanceNormScalar>(_: T.Type, _ layout: TensorLayout) {
+        let dimensions = [2, 3, 1100], positions = 1100
+        var inputs = FamilyInputs<T>(.batch, dimensions, seed: 62, mean: 3, deviation: 1, layout: layout)
+        for channel in 0..<3 {
+            // Channels first here whatever the layout (`FamilyInputs.run` transposes).
+            inputs.x[channel * positions] = T(3 + (channel % 2 == 0 ? 1000 : -1000))
+        }
+        checkFamily(inputs)
+    }
+}
