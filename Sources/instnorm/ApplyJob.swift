@@ -38,7 +38,10 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
                              (2 * shape.parameterCount, MemoryLayout<Double>.stride)),
                 for: "this rank's slice of the inputs (samples \(samples.lowerBound)..<\(samples.upperBound))")
             let inputs = try LocalInputs<T>(files: files, elements: slice)
-            if options.checkFinite { try inputs.checkFinite(files: files, firstSample: samples.lowerBound) }
+            if options.checkFinite {
+                try inputs.checkFinite(files: files, firstSample: samples.lowerBound)
+                if options.eval { try inputs.checkRunningVariance(files: files, eps: options.eps) }
+            }
             return inputs
         }
         let layer = DataParallelNorm<T>(
@@ -326,6 +329,18 @@ struct LocalInputs<T: DataParallelScalar & NPYElement> {
         throw ToolError.badInput(
             "\(first.path): non-finite value \(first.value) at \(files.shape.rowName(first.instance, firstSample: firstSample)) "
                 + "(element \(first.element) of that \(files.shape.rowKind)); --check-finite refuses NaN and infinity")
+    }
+
+    /// `--check-finite` in eval mode: a running variance v with v + ε ≤ 0
+    /// would give its channel r = 1/sqrt(v + ε) = NaN or ∞, and every output
+    /// of the channel NaN or ∞ from finite inputs. Refused here, naming the
+    /// channel and the cause, rather than after the outputs as an overflow.
+    func checkRunningVariance(files: ApplyFiles, eps: Double) throws {
+        guard let file = files.runningVar, let values = runningVar?.readOnly else { return }
+        guard let channel = values.firstIndex(where: { $0.widened + eps <= 0 }) else { return }
+        throw ToolError.badInput(
+            "\(file.path): running variance \(values[channel]) at \(files.shape.parameterName) \(channel) is at most −ε = "
+                + "\(-eps): --eval would normalize with 1/sqrt(\(values[channel].widened + eps)); --check-finite refuses it")
     }
 
     private static func read(_ reader: NPYReader, elements: Range<Int>) throws -> TensorBuffer<T> {

@@ -195,6 +195,35 @@ extension InstnormCLI {
                 #expect(!FileManager.default.fileExists(atPath: folder + "/out"))
             }
         }
+
+        /// Eval mode normalizes with r = 1/sqrt(v + ε) from the running
+        /// variance v: v + ε ≤ 0 makes that channel's outputs NaN or ∞ from
+        /// finite inputs, as PyTorch does; `--check-finite` refuses it before
+        /// anything runs, naming the channel and the cause. A v below zero
+        /// but above −ε still gives finite outputs and passes.
+        @Test(arguments: ["instance", "batch"])
+        func evalRefusesRunningVarianceBelowMinusEps(norm: String) async throws {
+            try await withTemporaryDirectory { folder in
+                try NPY.write(folder + "/x.npy", shape: [4, 3, 5], values: (0..<60).map { Float($0 % 7) - 3 })
+                try NPY.write(folder + "/rm.npy", shape: [3], values: [Float](repeating: 0.5, count: 3))
+                let arguments = ["apply", "--norm", norm, "--input", folder + "/x.npy", "--eval", "--running-mean", folder + "/rm.npy",
+                                 "--running-var", folder + "/rv.npy"]
+                try NPY.write(folder + "/rv.npy", shape: [3], values: [Float(1), -0.5, 2])
+                let refused = try await Launcher.instnorm(ranks: 2, arguments + ["--output", folder + "/refused", "--check-finite"])
+                #expect(refused.exitCode == ExitCode.badInput, "\(refused.summary)")
+                #expect(refused.standardError.components(separatedBy: "running variance -0.5 at channel 1 is at most").count == 2,
+                        "\(refused.summary)")
+                #expect(!FileManager.default.fileExists(atPath: folder + "/refused"))
+                // Without the check: PyTorch's NaN in channel 1 only.
+                try await Launcher.apply(ranks: 2, Array(arguments.dropFirst()) + ["--output", folder + "/plain"])
+                let y = try NPY.read(folder + "/plain/y.npy", as: Float.self).values
+                let channelOf = { (index: Int) in index / 5 % 3 }
+                #expect(y.indices.allSatisfy { y[$0].isNaN == (channelOf($0) == 1) })
+                try NPY.write(folder + "/rv.npy", shape: [3], values: [Float(1), -1e-6, 2])
+                let accepted = try await Launcher.instnorm(ranks: 2, arguments + ["--output", folder + "/accepted", "--check-finite"])
+                #expect(accepted.exitCode == 0, "\(accepted.summary)")
+            }
+        }
     }
 }
 
