@@ -71,8 +71,9 @@ struct Apply: ParsableCommand {
 
     @Flag(help: """
         Refuse NaN and infinity (exit 65), naming the first bad sample and channel: in the inputs, \
-        and in the outputs of finite inputs; with --eval, also a running variance at most -eps. Without it a non-finite value makes its instance's \
-        outputs non-finite (and dgamma, dbeta, the running statistics of its channel), as in PyTorch.
+        and in the outputs of finite inputs; with --eval, also a running variance at most -eps. \
+        Without it a non-finite value makes its instance's outputs non-finite (and dgamma, dbeta, \
+        the running statistics of its channel), as in PyTorch.
         """)
     var checkFinite = false
 
