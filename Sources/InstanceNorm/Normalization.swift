@@ -170,6 +170,15 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The dimensions as a tensor in `layout` stores them: channels last
+    /// moves C after the spatial dimensions ((N, C) stays as it is); layer
+    /// norm has its one layout, its own.
+    public func dimensions(in layout: TensorLayout) -> [Int] {
+        if case .layer = normalization { return dimensions }
+        guard layout == .channelsLast, dimensions.count > 2 else { return dimensions }
+        return [dimensions[0]] + dimensions.dropFirst(2) + [dimensions[1]]
+    }
+
     /// The same shape with another batch size: one rank's slice.
     public func withBatch(_ batch: Int) -> NormShape {
         precondition(batch >= 0 && batch <= self.batch, "a slice cannot be larger than the batch")

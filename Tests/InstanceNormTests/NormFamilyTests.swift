@@ -386,5 +386,10 @@ func checkFamilyInEveryPrecision(
         #expect(layer.statisticsDimensions == [2, 3])
         let group = try! NormShape(.group(groups: 2), dimensions: [2, 4, 5, 3])
         #expect(group.rowsPerSample == 2 && group.rowLength == 30 && group.statisticsDimensions == [2, 2])
+        // As a tensor stores them: channels last moves C after S1, S2; (N, C)
+        // and layer norm keep theirs.
+        #expect(group.dimensions(in: .channelsLast) == [2, 5, 3, 4] && group.dimensions(in: .channelsFirst) == [2, 4, 5, 3])
+        #expect(try! NormShape(.batch, dimensions: [6, 3]).dimensions(in: .channelsLast) == [6, 3])
+        #expect(layer.dimensions(in: .channelsLast) == [2, 3, 4, 5])
     }
 }

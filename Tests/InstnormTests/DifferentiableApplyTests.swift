@@ -4,6 +4,7 @@ import DifferentiableDataParallel
 import InstanceNorm
 import MPITestSupport
 import NPY
+import TestSupport
 import Testing
 
 extension InstnormCLI {
@@ -56,6 +57,52 @@ extension InstnormCLI {
                         // Widening is exact, so equal bit patterns of the widened values are equal bits.
                         #expect(applied.map(\.widened.bitPattern) == computed.scalars.map(\.widened.bitPattern),
                                 "\(name) at np = \(np)")
+                    }
+                }
+            }
+        }
+
+        /// `normalize` for GroupNorm, LayerNorm over two dimensions (γ of
+        /// shape (5, 4)) and the synchronized BatchNorm, one rank in this
+        /// process, against `instnorm apply --norm …` at np = 1, 2, 3: the
+        /// same bits. BatchNorm's forward and dx cross ranks, so this is
+        /// also its Swift face checked against the tool's at every split.
+        @Test(arguments: [["--norm", "group", "--groups", "3"], ["--norm", "layer", "--normalized-dims", "2"],
+                          ["--norm", "batch"]])
+        func differentiableNormGivesApplysBits(norm: [String]) async throws {
+            let dimensions = [7, 6, 5, 4], eps = 1e-5
+            let normalization: Normalization = switch norm[1] {
+            case "group": .group(groups: 3)
+            case "layer": .layer(normalizedDimensions: 2)
+            default: .batch
+            }
+            let shape = try NormShape(normalization, dimensions: dimensions)
+            let inputs = ApplyInputs<Float>(dimensions, seed: 702)
+            var generator = SeededGenerator(seed: 703)
+            let gamma = Tensor(shape: shape.parameterDimensions, scalars: generator.normals(
+                shape.parameterCount, mean: 1, deviation: 0.5).map { Float($0) })
+            let beta = Tensor(shape: shape.parameterDimensions, scalars: generator.normals(shape.parameterCount).map { Float($0) })
+            let (y, (dx, dgamma, dbeta)) = try SingletonMPI.withWorld { world in
+                let layer = DataParallelNorm<Float>(communicator: world, globalShape: shape, eps: eps)
+                let (y, pullback) = valueWithPullback(at: Tensor(shape: dimensions, scalars: inputs.x), gamma, beta) {
+                    normalize($0, gamma: $1, beta: $2, layer: layer)
+                }
+                return (y, pullback(Tensor(shape: dimensions, scalars: inputs.dy)))
+            }
+            try await withTemporaryDirectory { folder in
+                try inputs.write(into: folder)
+                try NPY.write(folder + "/gamma.npy", shape: gamma.shape, values: gamma.scalars)
+                try NPY.write(folder + "/beta.npy", shape: beta.shape, values: beta.scalars)
+                for np in 1...3 {
+                    let output = "\(folder)/np\(np)"
+                    try await Launcher.apply(ranks: np, norm + [
+                        "--input", folder + "/x.npy", "--grad", folder + "/dy.npy", "--weight", folder + "/gamma.npy",
+                        "--bias", folder + "/beta.npy", "--eps", String(eps), "--output", output,
+                    ])
+                    let expectations: [(String, Tensor<Float>)] = [("y", y), ("dx", dx), ("dgamma", dgamma), ("dbeta", dbeta)]
+                    for (name, computed) in expectations {
+                        let applied = try readOutput("\(output)/\(name).npy", as: Float.self, shape: computed.shape)
+                        #expect(applied.map(\.bitPattern) == computed.scalars.map(\.bitPattern), "\(norm[1]) \(name) at np = \(np)")
                     }
                 }
             }
