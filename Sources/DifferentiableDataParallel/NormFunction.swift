@@ -54,7 +54,13 @@ struct NormStep<Scalar: DataParallelScalar> {
     private let gamma: TensorBuffer<Scalar>
     private let statistics: TensorBuffer<InstanceStatistics>
 
-    init(layer: DataParallelNorm<Scalar>, x: Tensor<Scalar>, gamma: Tensor<Scalar>, beta: Tensor<Scalar>) {
+    /// The forward; with `running`, then the update of those statistics
+    /// from the batch's (collective), except for an empty batch.
+    init(
+        layer: DataParallelNorm<Scalar>, x: Tensor<Scalar>, gamma: Tensor<Scalar>, beta: Tensor<Scalar>,
+        updating running: RunningMeanAndVariance<Scalar>? = nil
+    ) {
+        running?.check(layer)
         let parameters = layer.globalShape.parameterDimensions
         shape = layer.localShape.dimensions(in: layer.layout)
         precondition(x.shape == shape, "x has shape \(x.shape); this rank's slice is \(shape)")
@@ -67,6 +73,7 @@ struct NormStep<Scalar: DataParallelScalar> {
         collective(on: layer.communicator) {
             try layer.forward(
                 y: y.elements, statistics: statistics.elements, x: input.readOnly, gamma: scale.readOnly, beta: offset.readOnly)
+            if let running, layer.globalShape.batch > 0 { try running.update(layer: layer, statistics: statistics.readOnly) }
         }
         self.layer = layer
         (self.x, self.gamma, self.statistics) = (input, scale, statistics)

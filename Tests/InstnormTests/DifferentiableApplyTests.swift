@@ -107,5 +107,52 @@ extension InstnormCLI {
                 }
             }
         }
+
+        /// A training step that updates the running statistics, then
+        /// evaluation with them, in this process, against `instnorm apply`
+        /// with `--running-mean`/`--running-var` and then `--eval` at
+        /// np = 1, 2, 3: the same bits, for InstanceNorm and BatchNorm.
+        @Test(arguments: [["--norm", "instance"], ["--norm", "batch"]])
+        func runningStatisticsGiveApplysBits(norm: [String]) async throws {
+            let dimensions = [7, 3, 5, 4], eps = 1e-5, momentum = 0.25
+            let shape = try NormShape(norm[1] == "batch" ? .batch : .instance, dimensions: dimensions)
+            let inputs = ApplyInputs<Float>(dimensions, seed: 704)
+            let channels = inputs.channels
+            let x = Tensor(shape: dimensions, scalars: inputs.x)
+            let (gamma, beta) = (Tensor(shape: [channels], scalars: inputs.gamma), Tensor(shape: [channels], scalars: inputs.beta))
+            let (trained, evaluated) = try SingletonMPI.withWorld { world in
+                let layer = DataParallelNorm<Float>(communicator: world, globalShape: shape, eps: eps)
+                let running = RunningMeanAndVariance(
+                    mean: Tensor(shape: [channels], scalars: inputs.runningMean),
+                    variance: Tensor(shape: [channels], scalars: inputs.runningVar), momentum: momentum)
+                _ = normalize(x, gamma: gamma, beta: beta, layer: layer, updating: running)
+                let trained = (running.mean, running.variance)
+                let start = RunningMeanAndVariance(
+                    mean: Tensor(shape: [channels], scalars: inputs.runningMean),
+                    variance: Tensor(shape: [channels], scalars: inputs.runningVar))
+                return (trained, normalizeForInference(x, gamma: gamma, beta: beta, layer: layer, statistics: start))
+            }
+            try await withTemporaryDirectory { folder in
+                try inputs.write(into: folder)
+                for np in 1...3 {
+                    let output = "\(folder)/np\(np)", evalOutput = "\(folder)/eval\(np)"
+                    try await Launcher.apply(
+                        ranks: np, norm + ApplyInputs<Float>.trainingArguments(inputs: folder, output: output, eps: eps, momentum: momentum))
+                    try await Launcher.apply(ranks: np, norm + [
+                        "--input", folder + "/x.npy", "--weight", folder + "/gamma.npy", "--bias", folder + "/beta.npy",
+                        "--running-mean", folder + "/rm.npy", "--running-var", folder + "/rv.npy", "--eps", String(eps),
+                        "--eval", "--output", evalOutput,
+                    ])
+                    let expectations: [(String, Tensor<Float>)] = [
+                        ("\(output)/running_mean.npy", trained.0), ("\(output)/running_var.npy", trained.1),
+                        ("\(evalOutput)/y.npy", evaluated),
+                    ]
+                    for (path, computed) in expectations {
+                        let applied = try readOutput(path, as: Float.self, shape: computed.shape)
+                        #expect(applied.map(\.bitPattern) == computed.scalars.map(\.bitPattern), "\(path)")
+                    }
+                }
+            }
+        }
     }
 }
