@@ -9,18 +9,25 @@ struct SyntheticBatch {
     let inputs: Tensor<Double>
     let targets: Tensor<Double>
 
-    init(layer: DataParallelInstanceNorm<Double>, seed: UInt64) {
+    /// The batch of `layer`'s rank, its targets normalized by `layer`'s
+    /// norm (a collective forward for BatchNorm).
+    init(layer: DataParallelNorm<Double>, seed: UInt64) {
         let shape = layer.globalShape
-        let perSample = shape.channels * shape.spatialCount
+        let perSample = shape.sampleElementCount
         let values = layer.samples.flatMap { sample in
             var random = SplitMix64(seed: seed &+ UInt64(sample))
             return (0..<perSample).map { _ in random.nextSigned() }
         }
         inputs = Tensor(shape: layer.localShape.dimensions, scalars: values)
-        // The forwards run on each sample alone: nothing crosses ranks.
-        let teacher = teacherParameters(channels: shape.channels, seed: seed &- 1, spread: 0.5)
+        let channels = shape.parameterCount
+        let teacher = teacherParameters(channels: channels, seed: seed &- 1, spread: 0.5)
         let mixed = mixChannels(inputs, weights: teacher.weights, on: layer.communicator)
-        targets = instanceNorm(mixed, gamma: teacher.gamma, beta: teacher.beta, layer: layer)
+        targets = normalize(mixed, gamma: teacher.gamma, beta: teacher.beta, layer: layer)
+    }
+
+    /// The same for InstanceNorm, whose forwards run on each sample alone.
+    init(layer: DataParallelInstanceNorm<Double>, seed: UInt64) {
+        self.init(layer: layer.norm, seed: seed)
     }
 }
 

@@ -18,22 +18,13 @@ import Testing
         let gamma: Tensor<Double> = randomTensor([channels], &generator, mean: 1, deviation: 0.5)
         let beta: Tensor<Double> = randomTensor([channels], &generator)
         let weights: Tensor<Double> = randomTensor(dimensions, &generator)
-        let (dx, dgamma, dbeta, expected) = try SingletonMPI.withWorld { world in
+        let (pullback, differences) = try SingletonMPI.withWorld { world in
             let layer = try singleRankLayer(Double.self, dimensions, world: world)
-            func functional(_ x: Tensor<Double>, _ gamma: Tensor<Double>, _ beta: Tensor<Double>) -> Double {
-                dot(weights.scalars, instanceNorm(x, gamma: gamma, beta: beta, layer: layer).scalars)
+            return pullbackAndDifferences(x: x, gamma: gamma, beta: beta, weights: weights) {
+                instanceNorm($0, gamma: $1, beta: $2, layer: layer)
             }
-            let pullback = valueWithPullback(at: x, gamma, beta) { instanceNorm($0, gamma: $1, beta: $2, layer: layer) }.pullback
-            let (dx, dgamma, dbeta) = pullback(weights)
-            let expected = (
-                x: centralDifferences(at: x.scalars) { functional(x.replacing($0), gamma, beta) },
-                gamma: centralDifferences(at: gamma.scalars) { functional(x, gamma.replacing($0), beta) },
-                beta: centralDifferences(at: beta.scalars) { functional(x, gamma, beta.replacing($0)) })
-            return (dx, dgamma, dbeta, expected)
         }
-        #expect(maxScaledError(dx.scalars, expected.x, scale: 1) <= finiteDifferenceTolerance, "dx")
-        #expect(maxScaledError(dgamma.scalars, expected.gamma, scale: 1) <= finiteDifferenceTolerance, "dgamma")
-        #expect(maxScaledError(dbeta.scalars, expected.beta, scale: 1) <= finiteDifferenceTolerance, "dbeta")
+        expectMatchesDifferences(pullback, differences)
     }
 
     /// The pullback of the channel mixing seeded with w is the gradient of

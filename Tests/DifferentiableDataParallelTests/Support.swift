@@ -3,6 +3,8 @@ import DifferentiableDataParallel
 import InstanceNorm
 import MPI
 import TestSupport
+import Testing
+import _Differentiation
 
 /// (f(p + h·e_i) − f(p − h·e_i)) / 2h for every coordinate i of `point`:
 /// the gradient of f by central differences, computed from f's values
@@ -47,4 +49,35 @@ func randomTensor<T: DataParallelScalar>(
     _ shape: [Int], _ generator: inout SeededGenerator, mean: Double = 0, deviation: Double = 1
 ) -> Tensor<T> {
     Tensor(shape: shape, scalars: generator.normals(shape.reduce(1, *), mean: mean, deviation: deviation).map { T($0) })
+}
+
+/// The pullback of `function` at (x, γ, β) seeded with `weights`, which is
+/// the gradient of Σ w·function(x, γ, β), and that gradient by central
+/// differences of the same sum, coordinate by coordinate.
+func pullbackAndDifferences(
+    x: Tensor<Double>, gamma: Tensor<Double>, beta: Tensor<Double>, weights: Tensor<Double>,
+    _ function: @escaping @differentiable(reverse) (Tensor<Double>, Tensor<Double>, Tensor<Double>) -> Tensor<Double>
+) -> (pullback: (x: Tensor<Double>, gamma: Tensor<Double>, beta: Tensor<Double>), differences: (x: [Double], gamma: [Double], beta: [Double])) {
+    func functional(_ x: Tensor<Double>, _ gamma: Tensor<Double>, _ beta: Tensor<Double>) -> Double {
+        dot(weights.scalars, function(x, gamma, beta).scalars)
+    }
+    let (dx, dgamma, dbeta) = valueWithPullback(at: x, gamma, beta, of: function).pullback(weights)
+    let differences = (
+        x: centralDifferences(at: x.scalars) { functional(x.replacing($0), gamma, beta) },
+        gamma: centralDifferences(at: gamma.scalars) { functional(x, gamma.replacing($0), beta) },
+        beta: centralDifferences(at: beta.scalars) { functional(x, gamma, beta.replacing($0)) })
+    return ((dx, dgamma, dbeta), differences)
+}
+
+/// Each of dx, dγ, dβ within `finiteDifferenceTolerance` of its central differences.
+func expectMatchesDifferences(
+    _ pullback: (x: Tensor<Double>, gamma: Tensor<Double>, beta: Tensor<Double>),
+    _ differences: (x: [Double], gamma: [Double], beta: [Double]), sourceLocation: SourceLocation = #_sourceLocation
+) {
+    #expect(maxScaledError(pullback.x.scalars, differences.x, scale: 1) <= finiteDifferenceTolerance, "dx",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(pullback.gamma.scalars, differences.gamma, scale: 1) <= finiteDifferenceTolerance, "dgamma",
+            sourceLocation: sourceLocation)
+    #expect(maxScaledError(pullback.beta.scalars, differences.beta, scale: 1) <= finiteDifferenceTolerance, "dbeta",
+            sourceLocation: sourceLocation)
 }
