@@ -22,7 +22,7 @@ import InstanceNorm
 /// statistics are summed across ranks. Every rank must make the same calls
 /// in the same order, also a rank that holds no samples. An MPI failure ends
 /// the job (exit code 70): neither can throw. The running statistics are not
-/// updated (`DataParallelNorm.updateRunningStatistics` does that).
+/// updated (``normalize(_:gamma:beta:layer:updating:)`` does that).
 @differentiable(reverse, wrt: (x, gamma, beta))
 public func normalize<Scalar>(
     _ x: Tensor<Scalar>, gamma: Tensor<Scalar>, beta: Tensor<Scalar>, layer: DataParallelNorm<Scalar>
