@@ -61,22 +61,19 @@ struct NormStep<Scalar: DataParallelScalar> {
         updating running: RunningMeanAndVariance<Scalar>? = nil
     ) {
         running?.check(layer)
-        let parameters = layer.globalShape.parameterDimensions
-        shape = layer.localShape.dimensions(in: layer.layout)
-        precondition(x.shape == shape, "x has shape \(x.shape); this rank's slice is \(shape)")
-        precondition(gamma.shape == parameters && beta.shape == parameters,
-                     "gamma and beta need shape \(parameters), got \(gamma.shape) and \(beta.shape)")
-        let (input, scale, offset) = (TensorBuffer(x.scalars), TensorBuffer(gamma.scalars), TensorBuffer(beta.scalars))
+        let (input, scale, offset) = ForwardInputs.checked(layer: layer, x: x, gamma: gamma, beta: beta)
+        shape = input.shape
         let statistics = TensorBuffer(
             repeating: InstanceStatistics(mean: 0, variance: 0, invstd: 0), count: layer.localShape.statisticsCount)
         let y = TensorBuffer<Scalar>(repeating: 0, count: x.scalars.count)
         collective(on: layer.communicator) {
             try layer.forward(
-                y: y.elements, statistics: statistics.elements, x: input.readOnly, gamma: scale.readOnly, beta: offset.readOnly)
+                y: y.elements, statistics: statistics.elements, x: input.buffer.readOnly, gamma: scale.readOnly,
+                beta: offset.readOnly)
             if let running, layer.globalShape.batch > 0 { try running.update(layer: layer, statistics: statistics.readOnly) }
         }
         self.layer = layer
-        (self.x, self.gamma, self.statistics) = (input, scale, statistics)
+        (self.x, self.gamma, self.statistics) = (input.buffer, scale, statistics)
         self.y = Tensor(shape: shape, scalars: y.array)
     }
 
@@ -95,5 +92,19 @@ struct NormStep<Scalar: DataParallelScalar> {
         }
         return (Tensor(shape: shape, scalars: dx.array), Tensor(shape: parameters, scalars: dgamma.array),
                 Tensor(shape: parameters, scalars: dbeta.array))
+    }
+}
+
+/// x, γ and β of a forward of `layer`, their shapes checked, copied into
+/// aligned buffers: x's with its shape in the layer's layout.
+enum ForwardInputs {
+    static func checked<Scalar: DataParallelScalar>(
+        layer: DataParallelNorm<Scalar>, x: Tensor<Scalar>, gamma: Tensor<Scalar>, beta: Tensor<Scalar>
+    ) -> (x: (shape: [Int], buffer: TensorBuffer<Scalar>), gamma: TensorBuffer<Scalar>, beta: TensorBuffer<Scalar>) {
+        let shape = layer.localShape.dimensions(in: layer.layout), parameters = layer.globalShape.parameterDimensions
+        precondition(x.shape == shape, "x has shape \(x.shape); this rank's slice is \(shape)")
+        precondition(gamma.shape == parameters && beta.shape == parameters,
+                     "gamma and beta need shape \(parameters), got \(gamma.shape) and \(beta.shape)")
+        return ((shape, TensorBuffer(x.scalars)), TensorBuffer(gamma.scalars), TensorBuffer(beta.scalars))
     }
 }

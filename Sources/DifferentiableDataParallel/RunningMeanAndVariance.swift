@@ -100,16 +100,12 @@ public func normalizeForInference<Scalar>(
     statistics: RunningMeanAndVariance<Scalar>
 ) -> Tensor<Scalar> {
     statistics.check(layer)
-    let shape = layer.localShape.dimensions(in: layer.layout), parameters = layer.globalShape.parameterDimensions
-    precondition(x.shape == shape, "x has shape \(x.shape); this rank's slice is \(shape)")
-    precondition(gamma.shape == parameters && beta.shape == parameters,
-                 "gamma and beta need shape \(parameters), got \(gamma.shape) and \(beta.shape)")
-    let (input, scale, offset) = (TensorBuffer(x.scalars), TensorBuffer(gamma.scalars), TensorBuffer(beta.scalars))
+    let (input, scale, offset) = ForwardInputs.checked(layer: layer, x: x, gamma: gamma, beta: beta)
     let y = TensorBuffer<Scalar>(repeating: 0, count: x.scalars.count)
     statistics.withBuffers { mean, variance in
         layer.forwardInference(
-            y: y.elements, x: input.readOnly, runningMean: mean, runningVar: variance, gamma: scale.readOnly,
+            y: y.elements, x: input.buffer.readOnly, runningMean: mean, runningVar: variance, gamma: scale.readOnly,
             beta: offset.readOnly)
     }
-    return Tensor(shape: shape, scalars: y.array)
+    return Tensor(shape: input.shape, scalars: y.array)
 }
