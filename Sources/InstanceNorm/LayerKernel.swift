@@ -1,3 +1,4 @@
+import Glibc
 import _InstanceNormShims
 
 /// LayerNorm over a batch (N, …, D1…DK) held by one process: every row of
@@ -370,9 +371,11 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// Whether the fused order takes rows two at a time
-    /// (`sharedLinePairSums`): every row of dx starts on a line.
+    /// (`sharedLinePairSums`): where this machine gains by it
+    /// (`LayerRowPairs`) and every row of dx starts on a line.
     @inlinable var pairsRows: Bool {
-        fusesRows && (batch.rowLength * MemoryLayout<T>.stride) % 64 == 0 && streamingStart(dx.base, 0..<batch.rowLength) == 0
+        fusesRows && LayerRowPairs.taken(for: T.self) && (batch.rowLength * MemoryLayout<T>.stride) % 64 == 0
+            && streamingStart(dx.base, 0..<batch.rowLength) == 0
     }
 
     /// `sharedLineSums` of rows `next` and `next + 1` at once, writing dx of
@@ -447,6 +450,39 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
             meanWeighted: meanWeighted, invstd: T.Compute(invstd), centeredScale: T.Compute(centeredScale),
             offset: T.Compute(offset))
     }
+}
+
+/// Whether LayerNorm's fused backward takes rows two at a time
+/// (`LayerBackward.sharedLinePairSums`) or one at a time: the same bits
+/// either way, so a question of speed alone, and machines answer it
+/// differently. Float32, one thread, (8,1024,4096) and (64,196,768):
+/// - on the 2-vCPU Intel Xeon of 2026-12-06 (48 KiB L1d), pairs took the
+///   backward from 105 and 101% of the floor to 112 and 122%;
+/// - on the 2-vCPU AMD EPYC Zen 3 of 2026-12-07 (32 KiB L1d), one row at a
+///   time took 0.76 and 0.85 of the pairs' time (alternating pairs of
+///   runs, medians); float64 0.68, float16 0.31 and 0.75; two threads 0.90
+///   and 0.97. There the pair loop's two rows of sums and two rows of dx
+///   constants outnumber the vector registers, and its spills queue behind
+///   the block's loads.
+/// So pairs are taken for float32 where the level-1 data cache holds
+/// 48 KiB or more. `INSTNORM_LAYER_ROW_PAIRS=1` (or `0`) in the
+/// environment takes them (or not) in every precision instead: for
+/// machines measured otherwise, and for the tests, which run both orders on
+/// every machine.
+public enum LayerRowPairs {
+    @usableFromInline static let chosen: Bool? = getenv("INSTNORM_LAYER_ROW_PAIRS").flatMap { value in
+        switch String(cString: value) {
+        case "1": true
+        case "0": false
+        default: nil
+        }
+    }
+
+    @usableFromInline static let wideLevelOne = (StorePolicy.levelOneDataCacheBytes() ?? 0) >= 48 << 10
+
+    /// Whether the fused backward of storage type `T` takes rows in pairs
+    /// (where they start on lines).
+    @inlinable public static func taken<T>(for _: T.Type) -> Bool { chosen ?? (T.self == Float.self && wideLevelOne) }
 }
 
 /// Rows whose column sums (LayerNorm's per-position Σ dy, Σ dy·x̂) add up

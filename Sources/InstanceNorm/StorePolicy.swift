@@ -89,11 +89,21 @@ public enum StorePolicy: Sendable, Equatable {
 
     /// The largest cache of CPU 0, from /sys/devices/system/cpu/cpu0/cache.
     public static func lastLevelCacheBytes() -> Int? {
-        (0..<8).compactMap { index -> Int? in
-            guard let text = readFirstLine("/sys/devices/system/cpu/cpu0/cache/index\(index)/size") else { return nil }
-            let multiplier = text.hasSuffix("K") ? 1 << 10 : text.hasSuffix("M") ? 1 << 20 : 1
-            return Int(text.filter(\.isNumber)).map { $0 * multiplier }
-        }.max()
+        (0..<8).compactMap { cacheBytes(index: $0) }.max()
+    }
+
+    /// CPU 0's level-1 data cache, from the same place.
+    public static func levelOneDataCacheBytes() -> Int? {
+        (0..<8).first { index in
+            readFirstLine("/sys/devices/system/cpu/cpu0/cache/index\(index)/level") == "1"
+                && readFirstLine("/sys/devices/system/cpu/cpu0/cache/index\(index)/type") == "Data"
+        }.flatMap { cacheBytes(index: $0) }
+    }
+
+    private static func cacheBytes(index: Int) -> Int? {
+        guard let text = readFirstLine("/sys/devices/system/cpu/cpu0/cache/index\(index)/size") else { return nil }
+        let multiplier = text.hasSuffix("K") ? 1 << 10 : text.hasSuffix("M") ? 1 << 20 : 1
+        return Int(text.filter(\.isNumber)).map { $0 * multiplier }
     }
 
     private static func readFirstLine(_ path: String) -> String? {

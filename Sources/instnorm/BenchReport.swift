@@ -26,6 +26,15 @@ struct BenchReport {
     /// backward reads x and dy and writes dx. BatchNorm must read its
     /// inputs twice (the statistics, then y; the sums, then dx): its channel
     /// spans the batch and cannot stay in cache in between.
+    /// Whether LayerNorm's fused backward takes rows in pairs here (`LayerRowPairs`).
+    private var layerRowPairs: Bool {
+        switch options.dtype {
+        case .float16: LayerRowPairs.taken(for: Float16.self)
+        case .float32: LayerRowPairs.taken(for: Float.self)
+        case .float64: LayerRowPairs.taken(for: Double.self)
+        }
+    }
+
     private var forwardBytes: Double { Double((shape.normalization == .batch ? 3 : 2) * elementBytes * shape.elementCount) }
     private var backwardBytes: Double { Double((shape.normalization == .batch ? 5 : 3) * elementBytes * shape.elementCount) }
 
@@ -106,6 +115,7 @@ struct BenchReport {
             ("groups", options.family.groups.map(String.init) ?? "null"),
             ("normalized_dims", options.family.norm == .layer ? "\(shape.dimensions.count - shape.statisticsDimensions.count)" : "null"),
             ("dtype", quoted(options.dtype.rawValue)),
+            ("layer_row_pairs", options.family.norm == .layer ? "\(layerRowPairs)" : "null"),
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),
             ("overlap", options.overlap ? "true" : "false"),

@@ -228,7 +228,8 @@ func checkFamilyInEveryPrecision(
     /// order is checked against the reference above).
     @Test(arguments: [
         (Normalization.group(groups: 2), [3, 4, 2100]), (.group(groups: 3), [2, 6, 2049]), (.layer(normalizedDimensions: 1), [2, 9, 700]),
-        // Rows on whole lines: the fused order takes them in pairs, the ninth alone.
+        // Rows on whole lines: the fused order takes them in pairs where `LayerRowPairs` says so, the ninth alone
+        // (`LayerRowPairsOrders` runs both orders on every machine).
         (.layer(normalizedDimensions: 1), [2, 9, 1056]),
     ])
     func fusedBackwardKeepsBits(_ normalization: Normalization, _ dimensions: [Int]) {

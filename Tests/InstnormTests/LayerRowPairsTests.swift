@@ -1,0 +1,38 @@
+import Foundation
+import Testing
+
+extension InstnormCLI {
+    /// LayerNorm's fused backward takes rows two at a time on some machines
+    /// and one at a time on others (`LayerRowPairs`), a choice that must not
+    /// change a bit. `INSTNORM_LAYER_ROW_PAIRS` makes it, so both orders run
+    /// here whatever this machine would choose.
+    @Suite struct LayerRowPairsOrders {
+        /// Rows of 1056 values start on lines in every precision, and nine
+        /// rows per sample leave one row after the pairs; outputs stream, as
+        /// the fused order needs, and no dx waits for an overlapped
+        /// reduction (on a batch this small, every row would). Each run passes `--verify` (the reference),
+        /// reports the order it took, and gives the same checksum of y, dx,
+        /// dγ and dβ in both orders, at one and two ranks and threads.
+        @Test(arguments: ["float16", "float32", "float64"])
+        func bothOrdersGiveTheSameBits(dtype: String) async throws {
+            var checksums: [String: String] = [:]
+            for pairs in ["0", "1"] {
+                for (ranks, threads) in [(1, 1), (2, 2)] {
+                    let run = "pairs \(pairs), np \(ranks), threads \(threads)"
+                    let result = try await Launcher.instnorm(ranks: ranks, [
+                        "bench", "--shape", "3,9,1056", "--norm", "layer", "--normalized-dims", "1", "--dtype", dtype,
+                        "--stores", "streaming", "--threads", String(threads), "--iterations", "1", "--warmup", "0",
+                        "--no-overlap", "--json", "--verify", "--checksum",
+                    ], extraEnvironment: ["INSTNORM_LAYER_ROW_PAIRS": pairs])
+                    try #require(!result.timedOut && result.exitCode == 0, "\(run)\n\(result.summary)")
+                    let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
+                    let report = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                    #expect(report["layer_row_pairs"] as? Bool == (pairs == "1"), "\(run)")
+                    #expect(report["verified"] as? Bool == true, "\(run)")
+                    checksums[run] = try #require(report["checksum"] as? String, "\(run): \(line)")
+                }
+            }
+            #expect(Set(checksums.values).count == 1, "\(checksums)")
+        }
+    }
+}
