@@ -455,15 +455,15 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 /// Whether LayerNorm's fused backward takes rows two at a time
 /// (`LayerBackward.sharedLinePairSums`) or one at a time: the same bits
 /// either way, so a question of speed alone, and machines answer it
-/// differently. Float32, one thread, (8,1024,4096) and (64,196,768):
-/// - on the 2-vCPU Intel Xeon of 2026-12-06 (48 KiB L1d), pairs took the
-///   backward from 105 and 101% of the floor to 112 and 122%;
+/// differently. Float32, backward time, (8,1024,4096) and (64,196,768):
+/// - on the 2-vCPU Intel Xeon of 2026-12-06 (48 KiB L1d), pairs took 0.88
+///   to 0.96 of the one-row loop's time on (8,1024,4096) at one thread and
+///   0.94 at two, and were level on (64,196,768);
 /// - on the 2-vCPU AMD EPYC Zen 3 of 2026-12-07 (32 KiB L1d), one row at a
-///   time took 0.76 and 0.85 of the pairs' time (alternating pairs of
-///   runs, medians); float64 0.68, float16 0.31 and 0.75; two threads 0.90
-///   and 0.97. There the pair loop's two rows of sums and two rows of dx
-///   constants outnumber the vector registers, and its spills queue behind
-///   the block's loads.
+///   time took 0.76 and 0.85 of the pairs' time at one thread, 0.90 and
+///   0.97 at two (medians of alternating pairs of runs); float64 0.68,
+///   float16 0.31 and 0.75. There the pair loop's two rows of sums and of
+///   dx constants outnumber the vector registers and spill.
 /// So pairs are taken for float32 where the level-1 data cache holds
 /// 48 KiB or more. `INSTNORM_LAYER_ROW_PAIRS=1` (or `0`) in the
 /// environment takes them (or not) in every precision instead: for
