@@ -26,6 +26,9 @@ struct BenchReport {
     /// backward reads x and dy and writes dx. BatchNorm must read its
     /// inputs twice (the statistics, then y; the sums, then dx): its channel
     /// spans the batch and cannot stay in cache in between.
+    private var forwardBytes: Double { Double((shape.normalization == .batch ? 3 : 2) * elementBytes * shape.elementCount) }
+    private var backwardBytes: Double { Double((shape.normalization == .batch ? 5 : 3) * elementBytes * shape.elementCount) }
+
     /// Whether LayerNorm's fused backward takes rows in pairs here (`LayerRowPairs`).
     private var layerRowPairs: Bool {
         switch options.dtype {
@@ -34,9 +37,6 @@ struct BenchReport {
         case .float64: LayerRowPairs.taken(for: Double.self)
         }
     }
-
-    private var forwardBytes: Double { Double((shape.normalization == .batch ? 3 : 2) * elementBytes * shape.elementCount) }
-    private var backwardBytes: Double { Double((shape.normalization == .batch ? 5 : 3) * elementBytes * shape.elementCount) }
 
     private struct Row {
         let name: String
