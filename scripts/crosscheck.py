@@ -42,6 +42,8 @@ CASES = [  # (shape, dtype, affine, grad, running, eval)
     ((5, 2, 3, 4, 5), np.float32, True, True, False, False),
     ((3, 5, 9, 7), np.float64, True, False, True, True),
     ((6, 3, 1), np.float32, True, True, False, False),
+    ((5, 3, 6), np.float64, "weight", True, True, False),
+    ((4, 2, 3, 3), np.float32, "bias", True, False, False),
 ]
 # Run with --layout nhwc: the files hold x and dy as (N, S..., C); y and dx
 # come back in that layout and are compared with the reference transposed.
@@ -84,6 +86,10 @@ FAMILY_CASES = [
     (["--norm", "layer", "--normalized-dims", "2"], (3, 4, 6, 5), np.float64, True, True, "nchw"),
     (["--norm", "layer"], (7, 3, 5, 2), np.float16, True, True, "nchw"),
     (["--norm", "layer", "--normalized-dims", "1"], (2, 9, 64), np.float64, False, True, "nchw"),
+    # One parameter alone: LayerNorm(bias=False) as GPT-style models have it, beta alone.
+    (["--norm", "layer", "--normalized-dims", "1"], (4, 3, 24), np.float32, "weight", True, "nchw"),
+    (["--norm", "group", "--groups", "2"], (5, 4, 6), np.float64, "bias", True, "nchw"),
+    (["--norm", "batch"], (5, 3, 7), np.float32, "weight", True, "nchw", True, False),
     (["--norm", "batch"], (7, 3, 5, 4), np.float32, True, True, "nchw", True, False),
     (["--norm", "batch"], (3, 6), np.float64, True, True, "nchw", False, False),
     (["--norm", "batch"], (5, 3, 4, 6), np.float16, True, True, "nhwc", True, False),
@@ -128,9 +134,9 @@ def family_numpy_reference(flags, x, dy, gamma, beta, eps):
                        - xhat * (weighted * xhat).mean(axis=-1, keepdims=True))
         out["dx"] = dx.reshape(x.shape)
         if gamma is not None:
-            count = gamma.size
-            out["dgamma"] = np.bincount(parameter, (d * xhat).reshape(-1), count).reshape(gamma.shape)
-            out["dbeta"] = np.bincount(parameter, d.reshape(-1), count).reshape(gamma.shape)
+            out["dgamma"] = np.bincount(parameter, (d * xhat).reshape(-1), gamma.size).reshape(gamma.shape)
+        if beta is not None:
+            out["dbeta"] = np.bincount(parameter, d.reshape(-1), beta.size).reshape(beta.shape)
     return out
 
 
@@ -158,7 +164,9 @@ def batch_numpy_reference(x, dy, gamma, beta, eps, running, momentum, evaluate):
         out["dx"] = (g * invstd)[None, :, None] * (d3 - s1[None, :, None] / count - xhat * s2[None, :, None] / count)
         out["dx"] = out["dx"].reshape(x.shape)
         if gamma is not None:
-            out["dgamma"], out["dbeta"] = s2, s1
+            out["dgamma"] = s2
+        if beta is not None:
+            out["dbeta"] = s1
     if running is not None:
         rm, rv = (r.astype(np.float64) for r in running)
         out["running_mean"] = (1 - momentum) * rm + momentum * mean
@@ -171,9 +179,9 @@ def batch_torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, eva
     t = lambda a: None if a is None else torch.tensor(a.astype(np.float64))
     xt = t(x).requires_grad_(dy is not None)
     g, b = t(gamma), t(beta)
-    if g is not None and dy is not None:
-        g.requires_grad_(True)
-        b.requires_grad_(True)
+    for parameter in (g, b):
+        if parameter is not None and dy is not None:
+            parameter.requires_grad_(True)
     rm, rv = (t(running[0]), t(running[1])) if running is not None else (None, None)
     y = torch.nn.functional.batch_norm(xt, rm, rv, g, b, training=not evaluate, momentum=momentum, eps=eps)
     out = {"y": y.detach().numpy()}
@@ -187,7 +195,9 @@ def batch_torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, eva
         y.backward(t(dy))
         out["dx"] = xt.grad.numpy()
         if g is not None:
-            out["dgamma"], out["dbeta"] = g.grad.numpy(), b.grad.numpy()
+            out["dgamma"] = g.grad.numpy()
+        if b is not None:
+            out["dbeta"] = b.grad.numpy()
     if rm is not None:
         out["running_mean"], out["running_var"] = rm.numpy(), rv.numpy()
     return out
@@ -198,9 +208,9 @@ def family_torch_reference(torch, flags, x, dy, gamma, beta, eps):
     t = lambda a: None if a is None else torch.tensor(a.astype(np.float64))
     xt = t(x).requires_grad_(True)
     g, b = t(gamma), t(beta)
-    if g is not None:
-        g.requires_grad_(True)
-        b.requires_grad_(True)
+    for parameter in (g, b):
+        if parameter is not None:
+            parameter.requires_grad_(True)
     if flags[1] == "group":
         groups = int(flags[3])
         y = torch.nn.functional.group_norm(xt, groups, g, b, eps)
@@ -217,7 +227,9 @@ def family_torch_reference(torch, flags, x, dy, gamma, beta, eps):
         y.backward(t(dy))
         out["dx"] = xt.grad.numpy()
         if g is not None:
-            out["dgamma"], out["dbeta"] = g.grad.numpy(), b.grad.numpy()
+            out["dgamma"] = g.grad.numpy()
+        if b is not None:
+            out["dbeta"] = b.grad.numpy()
     return out
 
 
@@ -262,7 +274,9 @@ def numpy_reference(x, dy, gamma, beta, eps, running, momentum, evaluate):
         dx = g[None, :, None] * invstd[..., None] * (d3 - s1[..., None] / m - xhat * s2[..., None] / m)
         out["dx"] = dx.reshape(x.shape)
         if gamma is not None:
-            out["dgamma"], out["dbeta"] = s2.sum(axis=0), s1.sum(axis=0)
+            out["dgamma"] = s2.sum(axis=0)
+        if beta is not None:
+            out["dbeta"] = s1.sum(axis=0)
     if running is not None:
         rm, rv = (r.astype(np.float64) for r in running)
         out["running_mean"] = (1 - momentum) * rm + momentum * mean.mean(axis=0)
@@ -275,9 +289,9 @@ def torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, evaluate)
     t = lambda a: None if a is None else torch.tensor(a.astype(np.float64))
     xt = t(x).requires_grad_(dy is not None)
     g, b = t(gamma), t(beta)
-    if g is not None and dy is not None:
-        g.requires_grad_(True)
-        b.requires_grad_(True)
+    for parameter in (g, b):
+        if parameter is not None and dy is not None:
+            parameter.requires_grad_(True)
     rm, rv = (t(running[0]), t(running[1])) if running is not None else (None, None)
     y = torch.nn.functional.instance_norm(
         xt, running_mean=rm, running_var=rv, weight=g, bias=b,
@@ -293,7 +307,9 @@ def torch_reference(torch, x, dy, gamma, beta, eps, running, momentum, evaluate)
         y.backward(t(dy))
         out["dx"] = xt.grad.numpy()
         if g is not None:
-            out["dgamma"], out["dbeta"] = g.grad.numpy(), b.grad.numpy()
+            out["dgamma"] = g.grad.numpy()
+        if b is not None:
+            out["dbeta"] = b.grad.numpy()
     if rm is not None:
         out["running_mean"], out["running_var"] = rm.numpy(), rv.numpy()
     return out
@@ -360,8 +376,9 @@ def main():
                 parameter_shape = shape[-k:]
             else:
                 parameter_shape = (c,)
-            gamma = rng.uniform(0.5, 1.5, parameter_shape).astype(dtype) if affine else None
-            beta = rng.uniform(-0.5, 0.5, parameter_shape).astype(dtype) if affine else None
+            # affine: True for both, "weight" for gamma alone (PyTorch's bias=False), "bias" for beta alone.
+            gamma = rng.uniform(0.5, 1.5, parameter_shape).astype(dtype) if affine in (True, "weight") else None
+            beta = rng.uniform(-0.5, 0.5, parameter_shape).astype(dtype) if affine in (True, "bias") else None
             run_stats = (rng.uniform(-1, 1, c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)) if running else None
             files = {"x": f"{work}/x{index}.npy"}
             np.save(files["x"], stored(x))

@@ -9,8 +9,8 @@ struct Apply: ParsableCommand {
         abstract: "Apply InstanceNorm to tensors in .npy files and write the results.",
         discussion: """
             Writes into DIR: y.npy; in training mode mean.npy and invstd.npy, shape (N, C) (instance), \
-            (N, G) (group) or x.shape[:-K] (layer); with --grad: dx.npy, and with --weight/--bias also \
-            dgamma.npy and dbeta.npy, shape (C,) (instance, group) or x.shape[-K:] (layer); \
+            (N, G) (group) or x.shape[:-K] (layer); with --grad: dx.npy, and dgamma.npy with --weight, \
+            dbeta.npy with --bias, shape (C,) (instance, group) or x.shape[-K:] (layer); \
             with running statistics in training mode the updated running_mean.npy and running_var.npy. \
             Outputs have the input's dtype. Each rank reads and writes only its own samples. \
             Outputs are written under temporary names and renamed into place only when every \
@@ -27,10 +27,10 @@ struct Apply: ParsableCommand {
     @Option(help: ArgumentHelp("The gradient dy of the same shape and dtype as x: also compute the backward.", valueName: "DY.npy"))
     var grad: String?
 
-    @Option(help: ArgumentHelp("γ, shape (C,) (instance, group) or the normalized dimensions (layer); needs --bias.", valueName: "G.npy"))
+    @Option(help: ArgumentHelp("γ, shape (C,) (instance, group) or the normalized dimensions (layer); without it γ = 1.", valueName: "G.npy"))
     var weight: String?
 
-    @Option(help: ArgumentHelp("β, the shape of γ; needs --weight.", valueName: "B.npy"))
+    @Option(help: ArgumentHelp("β, the shape of γ; without it β = 0 (PyTorch's bias=False).", valueName: "B.npy"))
     var bias: String?
 
     // Unconditional: `--eps -1e-5` then reaches the check of ε (> 0) rather
@@ -86,9 +86,6 @@ struct Apply: ParsableCommand {
         guard momentum >= 0, momentum <= 1 else {
             throw ValidationError("--momentum must be in [0, 1], got \(momentum)")
         }
-        guard (weight == nil) == (bias == nil) else {
-            throw ValidationError("--weight and --bias come together (affine) or not at all")
-        }
         guard (runningMean == nil) == (runningVar == nil) else {
             throw ValidationError("--running-mean and --running-var come together or not at all")
         }
@@ -117,7 +114,6 @@ struct Apply: ParsableCommand {
         }
     }
 
-    var affine: Bool { weight != nil }
     var tracksRunningStatistics: Bool { runningMean != nil }
 }
 

@@ -89,7 +89,9 @@ struct ApplyFiles {
         if options.eval { return ["y.npy"] }
         var names = ["y.npy", "mean.npy", "invstd.npy"]
         if options.grad != nil { names.append("dx.npy") }
-        if options.grad != nil && options.affine { names += ["dgamma.npy", "dbeta.npy"] }
+        // As PyTorch gives a gradient only to the parameters a layer has (bias=False: no dβ).
+        if options.grad != nil && options.weight != nil { names.append("dgamma.npy") }
+        if options.grad != nil && options.bias != nil { names.append("dbeta.npy") }
         if options.tracksRunningStatistics { names += ["running_mean.npy", "running_var.npy"] }
         return names
     }

@@ -149,11 +149,11 @@ struct ApplyJob<T: DataParallelScalar & NPYElement> {
             dy: dy.readOnly, x: inputs.x.readOnly, statistics: statistics.readOnly, gamma: inputs.gamma?.readOnly)
         var outputs = [OutputArray(
             name: "dx.npy", shape: files.tensorDimensions, values: dx, elementOffset: layer.localElements.lowerBound)]
-        if options.affine {
-            outputs += [
-                OutputArray(name: "dgamma.npy", shape: shape.parameterDimensions, values: dgamma, elementOffset: nil),
-                OutputArray(name: "dbeta.npy", shape: shape.parameterDimensions, values: dbeta, elementOffset: nil),
-            ]
+        if options.weight != nil {
+            outputs.append(OutputArray(name: "dgamma.npy", shape: shape.parameterDimensions, values: dgamma, elementOffset: nil))
+        }
+        if options.bias != nil {
+            outputs.append(OutputArray(name: "dbeta.npy", shape: shape.parameterDimensions, values: dbeta, elementOffset: nil))
         }
         return outputs
     }

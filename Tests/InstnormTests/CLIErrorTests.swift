@@ -59,9 +59,6 @@ let errorCases: [ErrorCase] = [
         name: "--eps -1 (a negative value after a space)", arguments: { $0.arguments(["--eps", "-1"]) },
         exitCode: ExitCode.usage, message: "--eps must be a positive finite number, got -1"),
     ErrorCase(
-        name: "--weight without --bias", arguments: { $0.arguments(["--weight", $0.input("gamma.npy")]) },
-        exitCode: ExitCode.usage, message: "--weight and --bias come together"),
-    ErrorCase(
         name: "--eval without running statistics", arguments: { $0.arguments(["--eval"]) },
         exitCode: ExitCode.usage, message: "--eval normalizes with the running statistics",
         keywords: ["--running-mean", "--running-var"]),
