@@ -23,12 +23,7 @@ extension InstnormCLI {
         func sameBytesAtEveryRankCount(_ index: Int) async throws {
             let (flags, dimensions, parameters, statistics) = Self.cases[index]
             try await withTemporaryDirectory { folder in
-                var generator = SeededGenerator(seed: 900 + UInt64(index))
-                let count = dimensions.reduce(1, *), parameterCount = parameters.reduce(1, *)
-                try NPY.write(folder + "/x.npy", shape: dimensions, values: generator.normals(count, mean: 1, deviation: 2).map { Float($0) })
-                try NPY.write(folder + "/dy.npy", shape: dimensions, values: generator.normals(count).map { Float($0) })
-                try NPY.write(folder + "/g.npy", shape: parameters, values: generator.normals(parameterCount, mean: 1).map { Float($0) })
-                try NPY.write(folder + "/b.npy", shape: parameters, values: generator.normals(parameterCount).map { Float($0) })
+                try writeNormInputs(into: folder, dimensions: dimensions, parameters: parameters, seed: 900 + UInt64(index))
                 let arguments = { (np: Int) in
                     ["--input", folder + "/x.npy", "--grad", folder + "/dy.npy", "--weight", folder + "/g.npy",
                      "--bias", folder + "/b.npy", "--output", "\(folder)/np\(np)"] + flags

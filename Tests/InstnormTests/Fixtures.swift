@@ -41,6 +41,17 @@ struct DirectorySnapshot: Equatable, CustomStringConvertible {
 /// The bytes of a file (nil if it cannot be read).
 func bytes(_ path: String) -> Data? { FileManager.default.contents(atPath: path) }
 
+/// x (mean 1, deviation 2), dy, γ (mean 1) and β in float32, drawn from
+/// `seed` in that order, as x.npy, dy.npy, g.npy and b.npy in `folder`.
+func writeNormInputs(into folder: String, dimensions: [Int], parameters: [Int], seed: UInt64) throws {
+    var generator = SeededGenerator(seed: seed)
+    let count = dimensions.reduce(1, *), parameterCount = parameters.reduce(1, *)
+    try NPY.write(folder + "/x.npy", shape: dimensions, values: generator.normals(count, mean: 1, deviation: 2).map { Float($0) })
+    try NPY.write(folder + "/dy.npy", shape: dimensions, values: generator.normals(count).map { Float($0) })
+    try NPY.write(folder + "/g.npy", shape: parameters, values: generator.normals(parameterCount, mean: 1).map { Float($0) })
+    try NPY.write(folder + "/b.npy", shape: parameters, values: generator.normals(parameterCount).map { Float($0) })
+}
+
 /// A .npy file with dtype '<i4' (int32), written by hand since `NPY` writes
 /// floats only: magic, version 1.0, header length, header dict padded with
 /// spaces to a multiple of 64 and ended by a newline, then the data.

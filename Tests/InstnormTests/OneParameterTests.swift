@@ -24,12 +24,8 @@ extension InstnormCLI {
         func absentParameterIsItsDefault(_ index: Int) async throws {
             let (flags, dimensions, parameters) = Self.cases[index]
             try await withTemporaryDirectory { folder in
-                var generator = SeededGenerator(seed: 990 + UInt64(index))
-                let count = dimensions.reduce(1, *), parameterCount = parameters.reduce(1, *)
-                try NPY.write(folder + "/x.npy", shape: dimensions, values: generator.normals(count, mean: 1, deviation: 2).map { Float($0) })
-                try NPY.write(folder + "/dy.npy", shape: dimensions, values: generator.normals(count).map { Float($0) })
-                try NPY.write(folder + "/g.npy", shape: parameters, values: generator.normals(parameterCount, mean: 1).map { Float($0) })
-                try NPY.write(folder + "/b.npy", shape: parameters, values: generator.normals(parameterCount).map { Float($0) })
+                try writeNormInputs(into: folder, dimensions: dimensions, parameters: parameters, seed: 990 + UInt64(index))
+                let parameterCount = parameters.reduce(1, *)
                 try NPY.write(folder + "/ones.npy", shape: parameters, values: [Float](repeating: 1, count: parameterCount))
                 try NPY.write(folder + "/zeros.npy", shape: parameters, values: [Float](repeating: 0, count: parameterCount))
                 func apply(_ name: String, _ parameterFlags: [String]) async throws -> String {
