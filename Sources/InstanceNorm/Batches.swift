@@ -1,3 +1,4 @@
+import Glibc
 import _InstanceNormShims
 
 /// The buffers of one forward call, shared by its workers; each worker
@@ -245,6 +246,41 @@ final class BackwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
 @inlinable
 func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
     (8 << 10...64 << 10).contains(count * MemoryLayout<T>.stride)
+}
+
+/// Whether the GroupNorm and LayerNorm forwards ask for the next group's or
+/// row's lines while y streams out (`prefetchLines`). Introduced on the
+/// 2-vCPU AMD EPYC Zen 4 of 2026-12-05 (1 MiB L2): one thread, GroupNorm
+/// (64,64,56,56) G = 32 forward 104 → 125% of the floor, LayerNorm
+/// (8,1024,4096) 91 → 117%. On the Zen 3 of 2026-12-07 (512 KiB L2) the
+/// same prefetches cost time: without them the forward took 0.83 and 0.80
+/// of the time on GroupNorm (64,64,56,56) and (32,64,56,56), 0.84 and 0.83
+/// on LayerNorm (8,1024,4096) and (16,512,4096) (one thread, medians of
+/// alternating pairs of runs; 0.94 at two threads). So they are asked for
+/// where L2 holds 1 MiB or more (the Zen 4, and the Intel Xeon's 2 MiB,
+/// where the family met its targets with them).
+/// `INSTNORM_FORWARD_PREFETCH=1` (or `0`) decides instead. Values do not
+/// depend on it: a prefetch only moves lines.
+public enum ForwardPrefetch {
+    @usableFromInline static let chosen = environmentSwitch("INSTNORM_FORWARD_PREFETCH")
+
+    @usableFromInline static let wideLevelTwo = (StorePolicy.levelTwoCacheBytes() ?? 0) >= 1 << 20
+
+    /// Whether the forwards ask for the next run's lines here.
+    @inlinable public static var taken: Bool { chosen ?? wideLevelTwo }
+}
+
+/// A kernel choice the environment may make: `name`=1 true, =0 false,
+/// anything else or unset nil (the machine's own choice).
+@usableFromInline
+func environmentSwitch(_ name: String) -> Bool? {
+    getenv(name).flatMap { value in
+        switch String(cString: value) {
+        case "1": true
+        case "0": false
+        default: nil
+        }
+    }
 }
 
 /// Asks for the cache lines of `count` values from `start` into L2

@@ -113,7 +113,7 @@ extension GroupBatch {
                     while start < length {
                         let end = min(start + reductionChunk, length)
                         normalizeRange(group, start..<end, groupStatistics)
-                        if self.streaming && group + 1 < groups.upperBound {
+                        if self.streaming && ForwardPrefetch.taken && group + 1 < groups.upperBound {
                             prefetchLines(base.base + (group + 1) * length + start, count: end - start)
                         }
                         start = end

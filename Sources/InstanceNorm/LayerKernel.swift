@@ -1,4 +1,3 @@
-import Glibc
 import _InstanceNormShims
 
 /// LayerNorm over a batch (N, …, D1…DK) held by one process: every row of
@@ -76,7 +75,7 @@ extension LayerBatch {
             split.run { worker in
                 let rows = split.instances(of: worker), length = self.rowLength
                 // Rows under 8 KiB ran slower with the prefetches (the hardware's own run ahead covers them).
-                let prefetches = self.streaming && length * MemoryLayout<T>.stride >= 8 << 10
+                let prefetches = self.streaming && ForwardPrefetch.taken && length * MemoryLayout<T>.stride >= 8 << 10
                 for row in rows {
                     let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: self.row(self.x, row), count: length))
                     let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
@@ -470,13 +469,7 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 /// machines measured otherwise, and for the tests, which run both orders on
 /// every machine.
 public enum LayerRowPairs {
-    @usableFromInline static let chosen: Bool? = getenv("INSTNORM_LAYER_ROW_PAIRS").flatMap { value in
-        switch String(cString: value) {
-        case "1": true
-        case "0": false
-        default: nil
-        }
-    }
+    @usableFromInline static let chosen = environmentSwitch("INSTNORM_LAYER_ROW_PAIRS")
 
     @usableFromInline static let wideLevelOne = (StorePolicy.levelOneDataCacheBytes() ?? 0) >= 48 << 10
 

@@ -36,3 +36,30 @@ extension InstnormCLI {
         }
     }
 }
+
+extension InstnormCLI {
+    /// The GroupNorm and LayerNorm forwards ask for the next run's lines on
+    /// some machines only (`ForwardPrefetch`); `INSTNORM_FORWARD_PREFETCH`
+    /// forces either way, so both run here: each verified, each reporting
+    /// its setting, the same checksum. Runs of at least 8 KiB that stream,
+    /// as the prefetches need.
+    @Suite struct ForwardPrefetchSettings {
+        @Test(arguments: [["--norm", "group", "--groups", "2", "--shape", "3,4,1100"],
+                          ["--norm", "layer", "--normalized-dims", "1", "--shape", "3,4,2048"]])
+        func bothSettingsGiveTheSameBits(flags: [String]) async throws {
+            var checksums: [String: String] = [:]
+            for prefetch in ["0", "1"] {
+                let result = try await Launcher.instnorm(ranks: 2, [
+                    "bench", "--stores", "streaming", "--iterations", "1", "--warmup", "0", "--json", "--verify", "--checksum",
+                ] + flags, extraEnvironment: ["INSTNORM_FORWARD_PREFETCH": prefetch])
+                try #require(!result.timedOut && result.exitCode == 0, "prefetch \(prefetch)\n\(result.summary)")
+                let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
+                let report = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+                #expect(report["forward_prefetch"] as? Bool == (prefetch == "1"))
+                #expect(report["verified"] as? Bool == true)
+                checksums[prefetch] = try #require(report["checksum"] as? String, "\(line)")
+            }
+            #expect(Set(checksums.values).count == 1, "\(checksums)")
+        }
+    }
+}
