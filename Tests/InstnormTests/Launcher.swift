@@ -76,6 +76,19 @@ enum Launcher {
             environment: environment.merging(extraEnvironment) { $1 }, timeout: timeout, whileRunning: whileRunning)
     }
 
+    /// `instnorm bench --json arguments…` at `ranks`, which must succeed:
+    /// its report, the JSON object of the output's last line.
+    static func benchReport(
+        ranks: Int, _ arguments: [String], extraEnvironment: [String: String] = [:],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> [String: Any] {
+        let result = try await instnorm(ranks: ranks, ["bench", "--json"] + arguments, extraEnvironment: extraEnvironment)
+        try #require(!result.timedOut && result.exitCode == 0, "\(result.summary)", sourceLocation: sourceLocation)
+        let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init), sourceLocation: sourceLocation)
+        return try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "\(line)",
+                            sourceLocation: sourceLocation)
+    }
+
     /// `instnorm apply arguments…` at `ranks`, which must succeed.
     static func apply(ranks: Int, _ arguments: [String], sourceLocation: SourceLocation = #_sourceLocation) async throws {
         let result = try await instnorm(ranks: ranks, ["apply"] + arguments)

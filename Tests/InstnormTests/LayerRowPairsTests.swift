@@ -19,17 +19,14 @@ extension InstnormCLI {
             for pairs in ["0", "1"] {
                 for (ranks, threads) in [(1, 1), (2, 2)] {
                     let run = "pairs \(pairs), np \(ranks), threads \(threads)"
-                    let result = try await Launcher.instnorm(ranks: ranks, [
-                        "bench", "--shape", "3,9,1056", "--norm", "layer", "--normalized-dims", "1", "--dtype", dtype,
+                    let report = try await Launcher.benchReport(ranks: ranks, [
+                        "--shape", "3,9,1056", "--norm", "layer", "--normalized-dims", "1", "--dtype", dtype,
                         "--stores", "streaming", "--threads", String(threads), "--iterations", "1", "--warmup", "0",
-                        "--no-overlap", "--json", "--verify", "--checksum",
+                        "--no-overlap", "--verify", "--checksum",
                     ], extraEnvironment: ["INSTNORM_LAYER_ROW_PAIRS": pairs])
-                    try #require(!result.timedOut && result.exitCode == 0, "\(run)\n\(result.summary)")
-                    let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
-                    let report = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
                     #expect(report["layer_row_pairs"] as? Bool == (pairs == "1"), "\(run)")
                     #expect(report["verified"] as? Bool == true, "\(run)")
-                    checksums[run] = try #require(report["checksum"] as? String, "\(run): \(line)")
+                    checksums[run] = try #require(report["checksum"] as? String, "\(run): \(report)")
                 }
             }
             #expect(Set(checksums.values).count == 1, "\(checksums)")
@@ -49,15 +46,12 @@ extension InstnormCLI {
         func bothSettingsGiveTheSameBits(flags: [String]) async throws {
             var checksums: [String: String] = [:]
             for prefetch in ["0", "1"] {
-                let result = try await Launcher.instnorm(ranks: 2, [
-                    "bench", "--stores", "streaming", "--iterations", "1", "--warmup", "0", "--json", "--verify", "--checksum",
+                let report = try await Launcher.benchReport(ranks: 2, [
+                    "--stores", "streaming", "--iterations", "1", "--warmup", "0", "--verify", "--checksum",
                 ] + flags, extraEnvironment: ["INSTNORM_FORWARD_PREFETCH": prefetch])
-                try #require(!result.timedOut && result.exitCode == 0, "prefetch \(prefetch)\n\(result.summary)")
-                let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
-                let report = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
                 #expect(report["forward_prefetch"] as? Bool == (prefetch == "1"))
                 #expect(report["verified"] as? Bool == true)
-                checksums[prefetch] = try #require(report["checksum"] as? String, "\(line)")
+                checksums[prefetch] = try #require(report["checksum"] as? String, "\(report)")
             }
             #expect(Set(checksums.values).count == 1, "\(checksums)")
         }

@@ -37,13 +37,10 @@ extension InstnormCLI {
         @Test(arguments: [(1, "--overlap", "float32"), (2, "--overlap", "float32"), (3, "--no-overlap", "float32"),
                           (2, "--overlap", "float16")])
         func benchReportsTheFloor(ranks: Int, overlap: String, dtype: String) async throws {
-            let result = try await Launcher.instnorm(ranks: ranks, [
-                "bench", "--shape", "3,4,33,31", "--threads", "2", "--iterations", "3", "--warmup", "1",
-                overlap, "--json", "--verify", "--dtype", dtype,
+            let report = try await Launcher.benchReport(ranks: ranks, [
+                "--shape", "3,4,33,31", "--threads", "2", "--iterations", "3", "--warmup", "1",
+                overlap, "--verify", "--dtype", dtype,
             ])
-            try #require(!result.timedOut && result.exitCode == 0, "\(result.summary)")
-            let line = try #require(result.standardOutput.split(separator: "\n").last.map(String.init))
-            let report = try #require(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
             #expect(report["ranks"] as? Int == ranks)
             #expect(report["threads"] as? Int == 2)
             #expect(report["shape"] as? [Int] == [3, 4, 33, 31])
@@ -53,7 +50,7 @@ extension InstnormCLI {
             for key in ["forward_ms", "backward_ms", "allreduce_ms", "exposed_allreduce_ms", "forward_gbps",
                         "backward_gbps", "forward_floor_fraction", "backward_floor_fraction",
                         "stream_copy_gbps", "stream_add_gbps"] {
-                let value = try #require(report[key] as? Double, "\(key) missing from \(line)")
+                let value = try #require(report[key] as? Double, "\(key) missing from \(report)")
                 #expect(value >= 0 && value.isFinite, "\(key) = \(value)")
             }
             let backward = try #require(report["backward_ms"] as? Double)
