@@ -15,7 +15,9 @@
 // ahead: the library's schedule since the fused backward (the plain
 // `two_pass` remains its schedule below 8 KiB per instance).
 //
-// Part 2, forward, channels last against channels first: `nhwc_registers`
+// Part 2, forward, channels last against channels first, and channels first
+// fused (`nchw_forward_fused`, y of one instance written in the loop that
+// sums the next, as `nchw_forward` writes it after): `nhwc_registers`
 // is a per-sample two-pass forward with all 2·64 channel sums in registers,
 // which the channels-first lane order (position p of a chunk into lane
 // p mod 16) cannot use; `nhwc_lane_order` keeps that order, with its 16·C
@@ -202,6 +204,39 @@ __attribute__((noinline)) static void nchw_forward(void) {
     _mm_sfence();
 }
 
+// nchw_forward with y of instance n streamed out in the loop that sums
+// instance n + 1, whose lines are asked into L2 12 KiB ahead: the library's
+// forward schedule for runs of 4-128 KiB (`fusedForward`).
+__attribute__((noinline)) static void nchw_forward_fused(void) {
+    __m256 mean = _mm256_setzero_ps(), scale = mean;
+    for (size_t n = 0; n <= N * C; n++) {
+        const float *xs = x + n * S, *previous = xs - S;
+        float *ys = dx + (n - 1) * S;
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0, q0 = s0, q1 = s0;
+        for (size_t i = 0; i < S; i += 16) {
+            if (n < N * C) {
+                _mm_prefetch((const char *)(xs + i + 3072), _MM_HINT_T1);
+                __m256 v0 = _mm256_load_ps(xs + i), v1 = _mm256_load_ps(xs + i + 8);
+                s0 = _mm256_add_ps(s0, v0);
+                s1 = _mm256_add_ps(s1, v1);
+                q0 = _mm256_fmadd_ps(v0, v0, q0);
+                q1 = _mm256_fmadd_ps(v1, v1, q1);
+            }
+            if (n > 0) {
+                _mm256_stream_ps(ys + i, _mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(previous + i), mean), scale));
+                _mm256_stream_ps(ys + i + 8, _mm256_mul_ps(_mm256_sub_ps(_mm256_load_ps(previous + i + 8), mean), scale));
+            }
+        }
+        mean = _mm256_set1_ps(horizontal(_mm256_add_ps(s0, s1)) / S);
+        scale = _mm256_set1_ps(1 / (1e-3f + horizontal(_mm256_add_ps(q0, q1)) / S));
+    }
+    _mm_sfence();
+}
+
+__attribute__((noinline)) static void stream_copy(void) {
+    for (size_t i = 0; i < streamCount; i++) c[i] = a[i];
+}
+
 __attribute__((noinline)) static void nhwc_registers(void) {
     for (size_t n = 0; n < N; n++) {
         const float *xs = x + n * S * C;
@@ -353,12 +388,15 @@ int main(int argc, char **argv) {
            (backward[5].median + backward[6].median) * 1e3);
 
     Variant forward[] = {{"nchw_forward", nchw_forward, 0}, {"nhwc_registers", nhwc_registers, 0},
-                         {"nhwc_lane_order", nhwc_lane_order, 0}};
-    measure(forward, 3, rounds);
-    printf("# part 2, forward channels last against channels first (sample of %.0f KiB)\n", S * C * 4 / 1024.0);
-    for (int v = 0; v < 3; v++)
-        printf("%-26s %8.3f ms   %.2fx nchw_forward\n", forward[v].name, forward[v].median * 1e3,
-               forward[v].median / forward[0].median);
+                         {"nhwc_lane_order", nhwc_lane_order, 0}, {"nchw_forward_fused", nchw_forward_fused, 0},
+                         {"stream_copy", stream_copy, 0}};
+    measure(forward, 5, rounds);
+    double copy = 16.0 * streamCount / forward[4].median;
+    printf("# part 2, forward channels last against channels first (sample of %.0f KiB), and channels first fused;"
+           " STREAM copy %.2f GB/s\n", S * C * 4 / 1024.0, copy / 1e9);
+    for (int v = 0; v < 4; v++)
+        printf("%-26s %8.3f ms   %.2fx nchw_forward   %4.0f%% of the forward floor\n", forward[v].name,
+               forward[v].median * 1e3, forward[v].median / forward[0].median, 100 * 8.0 * E / forward[v].median / copy);
 
     if (E >= (size_t)WIDE_SAMPLES * WIDE_CHANNELS * WIDE_ROWS) {
         Variant wide[] = {{"wide_nchw_backward", wide_nchw_backward, 0}, {"wide_nhwc_backward", wide_nhwc_backward, 0}};

@@ -104,7 +104,7 @@ public enum BatchKernel {
             batch.forwardSplit(split)
         } else {
             split.run { worker in
-                for instance in split.instances(of: worker) { batch.forwardInstance(instance) }
+                batch.forwardInstances(split.instances(of: worker))
             }
         }
         if batch.streaming { instnorm_store_fence() }

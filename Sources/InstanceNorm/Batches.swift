@@ -44,16 +44,33 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
         normalize(instance, 0..<spatialCount, instanceStatistics)
     }
 
+    /// Statistics and y of a worker's run of whole instances, in the fused
+    /// order where it pays (`fusedForward`), else one after the other.
+    @inlinable func forwardInstances(_ instances: Range<Int>) {
+        guard streaming && FusedForward.applies(toRunsOf: spatialCount, T.self) else {
+            for instance in instances { forwardInstance(instance) }
+            return
+        }
+        fusedForward(runs: instances, length: spatialCount, x: UnsafePointer(x.base), y: y.base) { instance, moments in
+            let instanceStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+            statistics!.base[instance] = instanceStatistics
+            return WholeRunOutput(normalizeOperation(instance, instanceStatistics), length: spatialCount)
+        }
+    }
+
     /// y over `range` of one instance.
     @inlinable func normalize(_ instance: Int, _ range: Range<Int>, _ instanceStatistics: InstanceStatistics) {
+        writeElementwise(
+            y.base + instance * spatialCount, range, streaming: streaming, normalizeOperation(instance, instanceStatistics))
+    }
+
+    /// The per-value y of `instance` (with `statistics`: a GroupNorm
+    /// segment takes its group's), indexed from the instance's start.
+    @inlinable func normalizeOperation(_ instance: Int, _ statistics: InstanceStatistics) -> NormalizeOperation<T> {
         let channel = instance % shape.channels
-        let start = instance * spatialCount + range.lowerBound
-        InstanceKernel.normalize(
-            UnsafeMutableBufferPointer(start: y.base + start, count: range.count),
-            UnsafeBufferPointer(start: x.base + start, count: range.count),
-            statistics: instanceStatistics,
-            gamma: gamma.map { $0.base[channel].widened } ?? 1, beta: beta.map { $0.base[channel].widened } ?? 0,
-            streaming: streaming)
+        return InstanceKernel.normalizeOperation(
+            x: x.base + instance * spatialCount, statistics: statistics,
+            gamma: gamma.map { $0.base[channel].widened } ?? 1, beta: beta.map { $0.base[channel].widened } ?? 0)
     }
 
     /// The forward with instances cut into chunks shared by the workers:
@@ -248,28 +265,6 @@ func fusedOrderPays<T>(forRunsOf count: Int, _: T.Type) -> Bool {
     (8 << 10...64 << 10).contains(count * MemoryLayout<T>.stride)
 }
 
-/// Whether the GroupNorm and LayerNorm forwards ask for the next group's or
-/// row's lines while y streams out (`prefetchLines`). Introduced on the
-/// 2-vCPU AMD EPYC Zen 4 of 2026-12-05 (1 MiB L2): one thread, GroupNorm
-/// (64,64,56,56) G = 32 forward 104 → 125% of the floor, LayerNorm
-/// (8,1024,4096) 91 → 117%. On the Zen 3 of 2026-12-07 (512 KiB L2) the
-/// same prefetches cost time: without them the forward took 0.83 and 0.80
-/// of the time on GroupNorm (64,64,56,56) and (32,64,56,56), 0.84 and 0.83
-/// on LayerNorm (8,1024,4096) and (16,512,4096) (one thread, medians of
-/// alternating pairs of runs; 0.94 at two threads). So they are asked for
-/// where L2 holds 1 MiB or more (the Zen 4, and the Intel Xeon's 2 MiB,
-/// where the family met its targets with them).
-/// `INSTNORM_FORWARD_PREFETCH=1` (or `0`) decides instead. Values do not
-/// depend on it: a prefetch only moves lines.
-public enum ForwardPrefetch {
-    @usableFromInline static let chosen = environmentSwitch("INSTNORM_FORWARD_PREFETCH")
-
-    @usableFromInline static let wideLevelTwo = (StorePolicy.levelTwoCacheBytes() ?? 0) >= 1 << 20
-
-    /// Whether the forwards ask for the next run's lines here.
-    @inlinable public static var taken: Bool { chosen ?? wideLevelTwo }
-}
-
 /// A kernel choice the environment may make: `name`=1 true, =0 false,
 /// anything else or unset nil (the machine's own choice).
 @usableFromInline
@@ -305,8 +300,12 @@ func prefetchLines<T>(_ start: UnsafePointer<T>, count: Int) {
 /// dropped.
 @inlinable @inline(__always)
 func fusedPrefetchTargets(dy: UnsafeRawPointer, x: UnsafeRawPointer) -> (dy: UnsafeRawPointer, x: UnsafeRawPointer) {
-    (dy + (14 << 10), x + (12 << 10))
+    (dy + fusedPrefetchDistance + (2 << 10), x + fusedPrefetchDistance)
 }
+
+/// How far ahead of its loads a fused loop asks for the summed run's x
+/// (and the fused forward's only run) into L2.
+@inlinable var fusedPrefetchDistance: Int { 12 << 10 }
 
 /// The companion of the fused backward's sums: streams out two vectors of
 /// another instance's dx per step (while they last), and asks for the

@@ -100,28 +100,61 @@ extension GroupBatch {
             for (group, groupStatistics) in perGroup.enumerated() { saved?.base[group] = groupStatistics }
             split.run { worker in split.forEachPiece(of: worker) { normalizeRange($0, $1, perGroup[$0]) } }
         } else {
+            let fuses = streaming && FusedForward.applies(toRunsOf: length, T.self)
+            let betaValues = beta.map { SharedBuffer($0) }
             split.run { worker in
                 let groups = split.instances(of: worker)
+                if fuses {
+                    return fusedForward(runs: groups, length: length, x: UnsafePointer(base.base), y: output.y.base) { group, moments in
+                        let groupStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+                        saved?.base[group] = groupStatistics
+                        return GroupRunOutput(
+                            x: base.base + group * length, gamma: self.gamma.map { UnsafePointer($0.base) },
+                            beta: betaValues.map { UnsafePointer($0.base) },
+                            firstChannel: self.instance(group, 0) % self.shape.channels, segmentLength: self.shape.spatialCount,
+                            statistics: groupStatistics)
+                    }
+                }
                 for group in groups {
                     let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: base.base + group * length, count: length))
                     let groupStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                     saved?.base[group] = groupStatistics
-                    // While y streams out from cache, the next group's lines
-                    // are asked into L2, piece by piece, so that its sums
-                    // do not wait on memory.
-                    var start = 0
-                    while start < length {
-                        let end = min(start + reductionChunk, length)
-                        normalizeRange(group, start..<end, groupStatistics)
-                        if self.streaming && ForwardPrefetch.taken && group + 1 < groups.upperBound {
-                            prefetchLines(base.base + (group + 1) * length + start, count: end - start)
-                        }
-                        start = end
-                    }
+                    normalizeRange(group, 0..<length, groupStatistics)
                 }
             }
         }
         if streaming { instnorm_store_fence() }
+    }
+}
+
+/// y of one group in the fused forward: a segment per channel, each
+/// normalized with the group's statistics and its channel's γ, β. Plain
+/// values only (no shape, whose array would be retained and released
+/// with every copy the fused loop makes).
+@usableFromInline
+struct GroupRunOutput<T: InstanceNormScalar>: RunOutput {
+    @usableFromInline let x: UnsafePointer<T>
+    @usableFromInline let gamma, beta: UnsafePointer<T>?
+    @usableFromInline let firstChannel: Int
+    @usableFromInline let segmentLength: Int
+    @usableFromInline let statistics: InstanceStatistics
+
+    /// The group's first channel segment starts at x.
+    @inlinable init(x: UnsafePointer<T>, gamma: UnsafePointer<T>?, beta: UnsafePointer<T>?, firstChannel: Int,
+                    segmentLength: Int, statistics: InstanceStatistics) {
+        self.x = x
+        self.gamma = gamma
+        self.beta = beta
+        self.firstChannel = firstChannel
+        self.segmentLength = segmentLength
+        self.statistics = statistics
+    }
+
+    @inlinable func operation(ofSegment segment: Int) -> NormalizeOperation<T> {
+        let channel = firstChannel + segment
+        return InstanceKernel.normalizeOperation(
+            x: x + segment * segmentLength, statistics: statistics,
+            gamma: gamma.map { $0[channel].widened } ?? 1, beta: beta.map { $0[channel].widened } ?? 0)
     }
 }
 

@@ -68,11 +68,26 @@ public enum InstanceKernel {
     public static func moments<T: InstanceNormScalar>(
         of x: UnsafeBufferPointer<T>
     ) -> (mean: Double, variance: Double) {
+        var none = NoCompanion()
+        return moments(of: x, alongside: &none)
+    }
+
+    /// `moments(of:)` with `companion` stepping along the first pass.
+    @inlinable @inline(__always)
+    static func moments<T: InstanceNormScalar, Companion: SumsCompanion>(
+        of x: UnsafeBufferPointer<T>, alongside companion: inout Companion
+    ) -> (mean: Double, variance: Double) {
         let count = x.count
         precondition(count >= 1, "an instance has at least one value")
         let base = x.baseAddress!
         let shift = x[0]
-        let (sum, sumSquares) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: shift.computed) }
+        let (sum, sumSquares) = chunkedSums(count) { chunk in
+            // A local copy: the optimizer keeps it in registers, where through
+            // the capture it would reload the companion after every store.
+            var local = companion
+            defer { companion = local }
+            return shiftedChunkSums(base, chunk, shift: shift.computed, alongside: &local)
+        }
         if let moments = momentsFromShiftedSums(sum, sumSquares, count: count, shift: shift) { return moments }
         let center = secondPassCenter(sum, count: count, shift: shift)
         let (deviation, squaredDeviation) = chunkedSums(count) { shiftedChunkSums(base, $0, shift: center) }
@@ -137,10 +152,18 @@ public enum InstanceKernel {
         streaming: Bool = false
     ) {
         precondition(y.count == x.count)
-        let (meanHigh, scale, offset) = normalizeConstants(statistics, gamma: gamma, beta: beta, as: T.self)
         writeElementwise(
             y.baseAddress!, 0..<x.count, streaming: streaming,
-            NormalizeOperation(x: x.baseAddress!, meanHigh: meanHigh, scale: scale, offset: offset))
+            normalizeOperation(x: x.baseAddress!, statistics: statistics, gamma: gamma, beta: beta))
+    }
+
+    /// y = (x − μ_hi)·a + b of `normalize` for the values from `x` on.
+    @inlinable @inline(__always)
+    static func normalizeOperation<T: InstanceNormScalar>(
+        x: UnsafePointer<T>, statistics: InstanceStatistics, gamma: Double, beta: Double
+    ) -> NormalizeOperation<T> {
+        let (meanHigh, scale, offset) = normalizeConstants(statistics, gamma: gamma, beta: beta, as: T.self)
+        return NormalizeOperation(x: x, meanHigh: meanHigh, scale: scale, offset: offset)
     }
 
     /// The constants of y = (x − μ_hi)·a + b for one instance (or channel):

@@ -74,24 +74,20 @@ extension LayerBatch {
         } else {
             split.run { worker in
                 let rows = split.instances(of: worker), length = self.rowLength
-                // Rows under 8 KiB ran slower with the prefetches (the hardware's own run ahead covers them).
-                let prefetches = self.streaming && ForwardPrefetch.taken && length * MemoryLayout<T>.stride >= 8 << 10
+                if self.streaming && FusedForward.applies(toRunsOf: length, T.self) {
+                    return fusedForward(runs: rows, length: length, x: UnsafePointer(self.x.base), y: output.base) { row, moments in
+                        let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+                        saved?.base[row] = rowStatistics
+                        return WholeRunOutput(
+                            LayerNormalizeOperation(x: self.row(self.x, row), gamma: self.gamma.base, beta: self.beta.base, statistics: rowStatistics),
+                            length: length)
+                    }
+                }
                 for row in rows {
                     let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: self.row(self.x, row), count: length))
                     let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                     saved?.base[row] = rowStatistics
-                    guard prefetches && row + 1 < rows.upperBound else {
-                        write(row, 0..<length, rowStatistics)
-                        continue
-                    }
-                    // As GroupNorm's forward: the next row asked into L2 while y streams out.
-                    var start = 0
-                    while start < length {
-                        let end = min(start + reductionChunk, length)
-                        write(row, start..<end, rowStatistics)
-                        prefetchLines(self.row(self.x, row + 1) + start, count: end - start)
-                        start = end
-                    }
+                    write(row, 0..<length, rowStatistics)
                 }
             }
         }

@@ -23,11 +23,22 @@ func storeVector<T: InstanceNormScalar>(_ value: T.Vector, _ base: UnsafeMutable
 func shiftedChunkSums<T: InstanceNormScalar>(
     _ x: UnsafePointer<T>, _ range: Range<Int>, shift: T.Compute
 ) -> (sum: Double, sumSquares: Double) {
+    var none = NoCompanion()
+    return shiftedChunkSums(x, range, shift: shift, alongside: &none)
+}
+
+/// Σ (x − shift) and Σ (x − shift)² over one chunk, with `companion`
+/// stepping along (the fused forward streams another run's y there).
+@inlinable @inline(__always)
+func shiftedChunkSums<T: InstanceNormScalar, Companion: SumsCompanion>(
+    _ x: UnsafePointer<T>, _ range: Range<Int>, shift: T.Compute, alongside companion: inout Companion
+) -> (sum: Double, sumSquares: Double) {
     let lanes = T.Vector.scalarCount
     let shiftVector = T.Vector(repeating: shift)
     var sum0 = T.Vector(), sum1 = T.Vector(), squares0 = T.Vector(), squares1 = T.Vector()
     var index = range.lowerBound
     while index + 2 * lanes <= range.upperBound {
+        companion.step(at: index)
         let deviation0 = loadVector(x, index) - shiftVector
         let deviation1 = loadVector(x, index + lanes) - shiftVector
         sum0 += deviation0
@@ -47,9 +58,10 @@ func shiftedChunkSums<T: InstanceNormScalar>(
     return (sum, sumSquares)
 }
 
-/// Work done in the loop of `gradientChunkSums`, one step of two vectors at
-/// a time: the fused backward writes another instance's dx there
-/// (`BackwardBatch.sumsWritingDx`), so that reads and streaming stores
+/// Work done in the loop of `gradientChunkSums` or `shiftedChunkSums`, one
+/// step of two vectors at a time: the fused backward writes another
+/// instance's dx there (`BackwardBatch.sumsWritingDx`), the fused forward
+/// another run's y (`fusedForward`), so that reads and streaming stores
 /// interleave. A companion must not touch the dy and x being summed; the
 /// sums are the same bits with or without it.
 @usableFromInline

@@ -116,7 +116,7 @@ struct BenchReport {
             ("normalized_dims", options.family.norm == .layer ? "\(shape.dimensions.count - shape.statisticsDimensions.count)" : "null"),
             ("dtype", quoted(options.dtype.rawValue)),
             ("layer_row_pairs", options.family.norm == .layer ? "\(layerRowPairs)" : "null"),
-            ("forward_prefetch", "\(ForwardPrefetch.taken)"),
+            ("fused_forward", "\(FusedForward.taken)"),
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),
             ("overlap", options.overlap ? "true" : "false"),

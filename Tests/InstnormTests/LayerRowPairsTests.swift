@@ -35,23 +35,22 @@ extension InstnormCLI {
 }
 
 extension InstnormCLI {
-    /// The GroupNorm and LayerNorm forwards ask for the next run's lines on
-    /// some machines only (`ForwardPrefetch`); `INSTNORM_FORWARD_PREFETCH`
-    /// forces either way, so both run here: each verified, each reporting
-    /// its setting, the same checksum. Runs of at least 8 KiB that stream,
-    /// as the prefetches need.
-    @Suite struct ForwardPrefetchSettings {
-        @Test(arguments: [["--norm", "group", "--groups", "2", "--shape", "3,4,1100"],
+    /// The forwards take the fused order for streamed runs of 4-128 KiB
+    /// (`FusedForward`); `INSTNORM_FUSED_FORWARD` forces either way, so both
+    /// run here for each norm that has it: each verified, each reporting its
+    /// setting, the same checksum.
+    @Suite struct FusedForwardSettings {
+        @Test(arguments: [["--shape", "3,4,1100"], ["--norm", "group", "--groups", "2", "--shape", "3,4,1100"],
                           ["--norm", "layer", "--normalized-dims", "1", "--shape", "3,4,2048"]])
         func bothSettingsGiveTheSameBits(flags: [String]) async throws {
             var checksums: [String: String] = [:]
-            for prefetch in ["0", "1"] {
+            for fused in ["0", "1"] {
                 let report = try await Launcher.benchReport(ranks: 2, [
                     "--stores", "streaming", "--iterations", "1", "--warmup", "0", "--verify", "--checksum",
-                ] + flags, extraEnvironment: ["INSTNORM_FORWARD_PREFETCH": prefetch])
-                #expect(report["forward_prefetch"] as? Bool == (prefetch == "1"))
+                ] + flags, extraEnvironment: ["INSTNORM_FUSED_FORWARD": fused])
+                #expect(report["fused_forward"] as? Bool == (fused == "1"))
                 #expect(report["verified"] as? Bool == true)
-                checksums[prefetch] = try #require(report["checksum"] as? String, "\(report)")
+                checksums[fused] = try #require(report["checksum"] as? String, "\(report)")
             }
             #expect(Set(checksums.values).count == 1, "\(checksums)")
         }
