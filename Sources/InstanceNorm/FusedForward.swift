@@ -36,7 +36,8 @@ func fusedForward<T: InstanceNormScalar, Output: RunOutput>(
         pending = next
         pendingOutput = output(next, moments)
     }
-    var last = OutputStreamer(out: y + pending * length, count: length, pendingOutput, summing: UnsafeRawPointer(x))
+    // No run is summed alongside the last one's y.
+    var last = OutputStreamer(out: y + pending * length, count: length, pendingOutput, summing: UnsafeRawPointer(x + pending * length))
     last.finish()
 }
 

@@ -95,9 +95,6 @@ public enum StorePolicy: Sendable, Equatable {
     /// CPU 0's level-1 data cache, from the same place.
     public static func levelOneDataCacheBytes() -> Int? { cacheBytes(level: "1", types: ["Data"]) }
 
-    /// CPU 0's level-2 cache, from the same place.
-    public static func levelTwoCacheBytes() -> Int? { cacheBytes(level: "2", types: ["Data", "Unified"]) }
-
     private static func cacheBytes(level: String, types: Set<String>) -> Int? {
         (0..<8).first { index in
             readFirstLine("/sys/devices/system/cpu/cpu0/cache/index\(index)/level") == level
