@@ -74,7 +74,7 @@ extension LayerBatch {
         } else {
             split.run { worker in
                 let rows = split.instances(of: worker), length = self.rowLength
-                if self.streaming && FusedForward.applies(toRunsOf: length, T.self) {
+                if self.streaming && FusedForward.applies(toRunsOf: length, T.self, weightsPerValue: true) {
                     return fusedForward(runs: rows, length: length, x: UnsafePointer(self.x.base), y: output.base) { row, moments in
                         let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
                         saved?.base[row] = rowStatistics

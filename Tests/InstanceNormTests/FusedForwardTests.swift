@@ -20,10 +20,11 @@ import Testing
     func keepsTheBitsOfThePlainOrder(_ normalization: Normalization, _ dimensions: [Int]) {
         let shape = try! NormShape(normalization, dimensions: dimensions)
         let runLength = shape.elementCount / shape.statisticsCount
+        let weightsPerValue = if case .layer = normalization { true } else { false }
         func check<T: InstanceNormScalar>(_: T.Type) {
             let inputs = FamilyInputs<T>(normalization, dimensions, seed: 61)
             // Not vacuous: the streamed runs take the fused order.
-            #expect(FusedForward.applies(toRunsOf: runLength, T.self), "\(T.self) \(dimensions)")
+            #expect(FusedForward.applies(toRunsOf: runLength, T.self, weightsPerValue: weightsPerValue), "\(T.self) \(dimensions)")
             let plain = inputs.run(stores: .cached)
             for threads in [1, 2, 3] {
                 let fused = inputs.run(threads: threads, stores: .streaming)
@@ -33,8 +34,8 @@ import Testing
         }
         check(Float.self)
         check(Double.self)
-        // Half-precision runs of 2048 values and more (4 KiB).
-        if runLength >= 2048 { check(Float16.self) }
+        // Half-precision runs of 2048 values and more (4 KiB), but LayerNorm's.
+        if FusedForward.applies(toRunsOf: runLength, Float16.self, weightsPerValue: weightsPerValue) { check(Float16.self) }
     }
 
     /// A run whose first value is an outlier takes a second pass for its
