@@ -51,8 +51,7 @@ struct ForwardBatch<T: InstanceNormScalar>: @unchecked Sendable {
             for instance in instances { forwardInstance(instance) }
             return
         }
-        fusedForward(runs: instances, length: spatialCount, x: UnsafePointer(x.base), y: y.base) { instance, moments in
-            let instanceStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+        fusedForward(runs: instances, length: spatialCount, x: UnsafePointer(x.base), y: y.base, eps: eps) { instance, instanceStatistics in
             statistics!.base[instance] = instanceStatistics
             return WholeRunOutput(normalizeOperation(instance, instanceStatistics), length: spatialCount)
         }

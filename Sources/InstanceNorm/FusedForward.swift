@@ -20,21 +20,25 @@ import _InstanceNormShims
 ///
 /// - Parameters:
 ///   - runs: the worker's runs, run r the values r·length ..< (r + 1)·length of x and y.
-///   - output: records run r's statistics from its moments and gives its y.
+///   - eps: ε of the runs' statistics.
+///   - output: records run r's statistics and gives its y.
 @inlinable @inline(__always)
 func fusedForward<T: InstanceNormScalar, Output: RunOutput>(
-    runs: Range<Int>, length: Int, x: UnsafePointer<T>, y: UnsafeMutablePointer<T>,
-    output: (_ run: Int, _ moments: (mean: Double, variance: Double)) -> Output
+    runs: Range<Int>, length: Int, x: UnsafePointer<T>, y: UnsafeMutablePointer<T>, eps: Double,
+    output: (_ run: Int, _ statistics: InstanceStatistics) -> Output
 ) where Output.Operation.Scalar == T {
+    func statistics(_ moments: (mean: Double, variance: Double)) -> InstanceStatistics {
+        InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+    }
     guard var pending = runs.first else { return }
-    var pendingOutput = output(pending, InstanceKernel.moments(of: UnsafeBufferPointer(start: x + pending * length, count: length)))
+    var pendingOutput = output(pending, statistics(InstanceKernel.moments(of: UnsafeBufferPointer(start: x + pending * length, count: length))))
     for next in runs.dropFirst() {
         let nextX = x + next * length
         var streamer = OutputStreamer(out: y + pending * length, count: length, pendingOutput, summing: UnsafeRawPointer(nextX))
         let moments = InstanceKernel.moments(of: UnsafeBufferPointer(start: nextX, count: length), alongside: &streamer)
         streamer.finish()
         pending = next
-        pendingOutput = output(next, moments)
+        pendingOutput = output(next, statistics(moments))
     }
     // No run is summed alongside the last one's y.
     var last = OutputStreamer(out: y + pending * length, count: length, pendingOutput, summing: UnsafeRawPointer(x + pending * length))

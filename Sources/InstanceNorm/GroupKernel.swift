@@ -105,8 +105,8 @@ extension GroupBatch {
             split.run { worker in
                 let groups = split.instances(of: worker)
                 if fuses {
-                    return fusedForward(runs: groups, length: length, x: UnsafePointer(base.base), y: output.y.base) { group, moments in
-                        let groupStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+                    return fusedForward(runs: groups, length: length, x: UnsafePointer(base.base), y: output.y.base, eps: eps) {
+                        group, groupStatistics in
                         saved?.base[group] = groupStatistics
                         return GroupRunOutput(
                             x: base.base + group * length, gamma: self.gamma.map { UnsafePointer($0.base) },

@@ -75,8 +75,8 @@ extension LayerBatch {
             split.run { worker in
                 let rows = split.instances(of: worker), length = self.rowLength
                 if self.streaming && FusedForward.applies(toRunsOf: length, T.self, weightsPerValue: true) {
-                    return fusedForward(runs: rows, length: length, x: UnsafePointer(self.x.base), y: output.base) { row, moments in
-                        let rowStatistics = InstanceStatistics(mean: moments.mean, variance: moments.variance, eps: eps)
+                    return fusedForward(runs: rows, length: length, x: UnsafePointer(self.x.base), y: output.base, eps: eps) {
+                        row, rowStatistics in
                         saved?.base[row] = rowStatistics
                         return WholeRunOutput(
                             LayerNormalizeOperation(x: self.row(self.x, row), gamma: self.gamma.base, beta: self.beta.base, statistics: rowStatistics),

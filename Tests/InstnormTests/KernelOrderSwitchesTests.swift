@@ -1,3 +1,6 @@
+// The kernels' order switches that machines decide and the environment
+// overrides (INSTNORM_LAYER_ROW_PAIRS, INSTNORM_FUSED_FORWARD): each order
+// must give the same bits.
 import Foundation
 import Testing
 
