@@ -173,33 +173,30 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// A, S of every row of `sample` and its (Σ dy, Σ dy·x̂) per position,
     /// rows in order; dx of each row below `firstDeferred` too. The column sums
     /// are planar (2·D: all Σ dy, then all Σ dy·x̂, so that they add in
-    /// vectors): each block of `layerColumnBlock` rows adds up in `block`,
-    /// in the compute precision, and is then widened into `columns`, in
-    /// `Double`; at the end they are stored interleaved, (D, 2).
-    @inlinable func sums(
-        ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>,
-        block: UnsafeMutablePointer<T.Compute>
-    ) {
+    /// vectors): each block of `layerColumnBlock` rows adds up in the compute
+    /// precision once its rows are summed (`addColumnSums`) and is widened
+    /// into `columns`, in `Double`; at the end they are stored interleaved, (D, 2).
+    @inlinable func sums(ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>) {
         if batch.rowsPerSample == 1 {
             // Its columns' room, 2·D ≥ 2·B doubles whenever a row holds a vector, stages the shares.
             return oneRowSample(sample, writesDx: sample < firstDeferred, staging: columns)
         }
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
-        block.update(repeating: 0, count: 2 * length)
         let pairs = pairsRows
         var waiting = rows.lowerBound..<rows.lowerBound  // summed, their dx not yet written (the fused order)
-        var row = rows.lowerBound
+        var row = rows.lowerBound, blockStart = rows.lowerBound
         while row < rows.upperBound {
             // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
             let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
-            sums(of: summed, writingDxOf: waiting, addingTo: block)
+            sums(of: summed, writingDxOf: waiting)
             let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
             waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
             if !fusesRows { for next in undeferred { inputGradient(next, 0..<length) } }
             let last = summed.upperBound - 1
             if (last - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || last == rows.upperBound - 1 {
-                flush(block, into: columns)
+                addColumnSums(of: blockStart..<last + 1, into: columns)
+                blockStart = last + 1
             }
             row = summed.upperBound
         }
@@ -215,35 +212,31 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// (none, one or two): two of each in one loop where they can
     /// (`sharedLinePairSums`), else the last waiting row's dx along the first
     /// row's sums and any other dx before.
-    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>, addingTo block: UnsafeMutablePointer<T.Compute>) {
+    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>) {
         if summed.count == 2 && waiting.count == 2 {
-            return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound, addingTo: block)
+            return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound)
         }
         for previous in waiting.dropLast() { inputGradient(previous, 0..<batch.rowLength) }
         for next in summed {
             if let previous = waiting.last, next == summed.lowerBound {
-                rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
+                rowSumsWritingDx(of: previous, sumsOf: next)
             } else {
-                rowSums(next, addingTo: block)
+                rowSums(next)
             }
         }
     }
 
     /// A = Σ γ·dy and S = Σ γ·dy·x̂ = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of one
-    /// row, and in the same pass block[d] += dy_d, block[D + d] += dy_d·x̂_d
-    /// (x̂ formed as `LayerNormalizeOperation` forms it, all in the compute
-    /// precision): one read of the row for both.
-    @inlinable func rowSums(_ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+    /// row; its column sums are `addColumnSums`'s.
+    @inlinable func rowSums(_ row: Int) {
         var none = NoCompanion()
-        rowSums(row, addingTo: block, alongside: &none)
+        rowSums(row, alongside: &none)
     }
 
-    /// `rowSums(_:addingTo:)` with `companion` stepping along.
+    /// `rowSums(_:)` with `companion` stepping along.
     @inlinable @inline(__always)
-    func rowSums<Companion: SumsCompanion>(
-        _ row: Int, addingTo block: UnsafeMutablePointer<T.Compute>, alongside companion: inout Companion
-    ) {
-        rowSums(row, into: columns(of: row, addingTo: block), alongside: &companion)
+    func rowSums<Companion: SumsCompanion>(_ row: Int, alongside companion: inout Companion) {
+        rowSums(row, into: ColumnsApart<T>(center: normalization(of: row).center), alongside: &companion)
     }
 
     /// A, S of `row`, its column contributions into `columns`.
@@ -263,11 +256,6 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         keepRowSums(row, sumA: sumA, centered: centered)
     }
 
-    /// What `row` adds to the column sums in `block`, about its μ_hi.
-    @inlinable func columns(of row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) -> LayerColumns<T> {
-        LayerColumns<T>(block: block, length: batch.rowLength, row: normalization(of: row))
-    }
-
     /// x̂ of `row` from its statistics: about μ_hi, r and −μ_lo·r rounded to the compute precision.
     @inlinable func normalization(of row: Int) -> RowNormalization<T> {
         let rowStatistics = statistics[row]
@@ -278,11 +266,10 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// `sums(ofSample:)` of a sample of one row (x of (N, D)): the row's A,
     /// S and its shares written straight into the table (`RowShares`, the
-    /// values the block and columns of `sums` would leave there; or added
-    /// into dγ, dβ, `inLineTotals`), then its
-    /// dx unless deferred, the row still in cache. Through the block and
-    /// columns, every row paid for clearing, widening and copying 2·D
-    /// values of each.
+    /// values `addColumnSums` and the columns of `sums` would leave there; or
+    /// added into dγ, dβ, `inLineTotals`), then its dx unless deferred, the
+    /// row still in cache. Through the columns, every row paid for clearing,
+    /// widening and copying 2·D values.
     @inlinable func oneRowSample(_ row: Int, writesDx: Bool, staging: UnsafeMutablePointer<Double>) {
         var none = NoCompanion()
         if let inLineTotals {
@@ -311,19 +298,19 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// A, S and the column sums of `next` while dx of `previous` (already
     /// summed) is streamed out, two vectors per step; the rest of dx after.
-    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int) {
         let length = batch.rowLength, gradient = gradientOperation(of: previous)
         let out = batch.row(dx, previous)
         let beforeBoundary = streamingStart(out, 0..<length)
         if beforeBoundary == 0 {
-            sharedLineSums(of: next, writingDx: gradient, to: out, addingTo: block)
+            sharedLineSums(of: next, writingDx: gradient, to: out)
             return
         }
         writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
         var writer = StreamingWriter(
             out: out, gradient, written: beforeBoundary, count: length,
             prefetching: (UnsafeRawPointer(batch.row(dy, next)), UnsafeRawPointer(batch.row(batch.x, next))))
-        rowSums(next, addingTo: block, alongside: &writer)
+        rowSums(next, alongside: &writer)
         writeElementwise(out, writer.written..<length, streaming: true, gradient)
     }
 
@@ -332,12 +319,9 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// same index, so that γ is loaded once for both. The sums' arithmetic
     /// is `weightedGradientChunkSums`'s and dx's `LayerGradientOperation`'s:
     /// the same bits as the other orders.
-    @inlinable func sharedLineSums(
-        of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>,
-        addingTo block: UnsafeMutablePointer<T.Compute>
-    ) {
+    @inlinable func sharedLineSums(of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>) {
         let length = batch.rowLength, lanes = T.Vector.scalarCount
-        let columns = columns(of: next, addingTo: block), meanHigh = columns.center
+        let meanHigh = normalization(of: next).center, columns = ColumnsApart<T>(center: meanHigh)
         let gradients = batch.row(dy, next), values = batch.row(batch.x, next), gamma = batch.gamma.base
         let ahead = fusedPrefetchTargets(dy: UnsafeRawPointer(gradients), x: UnsafeRawPointer(values))
         var written = 0
@@ -374,17 +358,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     }
 
     /// `sharedLineSums` of rows `next` and `next + 1` at once, writing dx of
-    /// rows `previous` and `previous + 1`. The block's column sums are read
-    /// and written once for both rows, not once per row: on long rows its
-    /// 2·D accumulators outgrow L1, and their loads were the kernel's
-    /// slowest. Each accumulator still adds `next`'s value before
-    /// `next + 1`'s, each row's A and S add up chunk by chunk as in
-    /// `chunkedSums`, and dx is `LayerGradientOperation`'s: the same bits
-    /// as one row at a time.
-    @inlinable func sharedLinePairSums(of next: Int, writingDxOf previous: Int, addingTo block: UnsafeMutablePointer<T.Compute>) {
+    /// rows `previous` and `previous + 1`: γ is loaded once for four rows.
+    /// Each row's A and S add up chunk by chunk as in `chunkedSums`, and dx
+    /// is `LayerGradientOperation`'s: the same bits as one row at a time.
+    @inlinable func sharedLinePairSums(of next: Int, writingDxOf previous: Int) {
         let length = batch.rowLength
         let pair = FusedRowPair(
-            gamma: batch.gamma.base, first: columns(of: next, addingTo: block), second: columns(of: next + 1, addingTo: block),
+            gamma: batch.gamma.base, firstCenter: normalization(of: next).center,
+            secondCenter: normalization(of: next + 1).center,
             firstDy: batch.row(dy, next), firstX: batch.row(batch.x, next),
             secondDy: batch.row(dy, next + 1), secondX: batch.row(batch.x, next + 1),
             firstGradient: gradientOperation(of: previous), secondGradient: gradientOperation(of: previous + 1),
@@ -406,20 +387,55 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         writeElementwise(pair.secondOut, written..<length, streaming: true, pair.secondGradient)
     }
 
-    /// columns += block, widened exactly, in `Double`; block ← 0.
-    @inlinable func flush(_ block: UnsafeMutablePointer<T.Compute>, into columns: UnsafeMutablePointer<Double>) {
-        let count = 2 * batch.rowLength, lanes = T.Vector.scalarCount
-        var index = 0
-        // Each vector cleared as it is read: one pass over the block, not two.
-        while index + lanes <= count {
-            T.Compute.addWidened(loadVector(block, index), to: columns + index)
-            storeVector(T.Vector(), block, index)
-            index += lanes
-        }
-        while index < count {
-            columns[index] += block[index].widened
-            block[index] = 0
-            index += 1
+    /// The column sums of a block of summed rows (at most
+    /// `layerColumnBlock`), added into `columns` (2·D, planar), each
+    /// position's in the compute precision from 0, row after row, and then
+    /// widened exactly:
+    ///
+    ///     columns[d] += Σ_rows dy_d     columns[D + d] += Σ_rows dy_d·x̂_d
+    ///
+    /// x̂ as `LayerNormalizeOperation` forms it. A pass of their own over rows
+    /// the sums have just read (in L2), with the accumulators in registers:
+    /// added in the loops of the sums instead, a block of 2·D accumulators
+    /// was loaded and stored with every row, and those stores, queued behind
+    /// the streaming stores of dx, held back the loads of the next lines.
+    @inlinable func addColumnSums(of block: Range<Int>, into columns: UnsafeMutablePointer<Double>) {
+        let length = batch.rowLength, lanes = T.Vector.scalarCount
+        withUnsafeTemporaryAllocation(of: ColumnRow<T>.self, capacity: block.count) { rows in
+            for (slot, row) in block.enumerated() {
+                rows.initializeElement(at: slot, to: ColumnRow(
+                    dy: batch.row(dy, row), x: batch.row(batch.x, row), normalization: normalization(of: row)))
+            }
+            let rows = UnsafeBufferPointer(rows)
+            var index = 0
+            // Two vectors a step: four chains of additions, each waiting on the row before.
+            while index + 2 * lanes <= length {
+                var first = ColumnSums<T>(), second = ColumnSums<T>()
+                for row in rows {
+                    first.add(row, at: index)
+                    second.add(row, at: index + lanes)
+                }
+                first.addWidened(to: columns, length: length, at: index)
+                second.addWidened(to: columns, length: length, at: index + lanes)
+                index += 2 * lanes
+            }
+            if index + lanes <= length {
+                var sums = ColumnSums<T>()
+                for row in rows { sums.add(row, at: index) }
+                sums.addWidened(to: columns, length: length, at: index)
+                index += lanes
+            }
+            while index < length {
+                var sumDy = T.Compute.zero, sumDyXHat = T.Compute.zero
+                for row in rows {
+                    let gradient = row.dy[index].computed
+                    sumDy += gradient
+                    sumDyXHat += gradient * row.normalization.xHat(row.x[index].computed - row.normalization.center)
+                }
+                columns[index] += sumDy.widened
+                columns[length + index] += sumDyXHat.widened
+                index += 1
+            }
         }
     }
 
@@ -483,7 +499,8 @@ public let layerColumnBlock = 8
 
 /// Where one row's column contributions to dβ, dγ (dy and dy·x̂ at each
 /// position, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision) go: a
-/// block of rows' sums (`LayerColumns`) or a one-row sample's shares (`RowShares`).
+/// one-row sample's shares (`RowShares`), or nowhere, left to
+/// `LayerBackward.addColumnSums` (`ColumnsApart`).
 @usableFromInline
 protocol ColumnContributions {
     associatedtype Scalar: InstanceNormScalar
@@ -522,9 +539,8 @@ struct RowNormalization<Scalar: InstanceNormScalar> {
 
 /// A one-row sample's shares, (Σ dy, Σ dy·x̂) over its row at each
 /// position: 0 + dy and 0 + dy·x̂ in the compute precision (−0 becomes
-/// +0), widened, which is what a block of zeros plus the row, flushed into
-/// columns of zeros, holds (`LayerColumns`, `LayerBackward.flush`): the
-/// same bits. `Sink` keeps them (`ShareTable`) or adds them up (`ShareTotals`).
+/// +0), widened, which is what a block of one row adds to columns of zeros
+/// (`LayerBackward.addColumnSums`): the same bits. `Sink` keeps them (`ShareTable`) or adds them up (`ShareTotals`).
 @usableFromInline
 struct RowShares<Scalar: InstanceNormScalar, Sink: ShareSink>: ColumnContributions {
     @usableFromInline let sink: Sink
@@ -592,44 +608,55 @@ struct ShareTotals: ShareSink {
     }
 }
 
-/// A block of LayerNorm's column sums and what one row adds to it:
-/// dy and dy·x̂, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision.
+/// A row's centre, its column contributions left to a pass of their own
+/// (`LayerBackward.addColumnSums`).
 @usableFromInline
-struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
-    @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
-    @usableFromInline let length: Int
-    @usableFromInline let row: RowNormalization<Scalar>
+struct ColumnsApart<Scalar: InstanceNormScalar>: ColumnContributions {
+    @usableFromInline let center: Scalar.Compute
 
-    @inlinable
-    init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, row: RowNormalization<Scalar>) {
-        self.block = block
-        self.length = length
-        self.row = row
-    }
-
-    @inlinable var center: Scalar.Compute { row.center }
-
-    /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
-    @inlinable @inline(__always)
-    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
-        storeVector(loadVector(block, index) + gradient, block, index)
-        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered), block, length + index)
-    }
+    @inlinable init(center: Scalar.Compute) { self.center = center }
 
     @inlinable @inline(__always)
-    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
-        block[index] += gradient
-        block[length + index] += gradient * row.xHat(centered)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {}
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {}
+}
+
+/// One row of a block whose column sums `LayerBackward.addColumnSums` adds up.
+@usableFromInline
+struct ColumnRow<Scalar: InstanceNormScalar> {
+    @usableFromInline let dy, x: UnsafePointer<Scalar>
+    @usableFromInline let normalization: RowNormalization<Scalar>
+
+    @inlinable init(dy: UnsafePointer<Scalar>, x: UnsafePointer<Scalar>, normalization: RowNormalization<Scalar>) {
+        self.dy = dy
+        self.x = x
+        self.normalization = normalization
+    }
+}
+
+/// Σ dy and Σ dy·x̂ of one vector of positions over a block's rows, in the
+/// compute precision, from 0.
+@usableFromInline
+struct ColumnSums<Scalar: InstanceNormScalar> {
+    @usableFromInline var sumDy = Scalar.Vector(), sumDyXHat = Scalar.Vector()
+
+    @inlinable init() {}
+
+    @inlinable @inline(__always)
+    mutating func add(_ row: ColumnRow<Scalar>, at index: Int) {
+        let gradient = loadVector(row.dy, index)
+        let centered = loadVector(row.x, index) - Scalar.Vector(repeating: row.normalization.center)
+        sumDy += gradient
+        sumDyXHat += gradient * row.normalization.xHat(centered)
     }
 
-    /// `add` of this row's vector, then of `other`'s (the next row of the
-    /// same block), with one load and one store of each accumulator.
+    /// columns[index…] += Σ dy and columns[length + index…] += Σ dy·x̂, widened exactly.
     @inlinable @inline(__always)
-    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, then other: Self, _ otherGradient: Scalar.Vector,
-             centered otherCentered: Scalar.Vector, at index: Int) {
-        storeVector(loadVector(block, index) + gradient + otherGradient, block, index)
-        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered) + otherGradient * other.row.xHat(otherCentered),
-                    block, length + index)
+    func addWidened(to columns: UnsafeMutablePointer<Double>, length: Int, at index: Int) {
+        Scalar.Compute.addWidened(sumDy, to: columns + index)
+        Scalar.Compute.addWidened(sumDyXHat, to: columns + length + index)
     }
 }
 
@@ -638,7 +665,7 @@ struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
 @usableFromInline
 struct FusedRowPair<T: InstanceNormScalar> {
     @usableFromInline let gamma: UnsafePointer<T>
-    @usableFromInline let first, second: LayerColumns<T>
+    @usableFromInline let first, second: ColumnsApart<T>
     @usableFromInline let firstDy, firstX, secondDy, secondX: UnsafePointer<T>
     @usableFromInline let firstGradient, secondGradient: LayerGradientOperation<T>
     @usableFromInline let firstOut, secondOut: UnsafeMutablePointer<T>
@@ -646,13 +673,13 @@ struct FusedRowPair<T: InstanceNormScalar> {
     @usableFromInline let firstAhead, secondAhead: (dy: UnsafeRawPointer, x: UnsafeRawPointer)
 
     @inlinable
-    init(gamma: UnsafePointer<T>, first: LayerColumns<T>, second: LayerColumns<T>,
+    init(gamma: UnsafePointer<T>, firstCenter: T.Compute, secondCenter: T.Compute,
          firstDy: UnsafePointer<T>, firstX: UnsafePointer<T>, secondDy: UnsafePointer<T>, secondX: UnsafePointer<T>,
          firstGradient: LayerGradientOperation<T>, secondGradient: LayerGradientOperation<T>,
          firstOut: UnsafeMutablePointer<T>, secondOut: UnsafeMutablePointer<T>,
          thirdDy: UnsafePointer<T>, thirdX: UnsafePointer<T>) {
         self.gamma = gamma
-        (self.first, self.second) = (first, second)
+        (first, second) = (ColumnsApart(center: firstCenter), ColumnsApart(center: secondCenter))
         (self.firstDy, self.firstX, self.secondDy, self.secondX) = (firstDy, firstX, secondDy, secondX)
         (self.firstGradient, self.secondGradient) = (firstGradient, secondGradient)
         (self.firstOut, self.secondOut) = (firstOut, secondOut)
@@ -660,9 +687,8 @@ struct FusedRowPair<T: InstanceNormScalar> {
         secondAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(thirdDy), x: UnsafeRawPointer(thirdX))
     }
 
-    /// Each row's Σ γ·dy and Σ γ·dy·(x − μ_hi) over `chunk`, its column
-    /// sums added, and dx written over the chunk's whole vectors, which end
-    /// at `written`.
+    /// Each row's Σ γ·dy and Σ γ·dy·(x − μ_hi) over `chunk`, and dx written
+    /// over the chunk's whole vectors, which end at `written`.
     @inlinable @inline(__always)
     func sums(_ chunk: Range<Int>) -> (first: (Double, Double), second: (Double, Double), written: Int) {
         let lanes = T.Vector.scalarCount
@@ -680,7 +706,6 @@ struct FusedRowPair<T: InstanceNormScalar> {
             let secondGradients = loadVector(secondDy, index), secondCentered = loadVector(secondX, index) - secondCenter
             firstSums.add(weights: weights, gradient: firstGradients, centered: firstCentered)
             secondSums.add(weights: weights, gradient: secondGradients, centered: secondCentered)
-            first.add(firstGradients, centered: firstCentered, then: second, secondGradients, centered: secondCentered, at: index)
             T.streamStore(firstGradient.vector(at: index, gamma: weights), to: firstOut + index)
             T.streamStore(secondGradient.vector(at: index, gamma: weights), to: secondOut + index)
             index += lanes
@@ -774,7 +799,7 @@ func weightedGradientTail<T: InstanceNormScalar, Columns: ColumnContributions>(
 struct LayerGradientOperation<Scalar: InstanceNormScalar>: ElementwiseOperation {
     @usableFromInline let dy, x, gamma: UnsafePointer<Scalar>
     @usableFromInline let meanHigh, meanWeighted, invstd, centeredScale, offset: Scalar.Compute
-    // Splats formed where they are used (see `LayerColumns`).
+    // Splats formed where they are used (see `RowNormalization`).
     @inlinable var meanVector: Scalar.Vector { Scalar.Vector(repeating: meanHigh) }
     @inlinable var meanWeightedVector: Scalar.Vector { Scalar.Vector(repeating: meanWeighted) }
     @inlinable var invstdVector: Scalar.Vector { Scalar.Vector(repeating: invstd) }
@@ -836,10 +861,9 @@ extension LayerBatch {
         let length = rowLength
         split.run { worker in
             let columns = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length)
-            let block = UnsafeMutablePointer<T.Compute>.allocate(capacity: 2 * length)
-            defer { columns.deallocate(); block.deallocate() }
+            defer { columns.deallocate() }
             for sample in split.instances(of: worker) {
-                work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns, block: block)
+                work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns)
             }
         }
         // Each position's shares in sample order, as the instance kernels add theirs.
