@@ -7,14 +7,20 @@ import Testing
 /// (non-temporal stores are weakly ordered: without it another thread may
 /// read the output before it lands). On x86 no result shows a missing
 /// fence, so the shim counts the fences of each thread and this test
-/// counts those of the calling thread, which issues them.
+/// counts those of the calling thread, which issues them. Instances of 40
+/// values take the small-instance kernels, of 300 the per-instance ones.
 @Suite struct StoreFences {
     static let layouts: [TensorLayout] = [.channelsFirst, .channelsLast]
 
     @Test(arguments: layouts, [1, 3])
     func everyStreamingCallFences(layout: TensorLayout, threads: Int) {
-        let shape = try! InstanceNormShape(dimensions: [2, 3, 40])
-        let inputs = Inputs<Float>([2, 3, 40], affine: true, seed: 5)
+        for positions in [40, 300] { checkFences(dimensions: [2, 3, positions], layout: layout, threads: threads) }
+    }
+
+    func checkFences(dimensions: [Int], layout: TensorLayout, threads: Int) {
+        #expect(SmallInstances.limit < 300 && 40 <= SmallInstances.limit, "both kernels' paths")
+        let shape = try! InstanceNormShape(dimensions: dimensions)
+        let inputs = Inputs<Float>(dimensions, affine: true, seed: 5)
         let x = TensorBuffer(inputs.x), dy = TensorBuffer(inputs.dy)
         let gamma = TensorBuffer(inputs.gamma!), beta = TensorBuffer(inputs.beta!)
         let y = TensorBuffer<Float>(repeating: 0, count: x.count), dx = TensorBuffer<Float>(repeating: 0, count: x.count)
@@ -43,7 +49,8 @@ import Testing
         for (name, call) in calls {
             let before = instnorm_store_fences_on_this_thread()
             call()
-            #expect(instnorm_store_fences_on_this_thread() > before, "\(name) \(layout) threads \(threads) streamed without a fence")
+            #expect(instnorm_store_fences_on_this_thread() > before,
+                    "\(name) \(dimensions) \(layout) threads \(threads) streamed without a fence")
         }
     }
 }
