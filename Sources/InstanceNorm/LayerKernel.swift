@@ -296,8 +296,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// is that of the plain order: the same bits.
     @inlinable var fusesRows: Bool { batch.streaming }
 
-    /// A, S and the column sums of `next` while dx of `previous` (already
-    /// summed) is streamed out, two vectors per step; the rest of dx after.
+    /// A and S of `next` while dx of `previous` (already summed) is streamed
+    /// out, two vectors per step; the rest of dx after.
     @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int) {
         let length = batch.rowLength, gradient = gradientOperation(of: previous)
         let out = batch.row(dx, previous)
@@ -475,6 +475,9 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 ///   0.97 at two (medians of alternating pairs of runs); float64 0.68,
 ///   float16 0.31 and 0.75. There the pair loop's two rows of sums and of
 ///   dx constants outnumber the vector registers and spill.
+/// (Both while the loops still added the column sums; with those in a pass
+/// of their own, `addColumnSums`, pairs took 1.22× the one-row loop's time
+/// on both shapes on the Zen 3, 6 alternating pairs of runs.)
 /// So pairs are taken for float32 where the level-1 data cache holds
 /// 48 KiB or more. `INSTNORM_LAYER_ROW_PAIRS=1` (or `0`) in the
 /// environment takes them (or not) in every precision instead: for
@@ -540,7 +543,8 @@ struct RowNormalization<Scalar: InstanceNormScalar> {
 /// A one-row sample's shares, (Σ dy, Σ dy·x̂) over its row at each
 /// position: 0 + dy and 0 + dy·x̂ in the compute precision (−0 becomes
 /// +0), widened, which is what a block of one row adds to columns of zeros
-/// (`LayerBackward.addColumnSums`): the same bits. `Sink` keeps them (`ShareTable`) or adds them up (`ShareTotals`).
+/// (`LayerBackward.addColumnSums`): the same bits. `Sink` keeps them
+/// (`ShareTable`) or adds them up (`ShareTotals`).
 @usableFromInline
 struct RowShares<Scalar: InstanceNormScalar, Sink: ShareSink>: ColumnContributions {
     @usableFromInline let sink: Sink
