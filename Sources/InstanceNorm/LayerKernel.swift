@@ -174,28 +174,34 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// rows in order; dx of each row below `firstDeferred` too. The column sums
     /// are planar (2·D: all Σ dy, then all Σ dy·x̂, so that they add in
     /// vectors): each block of `layerColumnBlock` rows adds up in the compute
-    /// precision once its rows are summed (`addColumnSums`) and is widened
-    /// into `columns`, in `Double`; at the end they are stored interleaved, (D, 2).
-    @inlinable func sums(ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>) {
+    /// precision, in the loops of the sums into `block` (2·D, see
+    /// `LayerColumnsInLoop`) or once its rows are summed (`addColumnSums`,
+    /// `block` nil), and is widened into `columns`, in `Double`; at the end
+    /// they are stored interleaved, (D, 2).
+    @inlinable func sums(
+        ofSample sample: Int, dxBelow firstDeferred: Int, columns: UnsafeMutablePointer<Double>,
+        block: UnsafeMutablePointer<T.Compute>?
+    ) {
         if batch.rowsPerSample == 1 {
             // Its columns' room, 2·D ≥ 2·B doubles whenever a row holds a vector, stages the shares.
             return oneRowSample(sample, writesDx: sample < firstDeferred, staging: columns)
         }
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
+        block?.update(repeating: 0, count: 2 * length)
         let pairs = pairsRows
         var waiting = rows.lowerBound..<rows.lowerBound  // summed, their dx not yet written (the fused order)
         var row = rows.lowerBound, blockStart = rows.lowerBound
         while row < rows.upperBound {
             // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
             let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
-            sums(of: summed, writingDxOf: waiting)
+            sums(of: summed, writingDxOf: waiting, addingTo: block)
             let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
             waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
             if !fusesRows { for next in undeferred { inputGradient(next, 0..<length) } }
             let last = summed.upperBound - 1
             if (last - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || last == rows.upperBound - 1 {
-                addColumnSums(of: blockStart..<last + 1, into: columns)
+                if let block { flush(block, into: columns) } else { addColumnSums(of: blockStart..<last + 1, into: columns) }
                 blockStart = last + 1
             }
             row = summed.upperBound
@@ -212,14 +218,23 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// (none, one or two): two of each in one loop where they can
     /// (`sharedLinePairSums`), else the last waiting row's dx along the first
     /// row's sums and any other dx before.
-    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>) {
+    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>, addingTo block: UnsafeMutablePointer<T.Compute>?) {
         if summed.count == 2 && waiting.count == 2 {
-            return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound)
+            if let block {
+                return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound,
+                                          columns: (columns(of: summed.lowerBound, addingTo: block),
+                                                    columns(of: summed.lowerBound + 1, addingTo: block)))
+            }
+            return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound,
+                                      columns: (columnsApart(of: summed.lowerBound), columnsApart(of: summed.lowerBound + 1)))
         }
         for previous in waiting.dropLast() { inputGradient(previous, 0..<batch.rowLength) }
         for next in summed {
             if let previous = waiting.last, next == summed.lowerBound {
-                rowSumsWritingDx(of: previous, sumsOf: next)
+                rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
+            } else if let block {
+                var none = NoCompanion()
+                rowSums(next, into: columns(of: next, addingTo: block), alongside: &none)
             } else {
                 rowSums(next)
             }
@@ -236,7 +251,15 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// `rowSums(_:)` with `companion` stepping along.
     @inlinable @inline(__always)
     func rowSums<Companion: SumsCompanion>(_ row: Int, alongside companion: inout Companion) {
-        rowSums(row, into: ColumnsApart<T>(center: normalization(of: row).center), alongside: &companion)
+        rowSums(row, into: columnsApart(of: row), alongside: &companion)
+    }
+
+    /// `row`'s centre, its column sums left to `addColumnSums`.
+    @inlinable func columnsApart(of row: Int) -> ColumnsApart<T> { ColumnsApart(center: normalization(of: row).center) }
+
+    /// What `row` adds to the column sums in `block`, about its μ_hi.
+    @inlinable func columns(of row: Int, addingTo block: UnsafeMutablePointer<T.Compute>) -> LayerColumns<T> {
+        LayerColumns(block: block, length: batch.rowLength, row: normalization(of: row))
     }
 
     /// A, S of `row`, its column contributions into `columns`.
@@ -298,19 +321,27 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
 
     /// A and S of `next` while dx of `previous` (already summed) is streamed
     /// out, two vectors per step; the rest of dx after.
-    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int) {
+    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int, addingTo block: UnsafeMutablePointer<T.Compute>?) {
         let length = batch.rowLength, gradient = gradientOperation(of: previous)
         let out = batch.row(dx, previous)
         let beforeBoundary = streamingStart(out, 0..<length)
         if beforeBoundary == 0 {
-            sharedLineSums(of: next, writingDx: gradient, to: out)
+            if let block {
+                sharedLineSums(of: next, writingDx: gradient, to: out, columns: columns(of: next, addingTo: block))
+            } else {
+                sharedLineSums(of: next, writingDx: gradient, to: out, columns: columnsApart(of: next))
+            }
             return
         }
         writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
         var writer = StreamingWriter(
             out: out, gradient, written: beforeBoundary, count: length,
             prefetching: (UnsafeRawPointer(batch.row(dy, next)), UnsafeRawPointer(batch.row(batch.x, next))))
-        rowSums(next, alongside: &writer)
+        if let block {
+            rowSums(next, into: columns(of: next, addingTo: block), alongside: &writer)
+        } else {
+            rowSums(next, alongside: &writer)
+        }
         writeElementwise(out, writer.written..<length, streaming: true, gradient)
     }
 
@@ -319,9 +350,11 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// same index, so that γ is loaded once for both. The sums' arithmetic
     /// is `weightedGradientChunkSums`'s and dx's `LayerGradientOperation`'s:
     /// the same bits as the other orders.
-    @inlinable func sharedLineSums(of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>) {
+    @inlinable func sharedLineSums<Columns: ColumnContributions>(
+        of next: Int, writingDx gradient: LayerGradientOperation<T>, to out: UnsafeMutablePointer<T>, columns: Columns
+    ) where Columns.Scalar == T {
         let length = batch.rowLength, lanes = T.Vector.scalarCount
-        let meanHigh = normalization(of: next).center, columns = ColumnsApart<T>(center: meanHigh)
+        let meanHigh = columns.center
         let gradients = batch.row(dy, next), values = batch.row(batch.x, next), gamma = batch.gamma.base
         let ahead = fusedPrefetchTargets(dy: UnsafeRawPointer(gradients), x: UnsafeRawPointer(values))
         var written = 0
@@ -361,11 +394,12 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// rows `previous` and `previous + 1`: γ is loaded once for four rows.
     /// Each row's A and S add up chunk by chunk as in `chunkedSums`, and dx
     /// is `LayerGradientOperation`'s: the same bits as one row at a time.
-    @inlinable func sharedLinePairSums(of next: Int, writingDxOf previous: Int) {
+    @inlinable func sharedLinePairSums<Columns: ColumnContributions>(
+        of next: Int, writingDxOf previous: Int, columns: (first: Columns, second: Columns)
+    ) where Columns.Scalar == T {
         let length = batch.rowLength
         let pair = FusedRowPair(
-            gamma: batch.gamma.base, firstCenter: normalization(of: next).center,
-            secondCenter: normalization(of: next + 1).center,
+            gamma: batch.gamma.base, first: columns.first, second: columns.second,
             firstDy: batch.row(dy, next), firstX: batch.row(batch.x, next),
             secondDy: batch.row(dy, next + 1), secondX: batch.row(batch.x, next + 1),
             firstGradient: gradientOperation(of: previous), secondGradient: gradientOperation(of: previous + 1),
@@ -387,6 +421,25 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         writeElementwise(pair.secondOut, written..<length, streaming: true, pair.secondGradient)
     }
 
+    /// columns += block, widened exactly, in `Double`; block ← 0: the end of
+    /// a block of rows whose column sums the loops of the sums added up
+    /// (`LayerColumnsInLoop`).
+    @inlinable func flush(_ block: UnsafeMutablePointer<T.Compute>, into columns: UnsafeMutablePointer<Double>) {
+        let count = 2 * batch.rowLength, lanes = T.Vector.scalarCount
+        var index = 0
+        // Each vector cleared as it is read: one pass over the block, not two.
+        while index + lanes <= count {
+            T.Compute.addWidened(loadVector(block, index), to: columns + index)
+            storeVector(T.Vector(), block, index)
+            index += lanes
+        }
+        while index < count {
+            columns[index] += block[index].widened
+            block[index] = 0
+            index += 1
+        }
+    }
+
     /// The column sums of a block of summed rows (at most
     /// `layerColumnBlock`), added into `columns` (2·D, planar), each
     /// position's in the compute precision from 0, row after row, and then
@@ -398,7 +451,8 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// the sums have just read (in L2), with the accumulators in registers:
     /// added in the loops of the sums instead, a block of 2·D accumulators
     /// was loaded and stored with every row, and those stores, queued behind
-    /// the streaming stores of dx, held back the loads of the next lines.
+    /// the streaming stores of dx, held back the loads of the next lines
+    /// on the Zen 3 machine (where `LayerColumnsInLoop` keeps this pass).
     @inlinable func addColumnSums(of block: Range<Int>, into columns: UnsafeMutablePointer<Double>) {
         let length = batch.rowLength, lanes = T.Vector.scalarCount
         withUnsafeTemporaryAllocation(of: ColumnRow<T>.self, capacity: block.count) { rows in
@@ -493,6 +547,34 @@ public enum LayerRowPairs {
     @inlinable public static func taken<T>(for _: T.Type) -> Bool { chosen ?? (T.self == Float.self && wideLevelOne) }
 }
 
+/// Whether LayerNorm's fused backward adds each row's column sums (Σ dy,
+/// Σ dy·x̂ per position) into a block of 2·D accumulators in the loops of
+/// the row sums (`LayerColumns`), or in a pass of their own over each
+/// block of `layerColumnBlock` summed rows, with the accumulators in
+/// registers (`LayerBackward.addColumnSums`). The same additions in the
+/// same order either way: a question of speed alone.
+/// - On the 2-vCPU AMD EPYC Zen 3 of 2026-12-07 (32 KiB L1d, 512 KiB L2),
+///   the pass took 0.75–0.85 of the backward's time on (64,196,768) and
+///   0.91 on (8,1024,4000), level on (8,1024,4096): the block's stores,
+///   queued behind dx's streaming stores, held back the next lines' loads.
+/// - On the 2-vCPU Intel Xeon of the same night (48 KiB L1d, 2 MiB L2),
+///   the loops took 0.91 and 0.83 of the pass's time on (8,1024,4096) at
+///   one and two threads, 0.91 and 0.92 on (64,196,768) (6 alternating
+///   rounds each, float32).
+/// So the loops keep them for float32 where the level-1 data cache holds
+/// 48 KiB or more (where `LayerRowPairs` takes pairs).
+/// `INSTNORM_LAYER_COLUMNS_IN_LOOP=1` (or `0`) decides instead, in every
+/// precision: for machines measured otherwise, and for the tests, which
+/// run both on every machine.
+public enum LayerColumnsInLoop {
+    @usableFromInline static let chosen = environmentSwitch("INSTNORM_LAYER_COLUMNS_IN_LOOP")
+
+    /// Whether the fused backward of storage type `T` adds the column sums in its loops.
+    @inlinable public static func taken<T>(for _: T.Type) -> Bool {
+        chosen ?? (T.self == Float.self && LayerRowPairs.wideLevelOne)
+    }
+}
+
 /// Rows whose column sums (LayerNorm's per-position Σ dy, Σ dy·x̂) add up
 /// in the compute precision before they are widened to `Double`: the
 /// `Double` additions, which cost four times the vector work, happen once
@@ -502,8 +584,9 @@ public let layerColumnBlock = 8
 
 /// Where one row's column contributions to dβ, dγ (dy and dy·x̂ at each
 /// position, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision) go: a
-/// one-row sample's shares (`RowShares`), or nowhere, left to
-/// `LayerBackward.addColumnSums` (`ColumnsApart`).
+/// block of rows' sums (`LayerColumns`), a one-row sample's shares
+/// (`RowShares`), or nowhere, left to `LayerBackward.addColumnSums`
+/// (`ColumnsApart`).
 @usableFromInline
 protocol ColumnContributions {
     associatedtype Scalar: InstanceNormScalar
@@ -512,6 +595,19 @@ protocol ColumnContributions {
     /// Adds dy and dy·x̂ at `index`, given dy and x − μ_hi there.
     func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int)
     func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int)
+    /// `add` of this row's vector, then of `other`'s (the next row of the
+    /// same block): the same additions in the same order.
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, then other: Self, _ otherGradient: Scalar.Vector,
+             centered otherCentered: Scalar.Vector, at index: Int)
+}
+
+extension ColumnContributions {
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, then other: Self, _ otherGradient: Scalar.Vector,
+             centered otherCentered: Scalar.Vector, at index: Int) {
+        add(gradient, centered: centered, at: index)
+        other.add(otherGradient, centered: otherCentered, at: index)
+    }
 }
 
 /// x̂ = (x − μ_hi)·r + (−μ_lo·r) of one row in the compute precision,
@@ -612,6 +708,45 @@ struct ShareTotals: ShareSink {
     }
 }
 
+/// A block of LayerNorm's column sums and what one row adds to it: dy and
+/// dy·x̂, x̂ = (x − μ_hi)·r + (−μ_lo·r) in the compute precision
+/// (`LayerColumnsInLoop`).
+@usableFromInline
+struct LayerColumns<Scalar: InstanceNormScalar>: ColumnContributions {
+    @usableFromInline let block: UnsafeMutablePointer<Scalar.Compute>
+    @usableFromInline let length: Int
+    @usableFromInline let row: RowNormalization<Scalar>
+
+    @inlinable init(block: UnsafeMutablePointer<Scalar.Compute>, length: Int, row: RowNormalization<Scalar>) {
+        self.block = block
+        self.length = length
+        self.row = row
+    }
+
+    @inlinable var center: Scalar.Compute { row.center }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, at index: Int) {
+        storeVector(loadVector(block, index) + gradient, block, index)
+        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered), block, length + index)
+    }
+
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Compute, centered: Scalar.Compute, at index: Int) {
+        block[index] += gradient
+        block[length + index] += gradient * row.xHat(centered)
+    }
+
+    /// Both rows with one load and one store of each accumulator.
+    @inlinable @inline(__always)
+    func add(_ gradient: Scalar.Vector, centered: Scalar.Vector, then other: Self, _ otherGradient: Scalar.Vector,
+             centered otherCentered: Scalar.Vector, at index: Int) {
+        storeVector(loadVector(block, index) + gradient + otherGradient, block, index)
+        storeVector(loadVector(block, length + index) + gradient * row.xHat(centered) + otherGradient * other.row.xHat(otherCentered),
+                    block, length + index)
+    }
+}
+
 /// A row's centre, its column contributions left to a pass of their own
 /// (`LayerBackward.addColumnSums`).
 @usableFromInline
@@ -667,9 +802,9 @@ struct ColumnSums<Scalar: InstanceNormScalar> {
 /// Two rows summed in one loop and the two rows of dx written in it
 /// (`LayerBackward.sharedLinePairSums`).
 @usableFromInline
-struct FusedRowPair<T: InstanceNormScalar> {
+struct FusedRowPair<T: InstanceNormScalar, Columns: ColumnContributions> where Columns.Scalar == T {
     @usableFromInline let gamma: UnsafePointer<T>
-    @usableFromInline let first, second: ColumnsApart<T>
+    @usableFromInline let first, second: Columns
     @usableFromInline let firstDy, firstX, secondDy, secondX: UnsafePointer<T>
     @usableFromInline let firstGradient, secondGradient: LayerGradientOperation<T>
     @usableFromInline let firstOut, secondOut: UnsafeMutablePointer<T>
@@ -677,13 +812,13 @@ struct FusedRowPair<T: InstanceNormScalar> {
     @usableFromInline let firstAhead, secondAhead: (dy: UnsafeRawPointer, x: UnsafeRawPointer)
 
     @inlinable
-    init(gamma: UnsafePointer<T>, firstCenter: T.Compute, secondCenter: T.Compute,
+    init(gamma: UnsafePointer<T>, first: Columns, second: Columns,
          firstDy: UnsafePointer<T>, firstX: UnsafePointer<T>, secondDy: UnsafePointer<T>, secondX: UnsafePointer<T>,
          firstGradient: LayerGradientOperation<T>, secondGradient: LayerGradientOperation<T>,
          firstOut: UnsafeMutablePointer<T>, secondOut: UnsafeMutablePointer<T>,
          thirdDy: UnsafePointer<T>, thirdX: UnsafePointer<T>) {
         self.gamma = gamma
-        (first, second) = (ColumnsApart(center: firstCenter), ColumnsApart(center: secondCenter))
+        (self.first, self.second) = (first, second)
         (self.firstDy, self.firstX, self.secondDy, self.secondX) = (firstDy, firstX, secondDy, secondX)
         (self.firstGradient, self.secondGradient) = (firstGradient, secondGradient)
         (self.firstOut, self.secondOut) = (firstOut, secondOut)
@@ -691,8 +826,9 @@ struct FusedRowPair<T: InstanceNormScalar> {
         secondAhead = fusedPrefetchTargets(dy: UnsafeRawPointer(thirdDy), x: UnsafeRawPointer(thirdX))
     }
 
-    /// Each row's Σ γ·dy and Σ γ·dy·(x − μ_hi) over `chunk`, and dx written
-    /// over the chunk's whole vectors, which end at `written`.
+    /// Each row's Σ γ·dy and Σ γ·dy·(x − μ_hi) over `chunk`, its column
+    /// sums added where `Columns` keeps them, and dx written over the
+    /// chunk's whole vectors, which end at `written`.
     @inlinable @inline(__always)
     func sums(_ chunk: Range<Int>) -> (first: (Double, Double), second: (Double, Double), written: Int) {
         let lanes = T.Vector.scalarCount
@@ -710,6 +846,7 @@ struct FusedRowPair<T: InstanceNormScalar> {
             let secondGradients = loadVector(secondDy, index), secondCentered = loadVector(secondX, index) - secondCenter
             firstSums.add(weights: weights, gradient: firstGradients, centered: firstCentered)
             secondSums.add(weights: weights, gradient: secondGradients, centered: secondCentered)
+            first.add(firstGradients, centered: firstCentered, then: second, secondGradients, centered: secondCentered, at: index)
             T.streamStore(firstGradient.vector(at: index, gamma: weights), to: firstOut + index)
             T.streamStore(secondGradient.vector(at: index, gamma: weights), to: secondOut + index)
             index += lanes
@@ -863,11 +1000,13 @@ extension LayerBatch {
             inLineTotals: inLine ? ShareTotals(dgamma: dgamma.baseAddress!, dbeta: dbeta.baseAddress!) : nil)
         let tails = deferredRows(split, overlap)
         let length = rowLength
+        let inLoop = LayerColumnsInLoop.taken(for: T.self)
         split.run { worker in
             let columns = UnsafeMutablePointer<Double>.allocate(capacity: 2 * length)
-            defer { columns.deallocate() }
+            let block = inLoop ? UnsafeMutablePointer<T.Compute>.allocate(capacity: 2 * length) : nil
+            defer { columns.deallocate(); block?.deallocate() }
             for sample in split.instances(of: worker) {
-                work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns)
+                work.sums(ofSample: sample, dxBelow: tails[worker].lowerBound, columns: columns, block: block)
             }
         }
         // Each position's shares in sample order, as the instance kernels add theirs.

@@ -38,6 +38,15 @@ struct BenchReport {
         }
     }
 
+    /// Whether LayerNorm's fused backward adds the column sums in its loops here (`LayerColumnsInLoop`).
+    private var layerColumnsInLoop: Bool {
+        switch options.dtype {
+        case .float16: LayerColumnsInLoop.taken(for: Float16.self)
+        case .float32: LayerColumnsInLoop.taken(for: Float.self)
+        case .float64: LayerColumnsInLoop.taken(for: Double.self)
+        }
+    }
+
     private struct Row {
         let name: String
         let summary: Summary
@@ -116,6 +125,7 @@ struct BenchReport {
             ("normalized_dims", options.family.norm == .layer ? "\(shape.dimensions.count - shape.statisticsDimensions.count)" : "null"),
             ("dtype", quoted(options.dtype.rawValue)),
             ("layer_row_pairs", options.family.norm == .layer ? "\(layerRowPairs)" : "null"),
+            ("layer_columns_in_loop", options.family.norm == .layer ? "\(layerColumnsInLoop)" : "null"),
             ("fused_forward", "\(FusedForward.taken)"),
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),
