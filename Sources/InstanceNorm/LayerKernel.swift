@@ -188,25 +188,14 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         }
         let length = batch.rowLength, rows = sample * batch.rowsPerSample..<(sample + 1) * batch.rowsPerSample
         columns.update(repeating: 0, count: 2 * length)
-        block?.update(repeating: 0, count: 2 * length)
-        let pairs = pairsRows
-        var waiting = rows.lowerBound..<rows.lowerBound  // summed, their dx not yet written (the fused order)
-        var row = rows.lowerBound, blockStart = rows.lowerBound
-        while row < rows.upperBound {
-            // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
-            let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
-            sums(of: summed, writingDxOf: waiting, addingTo: block)
-            let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
-            waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
-            if !fusesRows { for next in undeferred { inputGradient(next, 0..<length) } }
-            let last = summed.upperBound - 1
-            if (last - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || last == rows.upperBound - 1 {
-                if let block { flush(block, into: columns) } else { addColumnSums(of: blockStart..<last + 1, into: columns) }
-                blockStart = last + 1
+        if let block {
+            block.update(repeating: 0, count: 2 * length)
+            sums(of: rows, dxBelow: firstDeferred, columnsOf: { self.columns(of: $0, addingTo: block) }) { _ in
+                self.flush(block, into: columns)
             }
-            row = summed.upperBound
+        } else {
+            sums(of: rows, dxBelow: firstDeferred, columnsOf: columnsApart(of:)) { self.addColumnSums(of: $0, into: columns) }
         }
-        for previous in waiting { inputGradient(previous, 0..<length) }
         let shares = parameterSums.baseAddress! + 2 * sample * length
         for position in 0..<length {
             shares[2 * position] = columns[position]
@@ -214,44 +203,55 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
         }
     }
 
+    /// The row sums of a sample's `rows` in order (and their dx below
+    /// `firstDeferred`), each row's column contributions going to
+    /// `columnsOf(row)`; `blockDone` after each block of `layerColumnBlock`
+    /// rows and after the last.
+    @inlinable @inline(__always)
+    func sums<Columns: ColumnContributions>(
+        of rows: Range<Int>, dxBelow firstDeferred: Int, columnsOf: (Int) -> Columns, blockDone: (Range<Int>) -> Void
+    ) where Columns.Scalar == T {
+        let pairs = pairsRows
+        var waiting = rows.lowerBound..<rows.lowerBound  // summed, their dx not yet written (the fused order)
+        var row = rows.lowerBound, blockStart = rows.lowerBound
+        while row < rows.upperBound {
+            // Pairs start at even rows of the sample, so a block of rows (even) ends with a pair.
+            let summed = row..<(pairs && row + 1 < rows.upperBound ? row + 2 : row + 1)
+            sums(of: summed, writingDxOf: waiting, columnsOf: columnsOf)
+            let undeferred = summed.lowerBound..<max(summed.lowerBound, min(summed.upperBound, firstDeferred))
+            waiting = fusesRows ? undeferred : summed.lowerBound..<summed.lowerBound
+            if !fusesRows { for next in undeferred { inputGradient(next, 0..<batch.rowLength) } }
+            let last = summed.upperBound - 1
+            if (last - rows.lowerBound) % layerColumnBlock == layerColumnBlock - 1 || last == rows.upperBound - 1 {
+                blockDone(blockStart..<last + 1)
+                blockStart = last + 1
+            }
+            row = summed.upperBound
+        }
+        for previous in waiting { inputGradient(previous, 0..<batch.rowLength) }
+    }
+
     /// The sums of one or two rows, and dx of the rows `waiting` for it
     /// (none, one or two): two of each in one loop where they can
     /// (`sharedLinePairSums`), else the last waiting row's dx along the first
     /// row's sums and any other dx before.
-    @inlinable func sums(of summed: Range<Int>, writingDxOf waiting: Range<Int>, addingTo block: UnsafeMutablePointer<T.Compute>?) {
+    @inlinable @inline(__always)
+    func sums<Columns: ColumnContributions>(
+        of summed: Range<Int>, writingDxOf waiting: Range<Int>, columnsOf: (Int) -> Columns
+    ) where Columns.Scalar == T {
         if summed.count == 2 && waiting.count == 2 {
-            if let block {
-                return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound,
-                                          columns: (columns(of: summed.lowerBound, addingTo: block),
-                                                    columns(of: summed.lowerBound + 1, addingTo: block)))
-            }
             return sharedLinePairSums(of: summed.lowerBound, writingDxOf: waiting.lowerBound,
-                                      columns: (columnsApart(of: summed.lowerBound), columnsApart(of: summed.lowerBound + 1)))
+                                      columns: (columnsOf(summed.lowerBound), columnsOf(summed.lowerBound + 1)))
         }
         for previous in waiting.dropLast() { inputGradient(previous, 0..<batch.rowLength) }
         for next in summed {
             if let previous = waiting.last, next == summed.lowerBound {
-                rowSumsWritingDx(of: previous, sumsOf: next, addingTo: block)
-            } else if let block {
-                var none = NoCompanion()
-                rowSums(next, into: columns(of: next, addingTo: block), alongside: &none)
+                rowSumsWritingDx(of: previous, sumsOf: next, columns: columnsOf(next))
             } else {
-                rowSums(next)
+                var none = NoCompanion()
+                rowSums(next, into: columnsOf(next), alongside: &none)
             }
         }
-    }
-
-    /// A = Σ γ·dy and S = Σ γ·dy·x̂ = r·(Σ γ·dy·(x − μ_hi) − μ_lo·A) of one
-    /// row; its column sums are `addColumnSums`'s.
-    @inlinable func rowSums(_ row: Int) {
-        var none = NoCompanion()
-        rowSums(row, alongside: &none)
-    }
-
-    /// `rowSums(_:)` with `companion` stepping along.
-    @inlinable @inline(__always)
-    func rowSums<Companion: SumsCompanion>(_ row: Int, alongside companion: inout Companion) {
-        rowSums(row, into: columnsApart(of: row), alongside: &companion)
     }
 
     /// `row`'s centre, its column sums left to `addColumnSums`.
@@ -319,29 +319,21 @@ final class LayerBackward<T: InstanceNormScalar>: @unchecked Sendable {
     /// is that of the plain order: the same bits.
     @inlinable var fusesRows: Bool { batch.streaming }
 
-    /// A and S of `next` while dx of `previous` (already summed) is streamed
-    /// out, two vectors per step; the rest of dx after.
-    @inlinable func rowSumsWritingDx(of previous: Int, sumsOf next: Int, addingTo block: UnsafeMutablePointer<T.Compute>?) {
+    /// A and S of `next` (its column contributions into `columns`) while dx
+    /// of `previous` (already summed) is streamed out, two vectors per step;
+    /// the rest of dx after.
+    @inlinable func rowSumsWritingDx<Columns: ColumnContributions>(
+        of previous: Int, sumsOf next: Int, columns: Columns
+    ) where Columns.Scalar == T {
         let length = batch.rowLength, gradient = gradientOperation(of: previous)
         let out = batch.row(dx, previous)
         let beforeBoundary = streamingStart(out, 0..<length)
-        if beforeBoundary == 0 {
-            if let block {
-                sharedLineSums(of: next, writingDx: gradient, to: out, columns: columns(of: next, addingTo: block))
-            } else {
-                sharedLineSums(of: next, writingDx: gradient, to: out, columns: columnsApart(of: next))
-            }
-            return
-        }
+        if beforeBoundary == 0 { return sharedLineSums(of: next, writingDx: gradient, to: out, columns: columns) }
         writeElementwise(out, 0..<beforeBoundary, streaming: true, gradient)
         var writer = StreamingWriter(
             out: out, gradient, written: beforeBoundary, count: length,
             prefetching: (UnsafeRawPointer(batch.row(dy, next)), UnsafeRawPointer(batch.row(batch.x, next))))
-        if let block {
-            rowSums(next, into: columns(of: next, addingTo: block), alongside: &writer)
-        } else {
-            rowSums(next, alongside: &writer)
-        }
+        rowSums(next, into: columns, alongside: &writer)
         writeElementwise(out, writer.written..<length, streaming: true, gradient)
     }
 
