@@ -536,7 +536,11 @@ public enum LayerRowPairs {
 
     /// Whether the fused backward of storage type `T` takes rows in pairs
     /// (where they start on lines).
-    @inlinable public static func taken<T>(for _: T.Type) -> Bool { chosen ?? (T.self == Float.self && wideLevelOne) }
+    @inlinable public static func taken<T>(for type: T.Type) -> Bool { chosen ?? measuredFaster(for: type) }
+
+    /// Where the fused backward's wider choices were measured faster: float32
+    /// with a level-1 data cache of 48 KiB or more (see also `LayerColumnsInLoop`).
+    @inlinable static func measuredFaster<T>(for _: T.Type) -> Bool { T.self == Float.self && wideLevelOne }
 }
 
 /// Whether LayerNorm's fused backward adds each row's column sums (Σ dy,
@@ -562,9 +566,7 @@ public enum LayerColumnsInLoop {
     @usableFromInline static let chosen = environmentSwitch("INSTNORM_LAYER_COLUMNS_IN_LOOP")
 
     /// Whether the fused backward of storage type `T` adds the column sums in its loops.
-    @inlinable public static func taken<T>(for _: T.Type) -> Bool {
-        chosen ?? (T.self == Float.self && LayerRowPairs.wideLevelOne)
-    }
+    @inlinable public static func taken<T>(for type: T.Type) -> Bool { chosen ?? LayerRowPairs.measuredFaster(for: type) }
 }
 
 /// Rows whose column sums (LayerNorm's per-position Σ dy, Σ dy·x̂) add up

@@ -29,21 +29,13 @@ struct BenchReport {
     private var forwardBytes: Double { Double((shape.normalization == .batch ? 3 : 2) * elementBytes * shape.elementCount) }
     private var backwardBytes: Double { Double((shape.normalization == .batch ? 5 : 3) * elementBytes * shape.elementCount) }
 
-    /// Whether LayerNorm's fused backward takes rows in pairs here (`LayerRowPairs`).
-    private var layerRowPairs: Bool {
+    /// LayerNorm's fused backward orders here: whether it takes rows in pairs
+    /// (`LayerRowPairs`) and adds the column sums in its loops (`LayerColumnsInLoop`).
+    private var layerOrders: (rowPairs: Bool, columnsInLoop: Bool) {
         switch options.dtype {
-        case .float16: LayerRowPairs.taken(for: Float16.self)
-        case .float32: LayerRowPairs.taken(for: Float.self)
-        case .float64: LayerRowPairs.taken(for: Double.self)
-        }
-    }
-
-    /// Whether LayerNorm's fused backward adds the column sums in its loops here (`LayerColumnsInLoop`).
-    private var layerColumnsInLoop: Bool {
-        switch options.dtype {
-        case .float16: LayerColumnsInLoop.taken(for: Float16.self)
-        case .float32: LayerColumnsInLoop.taken(for: Float.self)
-        case .float64: LayerColumnsInLoop.taken(for: Double.self)
+        case .float16: (LayerRowPairs.taken(for: Float16.self), LayerColumnsInLoop.taken(for: Float16.self))
+        case .float32: (LayerRowPairs.taken(for: Float.self), LayerColumnsInLoop.taken(for: Float.self))
+        case .float64: (LayerRowPairs.taken(for: Double.self), LayerColumnsInLoop.taken(for: Double.self))
         }
     }
 
@@ -124,8 +116,8 @@ struct BenchReport {
             ("groups", options.family.groups.map(String.init) ?? "null"),
             ("normalized_dims", options.family.norm == .layer ? "\(shape.dimensions.count - shape.statisticsDimensions.count)" : "null"),
             ("dtype", quoted(options.dtype.rawValue)),
-            ("layer_row_pairs", options.family.norm == .layer ? "\(layerRowPairs)" : "null"),
-            ("layer_columns_in_loop", options.family.norm == .layer ? "\(layerColumnsInLoop)" : "null"),
+            ("layer_row_pairs", options.family.norm == .layer ? "\(layerOrders.rowPairs)" : "null"),
+            ("layer_columns_in_loop", options.family.norm == .layer ? "\(layerOrders.columnsInLoop)" : "null"),
             ("fused_forward", "\(FusedForward.taken)"),
             ("iterations", "\(options.iterations)"),
             ("warmup", "\(options.warmup)"),
