@@ -63,12 +63,9 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
         case .instance:
             _ = try InstanceNormShape(dimensions: dimensions)
         case .batch:
-            guard dimensions.count >= 2 else {
-                throw .invalidShape("batch norm needs at least (N, C), got \(dimensions.count) dimension(s) \(dimensions)")
-            }
-            _ = try Self.channelShape(dimensions)
+            _ = try Self.channelShape(Self.withChannels(dimensions, "batch"))
         case .group(let groups):
-            let channels = try Self.channelShape(dimensions).channels
+            let channels = try Self.channelShape(Self.withChannels(dimensions, "group")).channels
             guard groups >= 1, groups <= channels, channels % groups == 0 else {
                 throw .invalidArgument(groups < 1
                     ? "--groups must be a positive divisor of the channel count C = \(channels), got \(groups)"
@@ -90,6 +87,15 @@ public struct NormShape: Hashable, Sendable, CustomStringConvertible {
                 throw .invalidShape("the element count of \(dimensions) does not fit in a 64-bit integer")
             }
         }
+    }
+
+    /// `dimensions`, which batch and group norm (`name`) need to be at
+    /// least (N, C).
+    private static func withChannels(_ dimensions: [Int], _ name: String) throws(InstanceNormError) -> [Int] {
+        guard dimensions.count >= 2 else {
+            throw .invalidShape("\(name) norm needs at least (N, C), got \(dimensions.count) dimension(s) \(dimensions)")
+        }
+        return dimensions
     }
 
     /// The instance-norm shape of the same dimensions (instance, group and

@@ -44,8 +44,11 @@ struct Apply: ParsableCommand {
     @Option(help: ArgumentHelp("Running variance, shape (C,); comes with --running-mean.", valueName: "RV.npy"))
     var runningVar: String?
 
-    @Option(parsing: .unconditional, help: "Momentum of the running statistics' update, in [0, 1] (PyTorch's default).")
-    var momentum: Double = 0.1
+    @Option(name: .customLong("momentum"), parsing: .unconditional, help: "Momentum of the running statistics' update, in [0, 1] (default: 0.1, PyTorch's).")
+    var givenMomentum: Double?
+
+    /// --momentum, or PyTorch's default.
+    var momentum: Double { givenMomentum ?? 0.1 }
 
     @Flag(help: "Evaluation mode: normalize with the running statistics; writes y.npy only.")
     var eval = false
@@ -90,7 +93,7 @@ struct Apply: ParsableCommand {
             throw ValidationError("--running-mean and --running-var come together or not at all")
         }
         do {
-            try family.checkFits(layout: layout, runningStatistics: runningMean != nil)
+            try family.checkFits(layout: layout, runningStatistics: runningMean != nil, momentum: givenMomentum != nil)
         } catch let error as ToolError {
             throw ValidationError(error.message)
         }

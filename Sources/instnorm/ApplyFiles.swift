@@ -66,8 +66,9 @@ struct ApplyFiles {
     /// norm of the kind takes, a bad input (65).
     private static func shape(of input: NPYReader, _ options: Apply) throws -> NormShape {
         var dimensions = input.header.shape
-        // Layer norm's dimensions are as stored; batch and group norm also take (N, C), the same in either layout.
-        let isFeatureBatch = (options.family.norm == .batch || options.family.norm == .group) && dimensions.count == 2
+        // Layer norm's dimensions are as stored; batch and group norm also take (N, C), the same in either layout
+        // (and name their own need of (N, C) when there is less).
+        let isFeatureBatch = (options.family.norm == .batch || options.family.norm == .group) && dimensions.count <= 2
         if options.family.norm != .layer && !isFeatureBatch {
             do {
                 dimensions = try InstanceNormShape(dimensions: dimensions, layout: options.layout.tensorLayout).dimensions

@@ -11,10 +11,12 @@ struct NormOptions: ParsableArguments {
         """)
     var norm: NormKind = .instance
 
-    @Option(help: ArgumentHelp("G, the number of groups of --norm group; it must divide C.", valueName: "G"))
+    // Unconditional, as --eps: `--groups -2` reaches the check of G rather
+    // than reading as a missing value.
+    @Option(parsing: .unconditional, help: ArgumentHelp("G, the number of groups of --norm group; it must divide C.", valueName: "G"))
     var groups: Int?
 
-    @Option(help: ArgumentHelp(
+    @Option(parsing: .unconditional, help: ArgumentHelp(
         "K, the trailing dimensions --norm layer normalizes over (default: all but the first).", valueName: "K"))
     var normalizedDims: Int?
 
@@ -47,12 +49,15 @@ struct NormOptions: ParsableArguments {
     /// Refuses what a norm does not have: `--layout nhwc` with layer norm
     /// (its layout is the natural one), running statistics with group or
     /// layer norm (PyTorch keeps none for them either).
-    func checkFits(layout: Layout, runningStatistics: Bool) throws {
+    func checkFits(layout: Layout, runningStatistics: Bool, momentum: Bool = false) throws {
         if norm == .layer && layout == .nhwc {
             throw ToolError.usage("--layout nhwc does not apply to --norm layer: it normalizes the trailing dimensions as stored")
         }
         if (norm == .group || norm == .layer) && runningStatistics {
             throw ToolError.usage("--norm \(norm.rawValue) keeps no running statistics (nor does PyTorch's): drop --running-mean and --running-var")
+        }
+        if (norm == .group || norm == .layer) && momentum {
+            throw ToolError.usage("--norm \(norm.rawValue) keeps no running statistics (nor does PyTorch's): --momentum has nothing to update")
         }
     }
 }

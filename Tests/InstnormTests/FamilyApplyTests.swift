@@ -120,6 +120,20 @@ extension InstnormCLI {
             }
         }
 
+        /// Fewer than two dimensions: batch and group norm name what they
+        /// need, (N, C), not instance norm's spatial dimension; bad input, 65.
+        @Test(arguments: [["--norm", "group", "--groups", "1"], ["--norm", "batch"]])
+        func refusesAOneDimensionalInputNamingItsNorm(_ flags: [String]) async throws {
+            try await withTemporaryDirectory { folder in
+                try NPY.write(folder + "/x.npy", shape: [5], values: [Float](repeating: 1, count: 5))
+                let result = try await Launcher.instnorm(
+                    ranks: 1, ["apply", "--input", folder + "/x.npy", "--output", folder + "/out"] + flags)
+                #expect(result.exitCode == 65, "\(result.summary)")
+                #expect(result.standardError.contains("\(flags[1]) norm needs at least (N, C)"), "\(result.summary)")
+                #expect(!FileManager.default.fileExists(atPath: folder + "/out"))
+            }
+        }
+
         /// InstanceNorm's running statistics have no update from no
         /// instances (PyTorch's instance_norm fails there): refused, 65.
         @Test func emptyBatchRefusesInstanceRunningStatistics() async throws {
@@ -147,6 +161,12 @@ extension InstnormCLI {
             (["--norm", "layer", "--normalized-dims", "2", "--layout", "nhwc"], [2, 4, 5], "--layout nhwc"),
             (["--norm", "instance", "--normalized-dims", "1"], [2, 4, 5], "--normalized-dims"),
             (["--norm", "group", "--groups", "2", "--running-mean", "rm.npy", "--running-var", "rv.npy"], [2, 4, 5], "running"),
+            // Negative values reach the checks (not "missing value").
+            (["--norm", "group", "--groups", "-2"], [2, 4, 5], "--groups must be a positive divisor of the channel count C = 4, got -2"),
+            (["--norm", "layer", "--normalized-dims", "-1"], [2, 4, 5], "--normalized-dims -1 must be between 1 and 2"),
+            // A momentum with nothing to update is refused, not ignored.
+            (["--norm", "layer", "--momentum", "0.5"], [2, 4, 5], "--momentum has nothing to update"),
+            (["--norm", "group", "--groups", "2", "--momentum", "0.5"], [2, 4, 5], "--momentum has nothing to update"),
         ]
 
         @Test(arguments: 0..<refusals.count, [1, 2])
