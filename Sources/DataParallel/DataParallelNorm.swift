@@ -271,8 +271,14 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         }
         let exposed = MPI.wallTime() - waitStart
         for parameter in 0..<parameters {
-            dgamma[parameter] = T(sums[parameter])
-            dbeta[parameter] = T(sums[parameters + parameter])
+            if reduction == .reproducible {
+                // Rounded once from the exact sums to T, not through the double.
+                dgamma[parameter] = exactSums.sum(at: 2 * parameter + 1, as: T.self)
+                dbeta[parameter] = exactSums.sum(at: 2 * parameter, as: T.self)
+            } else {
+                dgamma[parameter] = T(sums[parameter])
+                dbeta[parameter] = T(sums[parameters + parameter])
+            }
         }
         return exposed
     }

@@ -134,15 +134,50 @@ enum BinnedSum {
     /// NaN or both infinities were added, ±∞ if one infinity was, or if the
     /// exact sum overflows; +0 for an exact zero.
     @inlinable
-    static func rounded(_ sum: UnsafePointer<Int64>) -> Double {
+    static func rounded(_ sum: UnsafePointer<Int64>) -> Double { roundedWithExcess(sum).nearest }
+
+    /// The sum rounded once to the nearest value of `T` (ties to even), as
+    /// `rounded` to the nearest double.
+    ///
+    /// Rounding the nearest double to `T` would round twice, and err when
+    /// the double lies exactly halfway between two values of `T` while the
+    /// exact sum does not (1 + 2^-24 + 2^-60 gave 1 in `Float`, not
+    /// 1 + 2^-23). The double is exact or within half its ulp of the sum,
+    /// and every midpoint of a narrower `T` is a double, so only that case
+    /// differs: there the sum's side of the double decides.
+    @inlinable
+    static func rounded<T: BinaryFloatingPoint>(_ sum: UnsafePointer<Int64>, as _: T.Type) -> T {
+        let (nearest, excess) = roundedWithExcess(sum)
+        guard excess != 0, nearest.isFinite, T.significandBitCount < Double.significandBitCount else { return T(nearest) }
+        let magnitude = roundedMagnitude(nearest.magnitude, above: (excess > 0) == (nearest > 0), as: T.self)
+        return nearest < 0 ? -magnitude : magnitude
+    }
+
+    /// The value of `T` nearest to an exact positive value that lies just
+    /// above (`above`) or just below `magnitude`, a double, by less than
+    /// half its ulp.
+    @inlinable
+    static func roundedMagnitude<T: BinaryFloatingPoint>(_ magnitude: Double, above: Bool, as _: T.Type) -> T {
+        let nearest = T(magnitude)
+        let lower = Double(nearest) <= magnitude ? nearest : nearest.nextDown
+        // Past the largest finite value, the next value on T's grid is 2^(emax + 1), which rounds to ∞.
+        let upperValue = lower == .greatestFiniteMagnitude ? Double(lower) + Double(lower.ulp) : Double(lower.nextUp)
+        guard 2 * magnitude == Double(lower) + upperValue else { return nearest }
+        return above ? lower.nextUp : lower
+    }
+
+    /// The sum rounded once to the nearest double, and the sign of the
+    /// exact sum minus that double (0 when it is exact, or not finite).
+    @inlinable
+    static func roundedWithExcess(_ sum: UnsafePointer<Int64>) -> (nearest: Double, excess: Int) {
         precondition(addendCount(sum) <= maximumAddends,
                      "a reproducible sum took \(addendCount(sum)) addends; at most \(maximumAddends) fit its limbs")
         let flags = sum[1]
         let positiveInfinity = flags & positiveInfinityFlag != 0, negativeInfinity = flags & negativeInfinityFlag != 0
-        if flags & nanFlag != 0 || (positiveInfinity && negativeInfinity) { return .nan }
-        if positiveInfinity { return .infinity }
-        if negativeInfinity { return -.infinity }
-        guard sum[0] != emptyTop else { return 0 }
+        if flags & nanFlag != 0 || (positiveInfinity && negativeInfinity) { return (.nan, 0) }
+        if positiveInfinity { return (.infinity, 0) }
+        if negativeInfinity { return (-.infinity, 0) }
+        guard sum[0] != emptyTop else { return (0, 0) }
         let (negative, wide) = WideInteger.combining(limbs: sum + 2)
         // The value is magnitude·2^exponent; bins below 0 hold nothing, so
         // the bits below 2^-1074 are zero and can go.
@@ -152,7 +187,8 @@ enum BinnedSum {
             magnitude = magnitude.shiftedRight(by: -1074 - exponent)
             exponent = -1074
         }
-        return magnitude.rounded(negative: negative, exponent: exponent)
+        let (nearest, magnitudeExcess) = magnitude.rounded(exponent: exponent)
+        return negative ? (-nearest, -magnitudeExcess) : (nearest, magnitudeExcess)
     }
 }
 
@@ -197,19 +233,19 @@ struct WideInteger {
         return WideInteger(r0, r1, r2, ~w3 &+ (c2 ? 1 : 0))
     }
 
-    /// ±self·2^exponent rounded to the nearest double, ties to even, for
-    /// an `exponent` of at least −1074 (bits on a grid no finer than the
-    /// smallest subnormal's).
+    /// self·2^exponent rounded to the nearest double, ties to even, for an
+    /// `exponent` of at least −1074 (bits on a grid no finer than the
+    /// smallest subnormal's), and the sign of the exact value minus the
+    /// double (0 when exact; −1 after rounding up, which may overflow to ∞).
     @inlinable @inline(__always)
-    func rounded(negative: Bool, exponent: Int) -> Double {
-        let sign: FloatingPointSign = negative ? .minus : .plus
+    func rounded(exponent: Int) -> (nearest: Double, excess: Int) {
         // The highest nonzero word, the one below it, whether any lower is nonzero.
         let (high, next, lower, index): (UInt64, UInt64, Bool, Int) =
             w3 != 0 ? (w3, w2, w1 | w0 != 0, 3) : w2 != 0 ? (w2, w1, w0 != 0, 2) : w1 != 0 ? (w1, w0, false, 1) : (w0, 0, false, 0)
         let leading = high.leadingZeroBitCount
         let bitLength = 64 * index + 64 - leading
         // Exact: fewer than 54 bits (all in w0) on a grid of 2^-1074 or coarser.
-        guard bitLength > 53 else { return Double(sign: sign, exponent: exponent, significand: Double(w0)) }
+        guard bitLength > 53 else { return (Double(sign: .plus, exponent: exponent, significand: Double(w0)), 0) }
         // bitLength > 53 puts the value above 2^-1022: a normal double, so
         // rounding to 53 bits is the only rounding. `top` holds the 64
         // highest bits; the sticky bit is whatever lies below its 54th.
@@ -217,8 +253,10 @@ struct WideInteger {
         let rest = leading == 0 ? next : next << UInt64(leading)
         var significand = top >> 11
         let roundBit = top & 0x400 != 0, sticky = top & 0x3FF != 0 || rest != 0 || lower
-        if roundBit && (sticky || significand & 1 == 1) { significand += 1 }
-        return Double(sign: sign, exponent: exponent + bitLength - 53, significand: Double(significand))
+        let roundsUp = roundBit && (sticky || significand & 1 == 1)
+        if roundsUp { significand += 1 }
+        let nearest = Double(sign: .plus, exponent: exponent + bitLength - 53, significand: Double(significand))
+        return (nearest, roundsUp ? -1 : roundBit || sticky ? 1 : 0)
     }
 
     /// self / 2^count, rounded toward zero (only for the rare window that

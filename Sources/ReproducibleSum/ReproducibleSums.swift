@@ -108,6 +108,14 @@ public final class ReproducibleSums: @unchecked Sendable {
         return BinnedSum.rounded(words.baseAddress! + index * BinnedSum.words)
     }
 
+    /// Sum `index`, rounded once to the nearest value of `T`: for `Float`
+    /// and `Float16`, not the nearest double rounded again, which can land
+    /// on the wrong side of a tie.
+    public func sum<T: BinaryFloatingPoint>(at index: Int, as type: T.Type) -> T {
+        precondition(index >= 0 && index < count, "sum \(index) of \(count)")
+        return BinnedSum.rounded(words.baseAddress! + index * BinnedSum.words, as: type)
+    }
+
     /// Every sum, rounded once each.
     public func sums() -> [Double] { (0..<count).map(sum(at:)) }
 

@@ -76,4 +76,24 @@ extension InstnormCLI.ReproducibleReduction {
             }
         }
     }
+    /// dβ in float32 is the exact sum rounded once to float, not through
+    /// the nearest double: 1 + 2^-24 + 2^-60 lies past Float's tie at
+    /// 1 + 2^-24 (which the double would keep, and Float round to 1), so dβ
+    /// is 1 + 2^-23 at every rank count. x is constant per instance (x̂ = 0,
+    /// dγ = 0), M = 1: each instance adds its dy to dβ.
+    @Test func float32ParameterGradientsAreRoundedOnceFromTheExactSum() async throws {
+        try await withTemporaryDirectory { folder in
+            try NPY.write(folder + "/x.npy", shape: [3, 1, 1], values: [Float](repeating: 0, count: 3))
+            try NPY.write(folder + "/dy.npy", shape: [3, 1, 1], values: [Float(1), 0x1p-24, 0x1p-60])
+            try NPY.write(folder + "/beta.npy", shape: [1], values: [Float(0)])
+            for np in [1, 2, 3] {
+                try await Launcher.apply(ranks: np, [
+                    "--input", folder + "/x.npy", "--grad", folder + "/dy.npy", "--bias", folder + "/beta.npy",
+                    "--output", "\(folder)/np\(np)",
+                ])
+                let dbeta = try readOutput("\(folder)/np\(np)/dbeta.npy", as: Float.self, shape: [1])
+                #expect(dbeta == [1 + 0x1p-23], "np \(np): \(dbeta.map { $0.debugDescription })")
+            }
+        }
+    }
 }

@@ -192,4 +192,62 @@ struct ReproducibleSumsTests {
         #expect(sums.sums() == [0, 0, 0])
         #expect(sums.addendCount(at: 2) == 0)
     }
+
+    /// One sum of `values` rounded once to `T`.
+    func sum<T: BinaryFloatingPoint>(_ values: [Double], as type: T.Type) -> T {
+        let sums = ReproducibleSums(count: 1)
+        for value in values { sums.add(value, to: 0) }
+        return sums.sum(at: 0, as: type)
+    }
+
+    /// Rounded once to a narrower `T`, by construction: m is the midpoint
+    /// of two neighbours of T (a double), and m ± t for a t far below m's
+    /// ulp as a double (so the nearest double is m itself) must round to
+    /// the neighbour on t's side, m alone to the even one. Rounding the
+    /// nearest double again would give the even one every time.
+    func checkTiesOfNarrowerType<T: BinaryFloatingPoint>(_: T.Type, lows: [T]) {
+        for low in lows {
+            // Past the largest finite value, the grid's next point 2^(emax + 1) rounds to ∞.
+            let high = low.nextUp
+            let midpoint = (Double(low) + (high.isInfinite ? Double(low) + Double(low.ulp) : Double(high))) / 2
+            let even = low.significandBitPattern & 1 == 0 ? low : high
+            for below in [1, 20, 60, 100] {  // within the 160 bits the window keeps below the leading one
+                let tiny = Double(sign: .plus, exponent: midpoint.exponent - 53 - below, significand: 1)
+                #expect(sum([midpoint, tiny], as: T.self) == high, "\(low) + half an ulp + 2^-\(below) ulp")
+                #expect(sum([midpoint, -tiny], as: T.self) == low, "\(low) + half an ulp - 2^-\(below) ulp")
+                #expect(sum([-midpoint, -tiny], as: T.self) == -high, "below \(below)")
+                #expect(sum([tiny, -tiny, midpoint], as: T.self) == even)
+            }
+            #expect(sum([midpoint], as: T.self) == even, "\(low): a tie rounds to even")
+        }
+    }
+
+    @Test func roundsOnceToFloat() {
+        checkTiesOfNarrowerType(Float.self, lows: [
+            1, 1.5, 3.25e-3, 7e30, .leastNormalMagnitude, .leastNonzeroMagnitude, 0,
+            .leastNormalMagnitude.nextDown, .greatestFiniteMagnitude.nextDown, .greatestFiniteMagnitude,
+        ])
+        // The audit's case: 1 + 2^-24 + 2^-60 is past Float's tie at 1 + 2^-24.
+        #expect(sum([1, 0x1p-24, 0x1p-60], as: Float.self) == 1 + 0x1p-23)
+        #expect(sum([1, 0x1p-24, 0x1p-60], as: Double.self) == 1 + 0x1p-24)
+    }
+
+    @Test func roundsOnceToFloat16() {
+        checkTiesOfNarrowerType(Float16.self, lows: [
+            1, 0.75, 1000, .leastNormalMagnitude, .leastNonzeroMagnitude, 0,
+            .greatestFiniteMagnitude.nextDown, .greatestFiniteMagnitude,
+        ])
+    }
+
+    /// Off the ties, rounding once to Float agrees with rounding the
+    /// nearest double, on random sums of many binades.
+    @Test func roundsToFloatAsTheDoubleDoesOffTheTies() {
+        for seed in 1...20 as ClosedRange<UInt64> {
+            let values = spread(300, binades: 60, seed: seed)
+            #expect(sum(values, as: Float.self) == Float(correctlyRoundedSum(values)), "seed \(seed)")
+        }
+        #expect(sum([.nan, 1], as: Float.self).isNaN)
+        #expect(sum([.infinity, 1], as: Float16.self) == .infinity)
+        #expect(sum([1e300, -1e300], as: Float.self) == 0)
+    }
 }
