@@ -67,7 +67,7 @@ struct Bench: ParsableCommand {
         """)
     var checksum = false
 
-    @Flag(help: "Recompute a sample of instances and the full dgamma, dbeta with the plain double-precision reference; fail on a mismatch.")
+    @Flag(help: "Check every value of every rank (y, dx, the statistics, dgamma, dbeta) against the exact result, within a bound from the kernels' rounding errors; fail on a mismatch.")
     var verify = false
 
     func validate() throws {

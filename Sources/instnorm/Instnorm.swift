@@ -13,7 +13,7 @@ struct Instnorm: ParsableCommand {
         discussion: """
             Launch with mpirun: the batch dimension is split across the ranks, each \
             rank normalizes its own samples, and the parameter gradients are summed \
-            across ranks in sample order, so every rank count gives the same bits. Exit codes: 0 success, 1 verification failed, \
+            across ranks exactly and rounded once, so every rank count gives the same bits. Exit codes: 0 success, 1 verification failed, \
             64 usage error, 65 bad input file, 70 MPI failure, 71 out of memory, 74 I/O failure.
             """,
         version: "0.1.0",
