@@ -4,7 +4,7 @@ import TestSupport
 import Testing
 
 extension InstnormCLI {
-    /// dγ and dβ are summed in sample order whatever the split: every output,
+    /// dγ and dβ are summed exactly whatever the split: every output,
     /// the parameter gradients included, is the same bytes at every rank count.
     @Suite struct ReproducibleReduction {
         /// float64, where the Double sums reach the output unrounded. N = 13
