@@ -62,6 +62,11 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     private let parameterGradientSums: TensorBuffer<Double>
     let localParameterSums: TensorBuffer<Double>
     private let exactSums: ReproducibleSums
+    /// With `.reproducible`, where the kernels stage and deposit the shares
+    /// as they go (`ShareDeposits.applies`): each worker's own exact sums,
+    /// merged into `exactSums` when the collective starts.
+    private let shareDeposits: ShareDeposits?
+    private let workerSums: [ReproducibleSums]
     private let globalParameterSums: TensorBuffer<Double>
     /// The samples whose shares the collective's start deposits (the last
     /// run of `shareChunks`).
@@ -71,6 +76,8 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     /// call, their shares of dγ, dβ deposited into the exact sums before
     /// the next call, while they are in cache; nil (the default) decides
     /// (runs of about 4 MiB of shares). The results do not depend on it.
+    /// Not used where the kernels stage and deposit the shares themselves
+    /// (`ShareDeposits.applies`: small instances, channels first).
     public var depositRunSamples: Int? {
         didSet { precondition(depositRunSamples.map { $0 > 0 } ?? true, "a run holds at least one sample") }
     }
@@ -114,6 +121,13 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         localParameterSums = TensorBuffer(
             repeating: 0, count: Self.keepsShares(reduction, globalShape, threads: threads) ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
+        if reduction == .reproducible && ShareDeposits.applies(to: localShape, layout: layout) {
+            let sums = (0..<threads).map { _ in ReproducibleSums(count: 2 * parameters) }
+            workerSums = sums
+            shareDeposits = ShareDeposits(channels: parameters, workers: threads) { worker, table in sums[worker].add(rows: table) }
+        } else {
+            (workerSums, shareDeposits) = ([], nil)
+        }
         globalParameterSums = TensorBuffer(repeating: 0, count: reduction == .gather ? 2 * globalShape.batch * parameters : 0)
     }
 
@@ -247,7 +261,10 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let sums = parameterGradientSums.elements
         let collective = OverlappedReduction(start: startReduction)
         let chunks = shareChunks
-        if reduction == .reproducible { exactSums.removeAll() }
+        if reduction == .reproducible {
+            exactSums.removeAll()
+            for sums in workerSums { sums.removeAll() }
+        }
         for (index, chunk) in chunks.enumerated() {
             let last = index == chunks.count - 1
             if last { pendingShareRows = chunk }
@@ -294,7 +311,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let parameters = globalShape.parameterCount, sums = parameterGradientSums.elements
         let elements = localShape.sampleElementCount, rows = localShape.rowsPerSample
         let values = samples.lowerBound * elements..<samples.upperBound * elements
-        let shares = Self.keepsShares(reduction, globalShape, threads: threads)
+        let shares = shareDeposits == nil && Self.keepsShares(reduction, globalShape, threads: threads)
             ? UnsafeMutableBufferPointer(rebasing: localParameterSums.elements[2 * parameters * samples.lowerBound..<2 * parameters * samples.upperBound])
             : nil
         NormKernel.backward(
@@ -305,8 +322,8 @@ public final class DataParallelNorm<T: DataParallelScalar> {
             statistics: UnsafeBufferPointer(rebasing: statistics[rows * samples.lowerBound..<rows * samples.upperBound]),
             gamma: gamma, shape: localShape.withBatch(samples.count), threads: threads, stores: stores,
             // The exact sums and the gather add up the shares themselves.
-            parameterSums: shares, combinesParameterGradients: shares == nil || reduction == .allreduce,
-            overlap: overlap, layout: layout)
+            parameterSums: shares, combinesParameterGradients: shareDeposits == nil && (shares == nil || reduction == .allreduce),
+            overlap: overlap, layout: layout, deposits: shareDeposits)
     }
 
     /// The runs of local samples the backward takes one kernel call each.
@@ -323,7 +340,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         let perSample = 2 * globalShape.parameterCount * MemoryLayout<Double>.stride
         let automatic = Self.shareChunkBytes / perSample
         let chunk = depositRunSamples ?? (automatic >= Self.shareChunkMinimumSamples ? automatic : batch)
-        guard reduction == .reproducible, chunk < batch else { return [0..<batch] }
+        guard reduction == .reproducible, shareDeposits == nil, chunk < batch else { return [0..<batch] }
         return stride(from: 0, to: batch, by: chunk).map { $0..<min($0 + chunk, batch) }
     }
 
@@ -342,7 +359,8 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         case .allreduce:
             return try communicator.iallreduce(parameterGradientSums.elements, .sum)
         case .reproducible:
-            addLocalSums(rows: pendingShareRows, to: exactSums)
+            if shareDeposits == nil { addLocalSums(rows: pendingShareRows, to: exactSums) }
+            for sums in workerSums { exactSums.add(sums) }
             return try communicator.iallreduce(exactSums)
         case .gather:
             return try communicator.iallgatherv(

@@ -202,6 +202,8 @@ public enum BatchKernel {
     ///     `NormKernel.backward`).
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last for dx, dy, x.
+    ///   - deposits: where the small-instance kernels hand over s1, s2 as
+    ///     they go instead of writing `instanceSums` (see `ShareDeposits`).
     @inlinable
     @_specialize(where T == Float16)
     @_specialize(where T == Float)
@@ -214,13 +216,15 @@ public enum BatchKernel {
         gamma: UnsafeBufferPointer<T>?,
         shape: InstanceNormShape, threads: Int = 1, stores: StorePolicy = .automatic,
         instanceSums: UnsafeMutableBufferPointer<Double>? = nil, combinesParameterGradients: Bool = true,
-        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
+        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst, deposits: ShareDeposits? = nil
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
-        precondition(combinesParameterGradients || instanceSums != nil, "shares alone need instanceSums")
+        precondition(combinesParameterGradients || instanceSums != nil || deposits != nil, "shares alone need instanceSums or deposits")
+        precondition(deposits == nil || (layout == .channelsFirst && SmallInstances.appliesToBackward(shape)),
+                     "shares are deposited by the small-instance kernels, channels first (ShareDeposits.applies)")
         if layout == .channelsLast && SmallInstances.appliesToBackward(shape) {
             return SmallChannelsLast<T>(shape: shape, threads: threads).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
@@ -234,8 +238,8 @@ public enum BatchKernel {
         }
         if SmallInstances.appliesToBackward(shape) {
             return SmallBackward(dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores)
-                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: instanceSums,
-                     combines: combinesParameterGradients, overlap: overlap)
+                .run(threads: threads, dgamma: dgamma, dbeta: dbeta, instanceSums: deposits == nil ? instanceSums : nil,
+                     combines: combinesParameterGradients, overlap: overlap, deposits: deposits)
         }
         let batch = BackwardBatch(
             dx: dx, dy: dy, x: x, statistics: statistics, gamma: gamma, shape: shape, stores: stores, sharing: instanceSums)

@@ -91,6 +91,9 @@ public enum NormKernel {
     ///     shares) and leave dγ, dβ zero; the others still fill them.
     ///   - overlap: hooks to overlap a reduction of dγ, dβ with the dx pass.
     ///   - layout: channels first or last (instance and group norm).
+    ///   - deposits: where the workers hand over the shares as they go,
+    ///     instead of writing `parameterSums`, where `ShareDeposits.applies`;
+    ///     every share is deposited before `overlap.sumsReady`.
     @inlinable
     @_specialize(where T == Float16)
     @_specialize(where T == Float)
@@ -102,12 +105,13 @@ public enum NormKernel {
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?,
         shape: NormShape, threads: Int = 1, stores: StorePolicy = .automatic,
         parameterSums: UnsafeMutableBufferPointer<Double>? = nil, combinesParameterGradients: Bool = true,
-        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst
+        overlap: BackwardOverlap? = nil, layout: TensorLayout = .channelsFirst, deposits: ShareDeposits? = nil
     ) {
         checkCounts(shape, x.count, dx.count, statistics.count, gamma, nil)
         precondition(dy.count == x.count, "dy and x differ in size")
         precondition(dgamma.count == shape.parameterCount && dbeta.count == shape.parameterCount)
-        precondition(combinesParameterGradients || parameterSums != nil, "shares alone need parameterSums")
+        precondition(combinesParameterGradients || parameterSums != nil || deposits != nil, "shares alone need parameterSums or deposits")
+        precondition(deposits == nil || ShareDeposits.applies(to: shape, layout: layout), "no kernel of this shape deposits its shares")
         precondition(parameterSums.map { $0.count == 2 * shape.batch * shape.parameterCount } ?? true,
                      "parameterSums holds 2·N·P values")
         switch route(shape, layout) {
@@ -125,7 +129,7 @@ public enum NormKernel {
             BatchKernel.backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
                 shape: channelShape, threads: threads, stores: stores, instanceSums: parameterSums,
-                combinesParameterGradients: combinesParameterGradients, overlap: overlap, layout: layout)
+                combinesParameterGradients: combinesParameterGradients, overlap: overlap, layout: layout, deposits: deposits)
         case .group(let channelShape, let groups):
             GroupBatch(x: x, gamma: gamma, shape: channelShape, groups: groups,
                        streaming: stores.streams(dx, tensors: 3, runsOf: GroupBatch<T>.outputRun(channelShape, groups: groups, backward: true)))

@@ -169,13 +169,15 @@ extension SmallBackward {
     /// `combines` is its `combinesParameterGradients`).
     @inlinable func run(
         threads: Int, dgamma: UnsafeMutableBufferPointer<Double>, dbeta: UnsafeMutableBufferPointer<Double>,
-        instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool, overlap: BackwardOverlap?
+        instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool, overlap: BackwardOverlap?,
+        deposits: ShareDeposits? = nil
     ) {
         let schedule = BlockSchedule(shape: shape, lanes: T.Vector.scalarCount, threads: threads)
         let split = WorkSplit(units: schedule.workers, length: 1, threads: schedule.workers)
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
-        let stored = instanceSums ?? (schedule.combinesInLine ? nil : .allocate(capacity: 2 * instanceCount))
+        precondition(deposits.map { $0.workers >= schedule.workers && $0.channels == channels } ?? true, "deposits for another shape")
+        let stored = instanceSums ?? (schedule.combinesInLine || deposits != nil ? nil : .allocate(capacity: 2 * instanceCount))
         defer { if instanceSums == nil { stored?.deallocate() } }
         let tailBlocks = schedule.tailBlocks(elements: overlap?.tailElements ?? 0, spatialCount: spatialCount)
         let firstTail = schedule.blocks - tailBlocks
@@ -191,12 +193,17 @@ extension SmallBackward {
             let scratch = BlockScratch<T>(spatialCount: spatialCount)
             var waitingDx: (block: Range<Int>, set: Int, x: UnsafePointer<T>, dy: UnsafePointer<T>)?
             var set = 0
+            var shares = deposits.map { ShareStaging($0, worker: worker) }
             for index in claims {
                 let block = schedule.block(index)
                 let loaded = load(block, set, scratch)
                 set ^= 1
                 let (sumDy, sumDyXHat) = sums(loaded, scratch)
-                parameterSums.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                if shares != nil {
+                    shares!.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                } else {
+                    parameterSums.record(block, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                }
                 if index < firstTail {
                     gradientConstants(block, loaded.lanes, sumDy: sumDy, sumDyXHat: sumDyXHat, loaded.set, scratch)
                 } else {
@@ -206,6 +213,7 @@ extension SmallBackward {
                 waitingDx = index < firstTail ? (block, loaded.set, loaded.x, loaded.dy) : nil
             }
             if let previous = waitingDx { inputGradient(previous.block, previous.set, x: previous.x, dy: previous.dy, scratch) }
+            shares?.flush()
             // The streamed sums reach memory before another thread adds them up.
             if streaming { instnorm_store_fence() }
         }
