@@ -78,39 +78,14 @@ import Testing
     ) throws -> Gradients {
         let (shape, layout, x, dy, gamma) = (inputs.shape, inputs.layout, inputs.x, inputs.dy, inputs.gamma)
         let threads = threads ?? inputs.threads
-        var y = [Float](repeating: 0, count: x.count), dx = y
-        var dgamma = [Float](repeating: 0, count: gamma.count), dbeta = dgamma
-        var statistics = [InstanceStatistics](
-            repeating: InstanceStatistics(mean: 0, variance: 1, eps: 1e-5), count: shape.statisticsCount)
+        var result: Gradients = ([], [], [])
         try SingletonMPI.withWorld { world in
             let layer = DataParallelNorm<Float>(
                 communicator: world, globalShape: shape, eps: 1e-5, threads: threads, reduction: reduction, layout: layout)
             layer.depositRunSamples = runs
-            try x.withUnsafeBufferPointer { x in
-                try gamma.withUnsafeBufferPointer { gamma in
-                    try y.withUnsafeMutableBufferPointer { y in
-                        try statistics.withUnsafeMutableBufferPointer { statistics in
-                            try layer.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: nil)
-                        }
-                    }
-                    try dy.withUnsafeBufferPointer { dy in
-                        try statistics.withUnsafeBufferPointer { statistics in
-                            try dx.withUnsafeMutableBufferPointer { dx in
-                                try dgamma.withUnsafeMutableBufferPointer { dgamma in
-                                    try dbeta.withUnsafeMutableBufferPointer { dbeta in
-                                        for _ in 0..<steps {
-                                            _ = try layer.backward(
-                                                dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics,
-                                                gamma: gamma)
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let step = try forwardThenBackward(layer, x: x, dy: dy, gamma: gamma, steps: steps)
+            result = (step.dx, step.dgamma, step.dbeta)
         }
-        return (dx, dgamma, dbeta)
+        return result
     }
 }

@@ -50,34 +50,13 @@ import Testing
     private func layerBackward(
         _ shape: NormShape, x: [Double], dy: [Double], gamma: [Double], threads: Int
     ) throws -> (statistics: [InstanceStatistics], dgamma: [Double], dbeta: [Double]) {
-        var y = [Double](repeating: 0, count: x.count), dx = y
-        var dgamma = [Double](repeating: 0, count: gamma.count), dbeta = dgamma
-        var statistics = [InstanceStatistics](repeating: InstanceStatistics(mean: 0, variance: 1, eps: 1e-5), count: shape.statisticsCount)
+        var result: (statistics: [InstanceStatistics], dgamma: [Double], dbeta: [Double]) = ([], [], [])
         try SingletonMPI.withWorld { world in
             let layer = DataParallelNorm<Double>(communicator: world, globalShape: shape, eps: 1e-5, threads: threads)
-            try x.withUnsafeBufferPointer { x in
-                try gamma.withUnsafeBufferPointer { gamma in
-                    try y.withUnsafeMutableBufferPointer { y in
-                        try statistics.withUnsafeMutableBufferPointer { statistics in
-                            try layer.forward(y: y, statistics: statistics, x: x, gamma: gamma, beta: nil)
-                        }
-                    }
-                    try dy.withUnsafeBufferPointer { dy in
-                        try statistics.withUnsafeBufferPointer { statistics in
-                            try dx.withUnsafeMutableBufferPointer { dx in
-                                try dgamma.withUnsafeMutableBufferPointer { dgamma in
-                                    try dbeta.withUnsafeMutableBufferPointer { dbeta in
-                                        _ = try layer.backward(
-                                            dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma)
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            let step = try forwardThenBackward(layer, x: x, dy: dy, gamma: gamma)
+            result = (step.statistics, step.dgamma, step.dbeta)
         }
-        return (statistics, dgamma, dbeta)
+        return result
     }
 
     /// Every instance's (s1, s2) as the kernel writes them to a table, one thread.
