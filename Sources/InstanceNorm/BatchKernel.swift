@@ -223,13 +223,13 @@ public enum BatchKernel {
         precondition(dgamma.count == shape.channels && dbeta.count == shape.channels)
         precondition(instanceSums.map { $0.count == 2 * shape.instanceCount } ?? true, "instanceSums holds 2·N·C values")
         precondition(combinesParameterGradients || instanceSums != nil || deposits != nil, "shares alone need instanceSums or deposits")
-        precondition(deposits == nil || (layout == .channelsFirst && SmallInstances.appliesToBackward(shape)),
-                     "shares are deposited by the small-instance kernels, channels first (ShareDeposits.applies)")
+        precondition(deposits == nil || SmallInstances.appliesToBackward(shape),
+                     "shares are deposited by the small-instance kernels (ShareDeposits.applies)")
         if layout == .channelsLast && SmallInstances.appliesToBackward(shape) {
             return SmallChannelsLast<T>(shape: shape, threads: threads).backward(
                 dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics, gamma: gamma,
-                threads: threads, stores: stores, instanceSums: instanceSums, combines: combinesParameterGradients,
-                overlap: overlap)
+                threads: threads, stores: stores, instanceSums: deposits == nil ? instanceSums : nil,
+                combines: combinesParameterGradients, overlap: overlap, deposits: deposits)
         }
         if layout == .channelsLast {
             return backwardChannelsLast(

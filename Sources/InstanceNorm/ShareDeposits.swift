@@ -40,11 +40,11 @@ public final class ShareDeposits: @unchecked Sendable {
     deinit { tables.deallocate() }
 
     /// Whether the backward of `shape` in `layout` stages its shares here:
-    /// InstanceNorm (and GroupNorm with G = C) channels first on instances
-    /// small enough for the blocked kernels, with rows of at most a few
-    /// hundred channels (a staged run must stay in a core's L2 cache).
+    /// InstanceNorm (and GroupNorm with G = C) on instances small enough
+    /// for the blocked kernels, in either layout, with at most 1024
+    /// channels (32 staged rows must fit in a core's L2 cache, 512 KiB).
     public static func applies(to shape: NormShape, layout: TensorLayout) -> Bool {
-        guard layout == .channelsFirst, case .instance(let channelShape) = NormKernel.route(shape, layout) else { return false }
+        guard case .instance(let channelShape) = NormKernel.route(shape, layout) else { return false }
         return SmallInstances.appliesToBackward(channelShape) && rows(channels: channelShape.channels) >= minimumRows
     }
 

@@ -363,23 +363,25 @@ extension SmallChannelsLast {
         dbeta: UnsafeMutableBufferPointer<Double>, dy: UnsafeBufferPointer<T>, x: UnsafeBufferPointer<T>,
         statistics: UnsafeBufferPointer<InstanceStatistics>, gamma: UnsafeBufferPointer<T>?, threads: Int,
         stores: StorePolicy, instanceSums: UnsafeMutableBufferPointer<Double>?, combines: Bool,
-        overlap: BackwardOverlap?
+        overlap: BackwardOverlap?, deposits: ShareDeposits? = nil
     ) {
         let streaming = stores.streams(dx, tensors: 3)
         let gammaLanes = ChannelLanes(gamma, channels: channels, lanes: lanes, default: 1)
         let (output, gradients, input) = (SharedBuffer(dx), SharedBuffer(dy), SharedBuffer(x))
         let saved = SharedBuffer(statistics)
-        let sums = instanceSums ?? .allocate(capacity: 2 * shape.instanceCount)
-        defer { if instanceSums == nil { sums.deallocate() } }
+        precondition(deposits.map { $0.workers >= threads && $0.channels == channels } ?? true, "deposits for another shape")
+        let sums = instanceSums ?? (deposits == nil ? .allocate(capacity: 2 * shape.instanceCount) : nil)
+        defer { if instanceSums == nil { sums?.deallocate() } }
         dgamma.update(repeating: 0)
         dbeta.update(repeating: 0)
         let parameterSums = ParameterSums(
-            dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: SharedBuffer(sums), channels: channels,
+            dgamma: SharedBuffer(dgamma), dbeta: SharedBuffer(dbeta), stored: sums.map { SharedBuffer($0) }, channels: channels,
             inLine: false, streaming: streaming)
         let split = split(threads: threads)
         split.run { worker in
             let scratch = SmallChannelsLastScratch<T>(spatialCount: spatialCount, tensors: 2)
             let units = split.instances(of: worker)
+            var shares = deposits.map { ShareStaging($0, worker: worker) }
             for unit in units {
                 let (sample, blocks) = self.blocks(of: unit)
                 var requests = requests(after: unit, in: units, input.base, gradients.base)
@@ -391,12 +393,17 @@ extension SmallChannelsLast {
                     let (sumDy, sumDyXHat) = gradientLaneSums(
                         statistics, dy: dy, x: x, stride: stride, count: spatialCount
                     ) { requests.advance() }
-                    parameterSums.record(first..<first + count, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                    if shares != nil {
+                        shares!.record(first..<first + count, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                    } else {
+                        parameterSums.record(first..<first + count, sumDy: sumDy, sumDyXHat: sumDyXHat, staging: scratch.staging)
+                    }
                     let constants = GradientLaneConstants(
                         gamma: gammaLanes.lanes(from: first), statistics, sumDy: sumDy, sumDyXHat: sumDyXHat, divisor: divisor)
                     return (InputGradientColumns(constants, x: x, dy: dy, stride: stride), offset, count)
                 }
             }
+            shares?.flush()
             // The streamed sums reach memory before another thread adds them up.
             if streaming { instnorm_store_fence() }
         }

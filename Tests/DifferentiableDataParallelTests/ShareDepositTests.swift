@@ -12,29 +12,31 @@ import Testing
 /// `parameterSums`), whatever the thread count. The cases make workers
 /// claim runs that start and end inside samples, runs longer than a
 /// staged table (N > 128 rows), and blocks of 8 instances that span
-/// several samples (C = 1, 3).
+/// several samples (C = 1, 3), in both layouts.
 @Suite struct StagedShareDeposits {
-    static let cases: [(dimensions: [Int], threads: [Int])] = [
-        ([300, 3, 2, 2], [1, 2, 3, 4]),
-        ([41, 1, 5], [1, 3]),
-        ([260, 130, 4], [1, 2]),
-        ([9, 5, 2, 2], [1, 4]),
-        ([1, 7, 3], [2]),
+    static let cases: [(dimensions: [Int], layout: TensorLayout, threads: [Int])] = [
+        ([300, 3, 2, 2], .channelsFirst, [1, 2, 3, 4]),
+        ([41, 1, 5], .channelsFirst, [1, 3]),
+        ([260, 130, 4], .channelsFirst, [1, 2]),
+        ([9, 5, 2, 2], .channelsFirst, [1, 4]),
+        ([1, 7, 3], .channelsFirst, [2]),
+        ([300, 3, 2, 2], .channelsLast, [1, 2, 3]),
+        ([150, 33, 7], .channelsLast, [1, 2]),
     ]
 
     @Test(arguments: cases.indices)
     func everyShareReachesTheExactSumsOnce(index: Int) throws {
-        let (dimensions, threadCounts) = Self.cases[index]
+        let (dimensions, layout, threadCounts) = Self.cases[index]
         let shape = try NormShape(.instance, dimensions: dimensions)
-        #expect(ShareDeposits.applies(to: shape, layout: .channelsFirst), "the case takes the staged deposits")
+        #expect(ShareDeposits.applies(to: shape, layout: layout), "the case takes the staged deposits")
         var generator = SeededGenerator(seed: 900 + UInt64(index))
         let x = generator.normals(shape.elementCount, mean: 3, deviation: 2)
         // dy spread over many binades, so that a share added twice or lost shows.
         let dy = generator.normals(shape.elementCount).enumerated().map { $1 * Double(sign: .plus, exponent: $0 % 37 - 18, significand: 1) }
         let gamma = generator.normals(shape.parameterCount, mean: 1, deviation: 0.5)
         for threads in threadCounts {
-            let (statistics, dgamma, dbeta) = try layerBackward(shape, x: x, dy: dy, gamma: gamma, threads: threads)
-            let shares = kernelShares(shape, x: x, dy: dy, gamma: gamma, statistics: statistics)
+            let (statistics, dgamma, dbeta) = try layerBackward(shape, layout, x: x, dy: dy, gamma: gamma, threads: threads)
+            let shares = kernelShares(shape, layout, x: x, dy: dy, gamma: gamma, statistics: statistics)
             let channels = shape.parameterCount
             for channel in 0..<channels {
                 let sampleRows = 0..<shape.batch
@@ -48,11 +50,11 @@ import Testing
 
     /// The layer's forward and backward at one rank: its statistics, dγ, dβ.
     private func layerBackward(
-        _ shape: NormShape, x: [Double], dy: [Double], gamma: [Double], threads: Int
+        _ shape: NormShape, _ layout: TensorLayout, x: [Double], dy: [Double], gamma: [Double], threads: Int
     ) throws -> (statistics: [InstanceStatistics], dgamma: [Double], dbeta: [Double]) {
         var result: (statistics: [InstanceStatistics], dgamma: [Double], dbeta: [Double]) = ([], [], [])
         try SingletonMPI.withWorld { world in
-            let layer = DataParallelNorm<Double>(communicator: world, globalShape: shape, eps: 1e-5, threads: threads)
+            let layer = DataParallelNorm<Double>(communicator: world, globalShape: shape, eps: 1e-5, threads: threads, layout: layout)
             let step = try forwardThenBackward(layer, x: x, dy: dy, gamma: gamma)
             result = (step.statistics, step.dgamma, step.dbeta)
         }
@@ -61,7 +63,7 @@ import Testing
 
     /// Every instance's (s1, s2) as the kernel writes them to a table, one thread.
     private func kernelShares(
-        _ shape: NormShape, x: [Double], dy: [Double], gamma: [Double], statistics: [InstanceStatistics]
+        _ shape: NormShape, _ layout: TensorLayout, x: [Double], dy: [Double], gamma: [Double], statistics: [InstanceStatistics]
     ) -> [Double] {
         var shares = [Double](repeating: .nan, count: 2 * shape.batch * shape.parameterCount)
         var dx = [Double](repeating: 0, count: x.count)
@@ -76,7 +78,8 @@ import Testing
                                     dbeta.withUnsafeMutableBufferPointer { dbeta in
                                         NormKernel.backward(
                                             dx: dx, dgamma: dgamma, dbeta: dbeta, dy: dy, x: x, statistics: statistics,
-                                            gamma: gamma, shape: shape, parameterSums: shares, combinesParameterGradients: false)
+                                            gamma: gamma, shape: shape, parameterSums: shares, combinesParameterGradients: false,
+                                            layout: layout)
                                     }
                                 }
                             }
