@@ -77,7 +77,7 @@ public final class DataParallelNorm<T: DataParallelScalar> {
     /// the next call, while they are in cache; nil (the default) decides
     /// (runs of about 4 MiB of shares). The results do not depend on it.
     /// Not used where the kernels stage and deposit the shares themselves
-    /// (`ShareDeposits.applies`: small instances, channels first).
+    /// (`ShareDeposits.applies`: InstanceNorm on small instances).
     public var depositRunSamples: Int? {
         didSet { precondition(depositRunSamples.map { $0 > 0 } ?? true, "a run holds at least one sample") }
     }
@@ -118,10 +118,13 @@ public final class DataParallelNorm<T: DataParallelScalar> {
         localShape = globalShape.withBatch(samples.count)
         let parameters = globalShape.parameterCount
         parameterGradientSums = TensorBuffer(repeating: 0, count: 2 * parameters)
+        // Staged deposits need no table of every sample's shares.
+        let stagesShares = reduction == .reproducible && ShareDeposits.applies(to: localShape, layout: layout)
         localParameterSums = TensorBuffer(
-            repeating: 0, count: Self.keepsShares(reduction, globalShape, threads: threads) ? 2 * localShape.batch * parameters : 0)
+            repeating: 0,
+            count: !stagesShares && Self.keepsShares(reduction, globalShape, threads: threads) ? 2 * localShape.batch * parameters : 0)
         exactSums = ReproducibleSums(count: reduction == .reproducible ? 2 * parameters : 0)
-        if reduction == .reproducible && ShareDeposits.applies(to: localShape, layout: layout) {
+        if stagesShares {
             let sums = (0..<threads).map { _ in ReproducibleSums(count: 2 * parameters) }
             workerSums = sums
             shareDeposits = ShareDeposits(channels: parameters, workers: threads) { worker, table in sums[worker].add(rows: table) }
